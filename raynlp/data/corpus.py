@@ -1,0 +1,344 @@
+"""Any corpus as a streaming Ray Dataset with a `text` column (and `label` where the corpus has one).
+
+    >>> read_corpus("aclImdb/train")                 # class folders: pos/, neg/ → label ids by sorted name
+    >>> read_corpus("s3://bucket/corpus/*.jsonl")    # one JSON object per line
+    >>> read_corpus("plays/", format="paragraphs")   # a document per blank-line-separated paragraph
+
+The driver only lists files and checks each one's head (non-empty, UTF-8, the text column present); the
+files themselves are read by Ray tasks, one file per task, a batch of rows at a time, so a corpus larger
+than memory is never loaded whole.
+"""
+
+import codecs
+import csv
+import glob as globlib
+import io
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raynlp.errors import RaynlpError
+
+logger = logging.getLogger(__name__)
+
+Format = Literal["lines", "paragraphs", "jsonl", "csv", "parquet", "folders"]
+FORMATS: tuple[str, ...] = ("lines", "paragraphs", "jsonl", "csv", "parquet", "folders")
+_FORMAT_BY_SUFFIX = {".txt": "lines", ".text": "lines", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv",
+                     ".parquet": "parquet"}
+_HEAD_BYTES = 1 << 16
+_ROWS_PER_BATCH = 1024
+
+csv.field_size_limit(sys.maxsize)  # Full reviews can exceed csv's 128 KiB default.
+
+
+@dataclass(frozen=True)
+class _File:
+    path: str  # a local path or a URI pyarrow can open
+    label: int | None = None  # class-folder corpora only
+
+
+def read_corpus(
+    path: str | os.PathLike,
+    format: Format | None = None,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    on_bad_file: Literal["raise", "skip"] = "raise",
+):
+    """Read `path` (a file, a folder, a glob or a `s3://` / `gs://` URI) into a Ray Dataset.
+
+    `format` is inferred from the file suffix or, for a folder of sub-folders, is the class-folder layout of
+    `keras.utils.text_dataset_from_directory`. Empty, non-UTF-8 or wrongly shaped files raise a `RaynlpError`
+    naming the file, or, with `on_bad_file="skip"`, are left out and counted in a warning.
+    """
+    import ray.data
+
+    if on_bad_file not in ("raise", "skip"):
+        raise RaynlpError(f"on_bad_file must be 'raise' or 'skip', not {on_bad_file!r}")
+    if format is not None and format not in FORMATS:
+        raise RaynlpError(f"unknown corpus format {format!r}; formats: {', '.join(FORMATS)}")
+    files, format, class_names = _list_files(str(path), format)
+    files, skipped = _check_files(files, format, text_column, on_bad_file)
+    if skipped:
+        logger.warning("skipped %d bad corpus file(s) of %d: %s", len(skipped), len(files) + len(skipped),
+                       "; ".join(skipped))
+    if not files:
+        raise RaynlpError(f"no readable corpus files under {path}")
+    labelled = format == "folders" or (format in ("csv", "jsonl", "parquet")
+                                       and _has_column(files[0].path, format, label_column))
+    logger.info("corpus %s: %d file(s), format %s%s", path, len(files), format,
+                f", classes {class_names}" if class_names else "")
+    if format == "parquet":
+        columns = [text_column] + ([label_column] if labelled else [])
+        dataset = ray.data.read_parquet([f.path for f in files]).select_columns(columns)
+        renames = {text_column: "text", label_column: "label"}
+        if any(k != v for k, v in renames.items()):
+            dataset = dataset.rename_columns({k: v for k, v in renames.items() if k in columns and k != v})
+        return dataset
+    reader = _FileReader(format, text_column, label_column, labelled, on_bad_file)
+    listing = ray.data.from_items([{"path": f.path, "label": f.label} for f in files],
+                                  override_num_blocks=len(files))
+    return listing.map_batches(reader, batch_size=1, batch_format="pyarrow")
+
+
+# --- listing ---------------------------------------------------------------------------------------------
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    if _is_uri(path):
+        try:
+            return pafs.FileSystem.from_uri(path)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+            raise RaynlpError(f"cannot open corpus URI {path}: {e}") from e
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def _join(path: str, name: str, uri_prefix: str) -> str:
+    return f"{uri_prefix}{path.rstrip('/')}/{name}"
+
+
+def _list_files(path: str, format: str | None) -> tuple[list[_File], str, list[str]]:
+    fs, root = _filesystem(path)
+    prefix = path.split("://", 1)[0] + "://" if _is_uri(path) else ""
+    if any(ch in path for ch in "*?["):
+        files = _glob(fs, root, prefix)
+        if not files:
+            raise RaynlpError(f"no files match the corpus pattern {path}")
+        return _files_of_one_format(files, format, path), format or _format_of(files[0], path), []
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise RaynlpError(f"corpus path {path} does not exist; give a file, a folder, a glob or an s3:// / gs:// URI")
+    if info.type == pafs.FileType.File:
+        return [_File(prefix + root if prefix else root)], format or _format_of(root, path), []
+    entries = fs.get_file_info(pafs.FileSelector(root, recursive=False))
+    entries = [e for e in entries if not e.base_name.startswith(".")]
+    folders = sorted(e.base_name for e in entries if e.type == pafs.FileType.Directory)
+    plain = sorted(_join(root, e.base_name, prefix) for e in entries if e.type == pafs.FileType.File)
+    if folders and (format in (None, "folders")) and not plain:
+        return _class_folder_files(fs, root, prefix, folders, path), "folders", folders
+    if not plain:
+        raise RaynlpError(f"corpus folder {path} holds no files; put text files in it, or class folders "
+                          f"(pos/, neg/, ...) with one document per file")
+    return _files_of_one_format(plain, format, path), format or _format_of(plain[0], path), []
+
+
+def _glob(fs: pafs.FileSystem, pattern: str, prefix: str) -> list[str]:
+    if not prefix:
+        return sorted(p for p in globlib.glob(pattern, recursive=True) if os.path.isfile(p))
+    import fnmatch
+
+    base = pattern[: min(pattern.index(ch) for ch in "*?[" if ch in pattern)].rsplit("/", 1)[0]
+    selected = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    return sorted(prefix + e.path for e in selected
+                  if e.type == pafs.FileType.File and fnmatch.fnmatch(e.path, pattern))
+
+
+def _class_folder_files(fs, root: str, prefix: str, classes: list[str], path: str) -> list[_File]:
+    files = []
+    for label, name in enumerate(classes):
+        selected = fs.get_file_info(pafs.FileSelector(f"{root}/{name}", recursive=True))
+        found = sorted(e.path for e in selected if e.type == pafs.FileType.File and not e.base_name.startswith("."))
+        if not found:
+            raise RaynlpError(f"class folder {path}/{name} holds no files; remove it or add documents")
+        files += [_File(prefix + p, label) for p in found]
+    return files
+
+
+def _format_of(file: str, path: str) -> str:
+    suffix = os.path.splitext(file)[1].lower()
+    if suffix not in _FORMAT_BY_SUFFIX:
+        raise RaynlpError(f"cannot tell the format of {file} from its suffix; pass format= one of {', '.join(FORMATS)}")
+    return _FORMAT_BY_SUFFIX[suffix]
+
+
+def _files_of_one_format(files: list[str], format: str | None, path: str) -> list[_File]:
+    if format is None:
+        kinds = {_format_of(f, path) for f in files}
+        if len(kinds) > 1:
+            raise RaynlpError(f"corpus {path} mixes formats ({', '.join(sorted(kinds))}); "
+                              f"use a glob such as {path.rstrip('/')}/*.jsonl")
+    return [_File(f) for f in files]
+
+
+# --- checking --------------------------------------------------------------------------------------------
+
+def _open_binary(path: str):
+    if _is_uri(path):
+        fs, inner = pafs.FileSystem.from_uri(path)
+        return fs.open_input_stream(inner)
+    return open(path, "rb")
+
+
+def _head_text(path: str) -> str:
+    """The first 64 KiB of `path` as text; raises UnicodeDecodeError on bytes that are not UTF-8."""
+    with _open_binary(path) as f:
+        head = f.read(_HEAD_BYTES)
+    if not head:
+        raise ValueError("is empty")
+    # A cut multi-byte character at the end of the window is not an error.
+    return codecs.getincrementaldecoder("utf-8-sig")().decode(head, final=False)
+
+
+def _check_file(file: _File, format: str, text_column: str) -> None:
+    if format == "parquet":
+        schema = pq.read_schema(file.path) if not _is_uri(file.path) else pq.ParquetFile(_open_binary(file.path)).schema_arrow
+        if text_column not in schema.names:
+            raise ValueError(f"has no column {text_column!r} (columns: {', '.join(schema.names)})")
+        return
+    head = _head_text(file.path)
+    if format == "csv":
+        header = next(csv.reader(io.StringIO(head)), [])
+        if text_column not in header:
+            raise ValueError(f"has no column {text_column!r} in its header (columns: {', '.join(header)}); "
+                             f"pass text_column=")
+    elif format == "jsonl":
+        first = head.split("\n", 1)[0]
+        try:
+            record = json.loads(first)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"line 1 is not JSON ({e.msg})") from e
+        if not isinstance(record, dict) or text_column not in record:
+            raise ValueError(f"line 1 has no field {text_column!r}; pass text_column=")
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, UnicodeDecodeError):
+        return f"is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); re-encode it as UTF-8"
+    if isinstance(error, OSError):
+        return f"cannot be read ({error.strerror or error})"
+    return str(error)
+
+
+def _check_files(files: list[_File], format: str, text_column: str, on_bad_file: str):
+    good, bad = [], []
+    for file in files:
+        try:
+            _check_file(file, format, text_column)
+            good.append(file)
+        except (ValueError, OSError, pa.ArrowException) as e:
+            problem = f"corpus file {file.path} {_describe(e)}"
+            if on_bad_file == "raise":
+                raise RaynlpError(problem + " (or pass on_bad_file='skip' to leave such files out)") from e
+            bad.append(problem)
+    return good, bad
+
+
+def _has_column(path: str, format: str, column: str) -> bool:
+    if format == "parquet":
+        return column in (pq.read_schema(path).names if not _is_uri(path)
+                          else pq.ParquetFile(_open_binary(path)).schema_arrow.names)
+    head = _head_text(path)
+    if format == "csv":
+        return column in next(csv.reader(io.StringIO(head)), [])
+    return column in json.loads(head.split("\n", 1)[0])
+
+
+# --- reading (in Ray tasks) ------------------------------------------------------------------------------
+
+class _FileReader:
+    """Streams the rows of one corpus file as Arrow batches; runs in Ray Data tasks."""
+
+    def __init__(self, format: str, text_column: str, label_column: str, labelled: bool, on_bad_file: str):
+        self.format, self.text_column, self.label_column = format, text_column, label_column
+        self.labelled, self.on_bad_file = labelled, on_bad_file
+
+    def __call__(self, listing: pa.Table) -> Iterator[pa.Table]:
+        for path, folder_label in zip(listing["path"].to_pylist(), listing["label"].to_pylist()):
+            yield from self._read(path, folder_label)
+
+    def _read(self, path: str, folder_label: int | None) -> Iterator[pa.Table]:
+        texts, labels = [], []
+        try:
+            for text, label in self._records(path, folder_label):
+                texts.append(text)
+                labels.append(label)
+                if len(texts) == _ROWS_PER_BATCH:
+                    yield self._batch(texts, labels)
+                    texts, labels = [], []
+        except (UnicodeDecodeError, ValueError, KeyError, OSError) as e:
+            problem = f"corpus file {path} {_describe(e)}"
+            if self.on_bad_file == "raise":
+                raise RaynlpError(problem) from None
+            logger.warning("skipping the rest of %s", problem)
+        if texts:
+            yield self._batch(texts, labels)
+
+    def _batch(self, texts: list[str], labels: list) -> pa.Table:
+        columns = {"text": pa.array(texts, pa.string())}
+        if self.labelled:
+            columns["label"] = pa.array(labels, pa.int64())
+        return pa.table(columns)
+
+    def _records(self, path: str, folder_label: int | None) -> Iterator[tuple[str, int | None]]:
+        with _open_binary(path) as raw:
+            stream = io.TextIOWrapper(raw if not _is_uri(path) else io.BufferedReader(_Readable(raw)),
+                                      encoding="utf-8-sig", newline="")
+            if self.format == "folders":
+                yield stream.read().strip(), folder_label
+            elif self.format == "lines":
+                for line in stream:
+                    line = line.strip()
+                    if line:
+                        yield line, None
+            elif self.format == "paragraphs":
+                yield from ((p, None) for p in _paragraphs(stream))
+            elif self.format == "csv":
+                for number, record in enumerate(csv.DictReader(stream), start=2):
+                    yield self._fields(record, f"row {number}")
+            elif self.format == "jsonl":
+                for number, line in enumerate(stream, start=1):
+                    if line.strip():
+                        try:
+                            record = json.loads(line)
+                        except json.JSONDecodeError as e:
+                            raise ValueError(f"line {number} is not JSON ({e.msg})") from e
+                        yield self._fields(record, f"line {number}")
+
+    def _fields(self, record, where: str) -> tuple[str, int | None]:
+        if not isinstance(record, dict) or record.get(self.text_column) is None:
+            raise ValueError(f"{where} has no {self.text_column!r}")
+        label = None
+        if self.labelled:
+            try:
+                label = int(record[self.label_column])
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{where} has no integer {self.label_column!r}") from e
+        return str(record[self.text_column]), label
+
+
+def _paragraphs(stream) -> Iterator[str]:
+    lines: list[str] = []
+    for line in stream:
+        if line.strip():
+            lines.append(line.strip())
+        elif lines:
+            yield " ".join(lines)
+            lines = []
+    if lines:
+        yield " ".join(lines)
+
+
+class _Readable(io.RawIOBase):
+    """Adapts a pyarrow input stream to `io.BufferedReader`."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
