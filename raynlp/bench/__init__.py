@@ -1,0 +1,19 @@
+"""Benchmarks: `raynlp bench NAME` measures raynlp against the plain keras-hub way on the same work, in one run.
+
+Each benchmark writes `NAME.json` (figures and ratios) and, where a plot helps, `NAME.png` into its output
+folder, and returns the JSON path.
+"""
+
+from pathlib import Path
+
+from raynlp.errors import RaynlpError
+
+BENCHMARKS = ("tokenize",)
+
+
+def run(name: str, output_dir: str = "runs/bench", rows: int | None = None) -> Path:
+    if name == "tokenize":
+        from raynlp.bench.tokenize_bench import run_tokenize_bench
+
+        return run_tokenize_bench(Path(output_dir), rows=rows)
+    raise RaynlpError(f"unknown benchmark {name!r}; benchmarks: {', '.join(BENCHMARKS)}")

@@ -1,0 +1,213 @@
+"""The `raynlp` command: a thin shell over the Python API.
+
+Each sub-command parses its flags, calls one function of the package and prints where its results went.
+Bad input ends with one line, `raynlp: error: ...`, and exit status 2.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from raynlp.errors import RaynlpError
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+logger = logging.getLogger("raynlp")
+
+
+# --- presets and data sets -------------------------------------------------------------------------------
+
+def _presets(args) -> None:
+    from raynlp import presets
+
+    if args.action == "list":
+        for spec in presets.list_presets():
+            print(f"{spec.name:34s} {'pretrained' if spec.pretrained else 'random-init':11s} {spec.description}")
+        print("\nAny keras-hub handle (kaggle://..., hf://..., a keras-hub preset name, a local folder) also works "
+              "where the network allows.")
+    elif args.action == "fetch":
+        print(presets.fetch(_need_name(args)))
+    else:
+        print(json.dumps(presets.show(_need_name(args)), indent=2))
+
+
+def _datasets(args) -> None:
+    from raynlp import datasets
+
+    if args.action == "list":
+        for spec in datasets.list_datasets():
+            kind = "labelled" if spec.labelled else "unlabelled"
+            print(f"{spec.name:16s} {kind:10s} {spec.description}")
+    else:
+        folder = datasets.fetch(_need_name(args))
+        print(json.dumps(json.loads((folder / "raynlp.json").read_text())["rows"]), folder)
+
+
+def _need_name(args) -> str:
+    if not args.name:
+        raise RaynlpError(f"`raynlp {args.command} {args.action}` needs a NAME; see `raynlp {args.command} list`")
+    return args.name
+
+
+# --- data ------------------------------------------------------------------------------------------------
+
+def _input_dataset(args):
+    """`--input PATH` through read_corpus, or `--dataset NAME --split S` from raynlp's data sets."""
+    from raynlp import datasets
+    from raynlp.data import read_corpus
+
+    if bool(args.input) == bool(args.dataset):
+        raise RaynlpError("give exactly one of --input PATH and --dataset NAME")
+    if args.dataset:
+        return datasets.load(args.dataset)[args.split]
+    return read_corpus(args.input, format=args.format, text_column=args.text_column,
+                       on_bad_file="skip" if args.skip_bad_files else "raise")
+
+
+def _tokenize(args) -> None:
+    from raynlp._internal.cluster import ensure_ray
+    from raynlp.data import MaskingConfig, tokenize_dataset, write_tokenized
+
+    masking = MaskingConfig(selection_rate=args.mask_rate, max_selections=args.max_selections,
+                            seed=args.seed) if args.mlm else None
+    ensure_ray(args.address)
+    source = _input_dataset(args)
+    packed = tokenize_dataset(source, args.preset, sequence_length=args.sequence_length,
+                              text_column="text", pair_column=args.pair_column, masking=masking,
+                              num_actors=args.num_actors)
+    manifest = write_tokenized(packed, args.output, preset=args.preset, sequence_length=args.sequence_length,
+                               masking=masking)
+    print(f"tokenized {manifest['rows']} rows into {manifest['shards']} Parquet shards in {args.output}")
+
+
+def _vocab(args) -> None:
+    from raynlp._internal.cluster import ensure_ray
+    from raynlp.data import learn_vocabulary, save_vocabulary
+
+    ensure_ray(args.address)
+    vocabulary = learn_vocabulary(_input_dataset(args), args.size, lowercase=not args.cased,
+                                  strip_accents=args.strip_accents)
+    path = save_vocabulary(vocabulary, args.output)
+    print(f"learned {len(vocabulary)} WordPiece tokens into {path}")
+
+
+def _demo(args) -> None:
+    from raynlp.demo import run_demo
+
+    run_demo(args.output, address=args.address)
+
+
+def _bench(args) -> None:
+    from raynlp import bench
+
+    result_path = bench.run(args.name, output_dir=args.output, rows=args.rows)
+    print(f"benchmark results in {result_path}")
+
+
+# --- parser ----------------------------------------------------------------------------------------------
+
+def _add_input_flags(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("input (one of)")
+    src.add_argument("--input", help="a corpus: file, folder (class folders or text files), glob, s3:// or gs:// URI")
+    src.add_argument("--dataset", help="a raynlp data set name (see `raynlp datasets list`)")
+    p.add_argument("--split", default="train", choices=["train", "test"], help="split of --dataset (default train)")
+    p.add_argument("--format", choices=["lines", "paragraphs", "jsonl", "csv", "parquet", "folders"],
+                   help="corpus format; inferred from the suffix or layout when left out")
+    p.add_argument("--text-column", default="text", help="column holding the text in csv/jsonl/parquet input")
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="leave out empty or unreadable files (counted in a warning) instead of stopping")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raynlp",
+        description="KerasNLP workflows (keras-hub) on a Ray cluster: data, training, serving.",
+        epilog="Caches live in RAYNLP_HOME (default ~/.cache/raynlp). Docs: README.md.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("presets", help="list, fetch or show presets that load offline")
+    p.add_argument("action", choices=["list", "fetch", "show"])
+    p.add_argument("name", nargs="?", help="preset name (fetch, show)")
+    p.set_defaults(run=_presets)
+
+    p = commands.add_parser("datasets", help="list or fetch the data sets raynlp names")
+    p.add_argument("action", choices=["list", "fetch"])
+    p.add_argument("name", nargs="?", help="data set name (fetch)")
+    p.set_defaults(run=_datasets)
+
+    p = commands.add_parser(
+        "tokenize", help="tokenize a corpus on Ray Data into Parquet shards a trainer streams",
+        description="Tokenize text with a preset's vocabulary on a pool of Ray actors and write Parquet shards "
+                    "holding token_ids, segment_ids, padding_mask (and label; with --mlm also mask_positions, "
+                    "mask_ids, mask_weights).")
+    p.add_argument("--preset", required=True, help="preset whose tokenizer to use (name or folder)")
+    _add_input_flags(p)
+    p.add_argument("--output", required=True, help="new folder for the Parquet shards")
+    p.add_argument("--sequence-length", type=int, default=128, help="packed length (default 128)")
+    p.add_argument("--pair-column", help="second text column, for sentence pairs")
+    p.add_argument("--mlm", action="store_true", help="also apply masked-LM masking (for pretraining)")
+    p.add_argument("--mask-rate", type=float, default=0.15, help="masked-LM selection rate (default 0.15)")
+    p.add_argument("--max-selections", type=int, default=96, help="masked-LM selections per row (default 96)")
+    p.add_argument("--seed", type=int, default=0, help="masking seed (default 0)")
+    p.add_argument("--num-actors", type=int, default=2, help="tokenizer actors (default 2)")
+    p.set_defaults(run=_tokenize)
+
+    p = commands.add_parser(
+        "vocab", help="learn a WordPiece vocabulary from a corpus, counting words on Ray Data",
+        description="Words are counted per block on Ray Data, the counts merged, then keras-hub's WordPiece "
+                    "learner builds the vocabulary (equal to keras_hub.tokenizers.compute_word_piece_vocabulary).")
+    _add_input_flags(p)
+    p.add_argument("--size", type=int, required=True, help="vocabulary size, reserved tokens included")
+    p.add_argument("--output", required=True, help="vocabulary file to write, one token per line")
+    p.add_argument("--cased", action="store_true", help="keep case (default: lowercase)")
+    p.add_argument("--strip-accents", action="store_true", help="strip accents before learning")
+    p.set_defaults(run=_vocab)
+
+    p = commands.add_parser("demo", help="run the demo workflow on a local Ray cluster (what `make demo` runs)")
+    p.add_argument("--output", default="runs/demo", help="folder for the demo's results (default runs/demo)")
+    p.add_argument("--address", help="Ray cluster to join (default: a new local cluster)")
+    p.set_defaults(run=_demo)
+
+    p = commands.add_parser("bench", help="run a benchmark; writes JSON (and a PNG) with ratios to plain keras-hub")
+    p.add_argument("name", choices=["tokenize"], help="which benchmark")
+    p.add_argument("--output", default="runs/bench", help="folder for results (default runs/bench)")
+    p.add_argument("--rows", type=int, default=None, help="rows to use (default: the benchmark's own)")
+    p.set_defaults(run=_bench)
+    return parser
+
+
+def _raynlp_error(error: BaseException) -> RaynlpError | None:
+    """The RaynlpError behind `error`, also when Ray wrapped it in a task or actor error."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, RaynlpError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        args.run(args)
+    except Exception as e:
+        found = _raynlp_error(e)
+        if found is None:
+            raise
+        message = str(found).splitlines()[0] if str(found) else type(found).__name__
+        print(f"raynlp: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

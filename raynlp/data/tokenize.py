@@ -1,0 +1,145 @@
+"""Tokenize a Ray Dataset into the packed arrays keras-hub's BERT models take, on a pool of actors.
+
+    >>> ds = read_corpus("reviews.jsonl")
+    >>> packed = tokenize_dataset(ds, "minilm_l6_en_uncased", sequence_length=128)
+    >>> packed.write_parquet("cache/reviews-128")      # or: write_tokenized(packed, "cache/reviews-128")
+
+Columns out: `token_ids`, `segment_ids`, `padding_mask` ([sequence_length] each), `label` when the input has
+one; with masked-LM masking also `mask_positions`, `mask_ids`, `mask_weights` ([max_selections] each), the
+features / labels / sample weights of keras-hub's `BertMaskedLMPreprocessor`.
+"""
+
+import json
+import logging
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from raynlp.errors import RaynlpError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "raynlp_tokenized.json"
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    """keras-hub's `MaskedLMMaskGenerator` settings, with the defaults of `BertMaskedLMPreprocessor`."""
+
+    selection_rate: float = 0.15
+    max_selections: int = 96
+    mask_token_rate: float = 0.8
+    random_token_rate: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.selection_rate <= 1:
+            raise RaynlpError(f"masking selection_rate must be in (0, 1], not {self.selection_rate}")
+        if self.max_selections < 1:
+            raise RaynlpError(f"masking max_selections must be at least 1, not {self.max_selections}")
+        if self.mask_token_rate < 0 or self.random_token_rate < 0 or self.mask_token_rate + self.random_token_rate > 1:
+            raise RaynlpError("masking mask_token_rate and random_token_rate must be ≥ 0 and add up to at most 1")
+
+
+class BertPacker:
+    """Text batch → packed (and optionally masked) arrays. One per Ray Data actor: the tokenizer is built once."""
+
+    def __init__(self, preset_dir: str, sequence_length: int, text_column: str = "text",
+                 pair_column: str | None = None, masking: MaskingConfig | None = None):
+        from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
+
+        self.tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir)
+        self.sequence_length = sequence_length
+        self.text_column, self.pair_column, self.masking = text_column, pair_column, masking
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts = batch[self.text_column]
+        pairs = batch[self.pair_column] if self.pair_column else None
+        out = self.tokenizer.pack(texts, pairs, sequence_length=self.sequence_length)
+        if self.masking is not None:
+            out = self._mask(out, texts)
+        for key, value in batch.items():
+            if key not in (self.text_column, self.pair_column):
+                out[key] = value  # labels and any other column ride along
+        return out
+
+    def _mask(self, packed: dict[str, np.ndarray], texts: np.ndarray) -> dict[str, np.ndarray]:
+        from raynlp.data.masked_lm import masked_lm_features
+
+        m = self.masking
+        # Seeded by the batch's content, so the same data and seed give the same masks on any worker.
+        batch_seed = zlib.crc32("\x00".join(str(t) for t in texts[:4]).encode()) ^ len(texts)
+        tok = self.tokenizer
+        return masked_lm_features(
+            packed,
+            vocabulary_size=tok.vocabulary_size,
+            mask_token_id=tok.mask_token_id,
+            unselectable_token_ids=[tok.cls_token_id, tok.sep_token_id, tok.pad_token_id],
+            selection_rate=m.selection_rate,
+            max_selections=m.max_selections,
+            mask_token_rate=m.mask_token_rate,
+            random_token_rate=m.random_token_rate,
+            rng=np.random.default_rng([m.seed, batch_seed]),
+        )
+
+
+def max_sequence_length(preset_dir: str) -> int | None:
+    config = Path(preset_dir) / "config.json"
+    if not config.exists():
+        return None
+    return json.loads(config.read_text()).get("config", {}).get("max_sequence_length")
+
+
+def tokenize_dataset(dataset, preset: str, *, sequence_length: int = 128, text_column: str = "text",
+                     pair_column: str | None = None, masking: MaskingConfig | None = None,
+                     num_actors: int = 2, batch_size: int = 512):
+    """`dataset` with its text replaced by packed token arrays, computed by `num_actors` Ray actors."""
+    import ray.data
+
+    from raynlp.presets import is_local, resolve
+
+    preset_dir = resolve(preset)
+    if not is_local(preset_dir):
+        raise RaynlpError(f"tokenizing needs a local preset folder or a raynlp preset name, not {preset!r}")
+    limit = max_sequence_length(preset_dir)
+    if sequence_length < 3 or (limit and sequence_length > limit):
+        raise RaynlpError(f"sequence_length {sequence_length} is outside 3..{limit or '∞'} for preset {preset}")
+    names = dataset.schema().names
+    for column in [text_column] + ([pair_column] if pair_column else []):
+        if column not in names:
+            raise RaynlpError(f"the data set has no column {column!r} (columns: {', '.join(names)})")
+    return dataset.map_batches(
+        BertPacker,
+        fn_constructor_kwargs=dict(preset_dir=preset_dir, sequence_length=sequence_length,
+                                   text_column=text_column, pair_column=pair_column, masking=masking),
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+    )
+
+
+def write_tokenized(dataset, output_dir: str, *, preset: str, sequence_length: int,
+                    masking: MaskingConfig | None = None) -> dict:
+    """Write Parquet shards a trainer can stream, plus a manifest saying how they were made."""
+    output = Path(output_dir)
+    if output.exists() and any(output.iterdir()):
+        raise RaynlpError(f"output folder {output_dir} is not empty; choose a new folder or delete it")
+    dataset.write_parquet(str(output))
+    manifest = {
+        "preset": preset,
+        "sequence_length": sequence_length,
+        "masking": asdict(masking) if masking else None,
+        "rows": sum(_parquet_rows(p) for p in output.glob("*.parquet")),
+        "shards": len(list(output.glob("*.parquet"))),
+    }
+    (output / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    logger.info("wrote %d rows in %d Parquet shards to %s", manifest["rows"], manifest["shards"], output)
+    return manifest
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows

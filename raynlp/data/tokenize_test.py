@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from raynlp import datasets
+from raynlp.cli import main
+from raynlp.data import MaskingConfig, tokenize_dataset
+from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
+from raynlp.errors import RaynlpError
+from raynlp.presets import resolve
+
+PRESET = "minilm_l6_en_uncased"
+
+
+@pytest.fixture(scope="module")
+def preset_dir():
+    return resolve(PRESET)
+
+
+def _texts(name):
+    return [t for split in ("train", "test") for t in datasets.read_split(name, split)["text"].to_pylist()]
+
+
+@pytest.mark.parametrize("name, sequence_length", [("rotten_tomatoes", 128), ("movie_reviews", 512)])
+def test_packed_arrays_equal_keras_hub_on_real_text(preset_dir, name, sequence_length):
+    import keras_hub
+
+    texts = _texts(name)
+    reference = keras_hub.models.BertTextClassifierPreprocessor.from_preset(preset_dir, sequence_length=sequence_length)
+    fast = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir)
+    differing = []
+    for start in range(0, len(texts), 500):
+        chunk = texts[start : start + 500]
+        ours = fast.pack(chunk, sequence_length=sequence_length)
+        theirs = {k: np.asarray(v) for k, v in reference(chunk).items()}
+        same = np.ones(len(chunk), bool)
+        for key in ("token_ids", "segment_ids", "padding_mask"):
+            assert ours[key].dtype == theirs[key].dtype, key
+            same &= (ours[key] == theirs[key]).all(axis=1)
+        differing += [chunk[i] for i in np.flatnonzero(~same)]
+    # The tokenizer replicates keras-hub's normalisation exactly (see fast_tokenizer.py): no row may differ.
+    assert differing == [], f"{len(differing)} of {len(texts)} rows differ, e.g. {differing[:2]}"
+
+
+def test_ray_data_pipeline_equals_one_process(ray_cluster, preset_dir):
+    import ray.data
+
+    texts = datasets.read_split("rotten_tomatoes", "test")["text"].to_pylist()
+    source = ray.data.from_items([{"text": t, "label": i % 2, "row": i} for i, t in enumerate(texts)],
+                                 override_num_blocks=8)
+    packed = tokenize_dataset(source, PRESET, sequence_length=64, num_actors=2, batch_size=100)
+    batch = packed.sort("row").take_batch(len(texts), batch_format="numpy")
+    expected = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir).pack(texts, sequence_length=64)
+    assert set(batch) == {"token_ids", "segment_ids", "padding_mask", "label", "row"}
+    for key, value in expected.items():
+        np.testing.assert_array_equal(batch[key], value)
+    np.testing.assert_array_equal(batch["label"], np.arange(len(texts)) % 2)
+
+
+def test_masked_lm_on_ray_data_keeps_the_contract(ray_cluster, preset_dir):
+    import ray.data
+
+    texts = datasets.read_split("movie_reviews", "test")["text"].to_pylist()[:200]
+    source = ray.data.from_items([{"text": t, "row": i} for i, t in enumerate(texts)], override_num_blocks=4)
+    masking = MaskingConfig(max_selections=20, seed=3)
+    masked = tokenize_dataset(source, PRESET, sequence_length=128, masking=masking, num_actors=1, batch_size=50)
+    batch = masked.sort("row").take_batch(len(texts), batch_format="numpy")
+    tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir)
+    original = tokenizer.pack(texts, sequence_length=128)["token_ids"]
+    rows = np.arange(len(texts))[:, None]
+    selected = batch["mask_weights"] > 0
+    # Labels are the original ids at the masked positions; weights mark the real selections.
+    np.testing.assert_array_equal(np.where(selected, original[rows, batch["mask_positions"]], 0),
+                                  np.where(selected, batch["mask_ids"], 0))
+    special = np.isin(original[rows, batch["mask_positions"]],
+                      [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id])
+    assert not (special & selected).any()
+    assert selected.sum(axis=1).max() == 20  # long reviews hit max_selections
+    changed = batch["token_ids"] != original
+    assert changed.sum() <= selected.sum() and changed.sum() > 0.7 * selected.sum()
+
+
+def test_tokenize_cli_writes_shards_and_manifest(ray_cluster, tmp_path, capsys):
+    out = tmp_path / "rt"
+    assert main(["tokenize", "--preset", PRESET, "--dataset", "rotten_tomatoes", "--split", "test",
+                 "--output", str(out), "--sequence-length", "32", "--mlm", "--max-selections", "5"]) == 0
+    manifest = json.loads((out / "raynlp_tokenized.json").read_text())
+    assert manifest["rows"] == 800 and manifest["masking"]["max_selections"] == 5
+    table = pq.read_table(next(out.glob("*.parquet")))
+    assert {"token_ids", "segment_ids", "padding_mask", "label", "mask_positions", "mask_ids",
+            "mask_weights"} <= set(table.column_names)
+    assert "800 rows" in capsys.readouterr().out
+    # The same folder again is refused: it holds another run's shards.
+    assert main(["tokenize", "--preset", PRESET, "--dataset", "rotten_tomatoes", "--output", str(out)]) == 2
+
+
+def test_bad_input_is_refused_with_one_line(ray_cluster, tmp_path, capsys):
+    import ray.data
+
+    source = ray.data.from_items([{"body": "x"}])
+    with pytest.raises(RaynlpError, match="no column 'text'"):
+        tokenize_dataset(source, PRESET)
+    with pytest.raises(RaynlpError, match="sequence_length 1024 is outside 3..512"):
+        tokenize_dataset(ray.data.from_items([{"text": "x"}]), PRESET, sequence_length=1024)
+    assert main(["tokenize", "--preset", "nope", "--dataset", "rotten_tomatoes", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("raynlp: error: unknown preset 'nope'")

