@@ -94,6 +94,20 @@ def _vocab(args) -> None:
     print(f"learned {len(vocabulary)} WordPiece tokens into {path}")
 
 
+def _train(args) -> None:
+    from raynlp.train.config import load_config
+    from raynlp.train.trainer import train
+
+    overrides = [f"task={args.command}", *args.set] if args.config is None else list(args.set)
+    config = load_config(args.config, overrides)
+    if config.task != args.command:
+        raise RaynlpError(f"{args.config} is a {config.task} config; run `raynlp {config.task} --config {args.config}`")
+    result = train(config)
+    final = result.final
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float))
+    print(f"{config.task} finished: {shown}\npreset: {result.preset}\nmetrics: {result.output / 'metrics.json'}")
+
+
 def _demo(args) -> None:
     from raynlp.demo import run_demo
 
@@ -168,6 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cased", action="store_true", help="keep case (default: lowercase)")
     p.add_argument("--strip-accents", action="store_true", help="strip accents before learning")
     p.set_defaults(run=_vocab)
+
+    for task, what in [
+        ("finetune", "fine-tune a preset's backbone as a text classifier (guide levels 2 and 3)"),
+        ("fit", "train a user model built around a preset's backbone (guide level 4)"),
+        ("pretrain", "masked-LM pretraining of a backbone, from scratch or continued (guide level 5)"),
+        ("scratch", "learn a vocabulary and train a small transformer from scratch (guide level 6)"),
+    ]:
+        p = commands.add_parser(
+            task, help=what,
+            description=f"{what[0].upper()}{what[1:]}, data-parallel on Ray Train. The config is validated before "
+                        "Ray starts; the output folder gets preset/, metrics.json, curves.png and checkpoints. "
+                        "Running the same config into the same output folder again resumes it.")
+        p.add_argument("--config", help="a YAML recipe (see configs/)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set train.epochs=3 --set scaling.num_workers=4")
+        p.set_defaults(run=_train)
 
     p = commands.add_parser("demo", help="run the demo workflow on a local Ray cluster (what `make demo` runs)")
     p.add_argument("--output", default="runs/demo", help="folder for the demo's results (default runs/demo)")

@@ -1,0 +1,1 @@
+"""Private data-parallel training core: used by the training tasks, not a public API."""

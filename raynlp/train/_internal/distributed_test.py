@@ -1,0 +1,441 @@
+"""The data-parallel training core, proven on a real local Ray cluster with 2 CPU workers.
+
+What the Ray runs prove:
+- 2 workers x batch 8 give the same weights as 1 process x batch 16 over the same rows (parallel math),
+- every rank ends with identical weights, and without the data-parallel setup the ranks diverge (control),
+- 2 epochs + checkpoint + restore into fresh workers + 1 epoch = 3 straight epochs, optimizer state included,
+- Ray Data shards fed through `shard_batches` train, and leave every rank identical.
+Without Ray: `fit` takes the batches in order, and checkpoints round-trip in one process.
+
+Three Ray runs: "parallel" (BERT, then a dense model over Ray Data shards in the same workers), "resumed"
+(BERT, from a checkpoint of "parallel") and "control" (dense, no data-parallel setup). BERT is a tiny
+keras-hub BertTextClassifier (6,050 parameters); the dense model stands in where any model would do, as it
+builds and compiles faster.
+Each Ray run costs mostly start-up: worker processes, imports, building and compiling the models.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from raynlp.errors import RaynlpError
+from raynlp.train._internal.feeding import as_tf_dataset, shard_batches, steps_per_epoch
+
+SEED = 1234
+VOCABULARY, SEQUENCE = 200, 16
+LOCAL_BATCH = 8
+STEPS = 4  # per epoch, in the runs fed from numpy
+FEATURES = ["token_ids", "segment_ids", "padding_mask"]  # BERT's inputs
+DENSE_FEATURES = ["token_ids", "padding_mask"]
+PARALLEL_TOLERANCE = 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What every worker (and the single-process reference) runs.
+
+
+def make_rows(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random token sequences with a learnable label (is the second token in the lower half of the vocabulary)."""
+    rng = np.random.default_rng(seed)
+    token_ids = rng.integers(1, VOCABULARY, size=(rows, SEQUENCE)).astype("int32")
+    lengths = rng.integers(SEQUENCE // 2, SEQUENCE + 1, size=rows)
+    padding_mask = np.arange(SEQUENCE)[None, :] < lengths[:, None]
+    return {
+        "token_ids": np.where(padding_mask, token_ids, 0).astype("int32"),
+        "segment_ids": np.zeros((rows, SEQUENCE), "int32"),
+        "padding_mask": padding_mask,
+        "label": (token_ids[:, 1] < VOCABULARY // 2).astype("int32"),
+    }
+
+
+def build_classifier():
+    """A tiny keras-hub BERT text classifier, compiled with Adam (whose moments the checkpoints must carry)."""
+    import keras
+    import keras_hub
+
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=VOCABULARY, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
+        max_sequence_length=SEQUENCE, dropout=0.0,
+    )
+    model = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None, dropout=0.0)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["sparse_categorical_accuracy"],
+    )
+    return model
+
+
+def build_dense():
+    """A tiny plain Keras model over two of the same columns: compiles in a second, for the tests without Ray."""
+    import keras
+
+    inputs = {name: keras.Input((SEQUENCE,), name=name, dtype="float32") for name in DENSE_FEATURES}
+    hidden = keras.layers.Concatenate()([inputs["token_ids"] / VOCABULARY, inputs["padding_mask"]])
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(8, activation="relu")(hidden)))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+class OrderedRows:
+    """Stands in for a Ray Data shard with a known order: this rank's slice of every global batch.
+
+    Global batch k holds rows [k*G, (k+1)*G) with G = batch_size * world_size; rank r takes the r-th run of
+    batch_size rows in it, as data parallelism joins the local batches in rank order.
+    """
+
+    def __init__(self, data: dict[str, np.ndarray], rank: int, world_size: int):
+        self.data, self.rank, self.world_size = data, rank, world_size
+
+    def iter_batches(self, *, batch_size, batch_format, drop_last):
+        assert batch_format == "numpy" and drop_last
+        rows, global_batch = len(self.data["label"]), batch_size * self.world_size
+        for start in range(0, rows - global_batch + 1, global_batch):
+            first = start + self.rank * batch_size
+            yield {name: column[first : first + batch_size] for name, column in self.data.items()}
+
+
+def variables_of(model) -> list[np.ndarray]:
+    return [np.asarray(v.numpy()) for v in model.variables]
+
+
+def train_worker(config: dict) -> None:
+    """The Ray Train loop: set up data parallelism (or, for the control, not), then train what `config` asks for.
+
+    Phase 1 trains over `OrderedRows` from `config["rows"]`, reporting (and checkpointing) every epoch and
+    resuming from `config["resume_from"]` when given. Phase 2, when `config["ray_data_steps"]` is set, trains a
+    second model over this worker's Ray Data shard. Only rank 0's reported metrics reach the driver, so every
+    rank leaves its weights in files under `config["out"]` instead.
+    """
+    import keras
+    import ray.train
+
+    from raynlp.train._internal.checkpoint import ReportCallback, restore_from_ray
+    from raynlp.train._internal.distributed import WorkerInfo, setup_data_parallel
+
+    if config["data_parallel"]:
+        info = setup_data_parallel(use_gpu=False, seed=SEED)
+    else:
+        # Control: each worker a plain process that trains on its own slice alone.
+        keras.utils.set_random_seed(SEED)
+        context = ray.train.get_context()
+        info = WorkerInfo(context.get_world_rank(), context.get_world_size(), data_parallel=False)
+    out = config["out"]
+
+    # Phase 1. BERT where the run checks the parallel math; the dense model where any model would do.
+    model, features = (build_classifier(), FEATURES) if config["model"] == "bert" else (build_dense(), DENSE_FEATURES)
+    initial = variables_of(model)
+    metadata = restore_from_ray(model, config.get("resume_from"))
+    shard = OrderedRows(config["rows"], info.rank, info.world_size)
+    model.fit(
+        as_tf_dataset(  # a keras-hub task's fit takes no generator
+            lambda: shard_batches(shard, batch_size=LOCAL_BATCH, feature_columns=features, label_column="label",
+                                  steps=STEPS)
+        ),
+        steps_per_epoch=STEPS,
+        epochs=config["epochs"],
+        initial_epoch=metadata["epoch"] if metadata else 0,
+        callbacks=[
+            ReportCallback(
+                info, local_batch_size=LOCAL_BATCH, steps_per_epoch=STEPS, extra={"test": True},
+                # A keras-hub preset beside the raw variables, saved by rank 0 alone with the distribution off.
+                write_extra=(lambda folder: model.save_to_preset(os.path.join(folder, "preset")))
+                if config["model"] == "bert" else None,
+            )
+        ],
+        verbose=0,
+    )
+    np.savez(os.path.join(out, f"rank{info.rank}.npz"), *variables_of(model))
+    if info.is_chief:
+        np.savez(os.path.join(out, "initial.npz"), *initial)
+
+    # Phase 2: the Ray Data path, in the same workers to spare a run's start-up.
+    steps = config.get("ray_data_steps")
+    if not steps:
+        return
+    keras.utils.set_random_seed(SEED)
+    model = build_dense()
+    initial = variables_of(model)
+    shard = ray.train.get_dataset_shard("train")
+    history = model.fit(
+        as_tf_dataset(
+            lambda: shard_batches(shard, batch_size=LOCAL_BATCH, feature_columns=DENSE_FEATURES, label_column="label",
+                                  steps=steps)
+        ),
+        steps_per_epoch=steps,
+        epochs=3,
+        verbose=0,
+    )
+    np.savez(os.path.join(out, f"ray_data_rank{info.rank}.npz"), *variables_of(model))
+    if info.is_chief:
+        np.savez(os.path.join(out, "ray_data_initial.npz"), *initial)
+        with open(os.path.join(out, "ray_data_loss.json"), "w") as f:
+            json.dump(history.history["loss"], f)
+
+
+def run_trainer(tmp_dir, name: str, *, workers: int = 2, datasets=None, **config):
+    """One JaxTrainer run on CPU workers; returns (result, the folder the ranks wrote to, wall seconds)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.v2.jax import JaxTrainer
+
+    out = tmp_dir / f"{name}-out"
+    out.mkdir()
+    started = time.perf_counter()
+    result = JaxTrainer(
+        train_worker,
+        train_loop_config={**config, "out": str(out)},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False),
+        datasets=datasets,
+        run_config=RunConfig(storage_path=str(tmp_dir / "storage"), name=name),
+    ).fit()
+    seconds = time.perf_counter() - started
+    print(f"{name}: {workers} workers, {seconds:.1f} s")
+    assert result.error is None, result.error
+    return result, out, seconds
+
+
+def load_arrays(path) -> list[np.ndarray]:
+    with np.load(path) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+
+def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    assert len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b))
+    return max(float(np.max(np.abs(x.astype("float64") - y.astype("float64")), initial=0.0)) for x, y in zip(a, b))
+
+
+def checkpoint_arrays(checkpoint, file: str) -> list[np.ndarray]:
+    with checkpoint.as_directory() as folder, np.load(os.path.join(folder, file)) as saved:
+        return [saved[f"v{i:05d}"] for i in range(len(saved.files))]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Without Ray: feeding and checkpoint files.
+
+
+class ListShard:
+    def __init__(self, rows: int):
+        self.rows = make_rows(rows)
+        self.passes = 0
+
+    def iter_batches(self, *, batch_size, batch_format, drop_last):
+        self.passes += 1
+        rows = len(self.rows["label"])
+        for start in range(0, rows - batch_size + 1, batch_size):
+            yield {name: column[start : start + batch_size] for name, column in self.rows.items()}
+
+
+def test_shard_batches_yields_exactly_steps_per_epoch_then_restarts():
+    shard = ListShard(rows=50)  # 6 full batches of 8 per pass, 2 rows left over
+    batches = shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=4)
+    first_epoch = [next(batches) for _ in range(4)]
+    second_epoch_first = next(batches)
+    assert shard.passes == 2  # the 2 unused batches were read (drained), then a new pass began
+    features, labels = first_epoch[0]
+    assert sorted(features) == sorted(FEATURES) and features["token_ids"].shape == (8, SEQUENCE)
+    assert labels.shape == (8,)
+    np.testing.assert_array_equal(second_epoch_first[0]["token_ids"], features["token_ids"])
+
+
+def test_fit_trains_on_the_batches_in_order(tmp_path):
+    """fit over `as_tf_dataset` (and over the bare generator, for a plain Keras model) takes batches 0, 1, 2, ...
+    of each pass, every epoch: the same weights as `train_on_batch` over that sequence by hand."""
+    import keras
+
+    rows, steps, epochs = make_rows(40), 4, 2  # 5 batches of 8 per pass: batch 4 is never used
+
+    def dense_model():
+        keras.utils.set_random_seed(SEED)
+        return build_dense()
+
+    def batches():
+        return shard_batches(OrderedRows(rows, 0, 1), batch_size=8, feature_columns=DENSE_FEATURES,
+                             label_column="label", steps=steps)
+
+    by_hand = dense_model()
+    passes = (batches() for _ in range(epochs))
+    for features, labels in [batch for one_pass in passes for batch in itertools.islice(one_pass, steps)]:
+        by_hand.train_on_batch(features, labels)
+
+    through_tf_data, through_generator = dense_model(), dense_model()
+    through_tf_data.fit(as_tf_dataset(batches), steps_per_epoch=steps, epochs=epochs, verbose=0)
+    through_generator.fit(batches(), steps_per_epoch=steps, epochs=epochs, verbose=0)
+    assert max_abs_diff(variables_of(through_tf_data), variables_of(by_hand)) < 1e-6
+    assert max_abs_diff(variables_of(through_generator), variables_of(by_hand)) < 1e-6
+    assert max_abs_diff(variables_of(by_hand), variables_of(dense_model())) > 1e-3
+
+
+def test_shard_batches_forms_weights_and_feature_only_tuples():
+    shard = ListShard(rows=16)
+    shard.rows["weight"] = np.ones(16, "float32")
+    weighted = next(shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label",
+                                  weight_column="weight", steps=1))
+    assert len(weighted) == 3 and weighted[2].shape == (8,)
+    unlabelled = next(shard_batches(shard, batch_size=8, feature_columns=["token_ids"], label_column=None, steps=1))
+    assert list(unlabelled) == ["token_ids"]
+
+
+def test_shard_batches_fails_loudly_on_a_short_shard_and_missing_columns():
+    with pytest.raises(RaynlpError, match="ran out after 2 of 3 batches"):
+        list(shard_batches(ListShard(rows=16), batch_size=8, feature_columns=FEATURES, label_column="label", steps=3))
+    with pytest.raises(RaynlpError, match="no column"):
+        next(shard_batches(ListShard(rows=16), batch_size=8, feature_columns=["nope"], label_column="label", steps=1))
+    assert steps_per_epoch(rows=100, batch_size=8, world_size=2) == 6
+    with pytest.raises(RaynlpError, match="fewer than one global batch"):
+        steps_per_epoch(rows=15, batch_size=8, world_size=2)
+
+
+def test_checkpoint_round_trip_in_one_process(tmp_path):
+    """2 epochs, save, restore into a fresh model, 1 more epoch == 3 straight epochs (plain process, no Ray);
+    restoring the weights without the Adam state would not be."""
+    import keras
+
+    from raynlp.train._internal.checkpoint import restore_checkpoint, save_checkpoint
+
+    rows = make_rows(LOCAL_BATCH * STEPS)
+    def fit(model, epochs, initial_epoch=0):
+        batches = shard_batches(OrderedRows(rows, 0, 1), batch_size=LOCAL_BATCH, feature_columns=DENSE_FEATURES,
+                                label_column="label", steps=STEPS)
+        model.fit(batches, steps_per_epoch=STEPS, epochs=epochs, initial_epoch=initial_epoch, verbose=0)
+
+    keras.utils.set_random_seed(SEED)
+    straight = build_dense()
+    fit(straight, 3)
+
+    keras.utils.set_random_seed(SEED)
+    first = build_dense()
+    fit(first, 2)
+    save_checkpoint(str(tmp_path), first, epoch=2, step=int(first.optimizer.iterations.numpy()), extra={"a": 1})
+    keras.utils.set_random_seed(SEED + 1)  # the fresh model starts elsewhere: everything must come from the files
+    resumed = build_dense()
+    metadata = restore_checkpoint(str(tmp_path), resumed)
+    assert (metadata["epoch"], metadata["global_step"], metadata["extra"]) == (2, 2 * STEPS, {"a": 1})
+    fit(resumed, 3, initial_epoch=metadata["epoch"])
+
+    assert max_abs_diff(variables_of(resumed), variables_of(straight)) == 0.0
+    assert max_abs_diff([v.numpy() for v in resumed.optimizer.variables],
+                        [v.numpy() for v in straight.optimizer.variables]) == 0.0
+
+    # Control: the same weights with a fresh optimizer end elsewhere.
+    weights_only = build_dense()
+    weights_only.set_weights(first.get_weights())
+    fit(weights_only, 3, initial_epoch=2)
+    assert max_abs_diff(variables_of(weights_only), variables_of(straight)) > 1e-3
+
+    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    other.compile(optimizer="adam", loss="mse")
+    with pytest.raises(RaynlpError, match="model variables"):
+        restore_checkpoint(str(tmp_path), other)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# On Ray: 2 CPU workers.
+
+
+@pytest.fixture(scope="module")
+def parallel_run(ray_cluster, tmp_path_factory):
+    """One run shared by the tests below: BERT for 3 epochs x 4 steps, 2 workers x batch 8 over rows in a known
+    order, each epoch checkpointed; then a dense model for 3 epochs over the workers' Ray Data shards."""
+    import ray
+
+    tmp = tmp_path_factory.mktemp("parallel")
+    rows = make_rows(STEPS * LOCAL_BATCH * 2)
+    ray_data_rows = make_rows(100, seed=1)
+    dataset = ray.data.from_items([{name: column[i] for name, column in ray_data_rows.items()} for i in range(100)])
+    ray_data_steps = steps_per_epoch(dataset.count(), LOCAL_BATCH, world_size=2)  # 100 // 16 = 6
+    result, out, seconds = run_trainer(tmp, "parallel", model="bert", rows=rows, data_parallel=True, epochs=3,
+                                       datasets={"train": dataset}, ray_data_steps=ray_data_steps)
+    return {"tmp": tmp, "rows": rows, "result": result, "out": out, "seconds": seconds}
+
+
+def test_two_workers_match_one_process_and_end_identical(parallel_run):
+    import keras
+    import keras_hub
+
+    from raynlp.train._internal.checkpoint import restore_checkpoint
+
+    out = parallel_run["out"]
+    rank0, rank1 = load_arrays(out / "rank0.npz"), load_arrays(out / "rank1.npz")
+    initial = load_arrays(out / "initial.npz")
+
+    # (b) one model: every rank holds the same weights, bit for bit.
+    assert max_abs_diff(rank0, rank1) == 0.0
+
+    # (a) the reference: one plain process, batch 16, the same rows in the same order, the same seed.
+    keras.utils.set_random_seed(SEED)
+    reference = build_classifier()
+    assert max_abs_diff(variables_of(reference), initial) == 0.0  # same seed -> same initial weights
+    batches = as_tf_dataset(lambda: shard_batches(OrderedRows(parallel_run["rows"], 0, 1), batch_size=2 * LOCAL_BATCH,
+                                                  feature_columns=FEATURES, label_column="label", steps=STEPS))
+    history = reference.fit(batches, steps_per_epoch=STEPS, epochs=3, verbose=0)
+    moved = max_abs_diff(rank0, initial)
+    parallel_diff = max_abs_diff(rank0, variables_of(reference))
+    print(f"parallel vs single process: max diff {parallel_diff:.2e}; training moved weights by up to {moved:.2e}")
+    assert moved > 1000 * PARALLEL_TOLERANCE
+    assert parallel_diff < PARALLEL_TOLERANCE
+
+    # Reported metrics are global: rank 0's loss is the single process's loss.
+    result = parallel_run["result"]
+    metrics = result.metrics
+    assert metrics["epoch"] == 3 and metrics["global_step"] == 3 * STEPS
+    assert metrics["examples_per_second"] > 0 and "sparse_categorical_accuracy" in metrics
+    assert abs(metrics["loss"] - history.history["loss"][-1]) < 1e-4
+
+    # The last checkpoint restores into a plain local model that then holds exactly rank 0's weights, and so
+    # does the keras-hub preset that rank 0 saved into it with the distribution off.
+    keras.utils.set_random_seed(SEED + 1)
+    local = build_classifier()
+    with result.checkpoint.as_directory() as folder:
+        restore_checkpoint(folder, local)
+        from_preset = keras_hub.models.BertTextClassifier.from_preset(os.path.join(folder, "preset"))
+    assert max_abs_diff(variables_of(local), rank0) == 0.0
+    assert max_abs_diff([w.numpy() for w in from_preset.weights], [w.numpy() for w in local.weights]) == 0.0
+
+
+def test_ray_data_shards_train_and_ranks_end_identical(parallel_run):
+    """Rows fed through `get_dataset_shard` + `shard_batches` + `as_tf_dataset`: the model learns, and every rank
+    ends the same."""
+    out = parallel_run["out"]
+    rank0 = load_arrays(out / "ray_data_rank0.npz")
+    assert max_abs_diff(rank0, load_arrays(out / "ray_data_rank1.npz")) == 0.0
+    assert max_abs_diff(rank0, load_arrays(out / "ray_data_initial.npz")) > 1000 * PARALLEL_TOLERANCE
+    losses = json.loads((out / "ray_data_loss.json").read_text())
+    assert losses[-1] < losses[0], losses
+
+
+def test_resume_from_checkpoint_matches_straight_run(parallel_run):
+    """(d) Epochs 1-2, checkpoint, fresh workers restore it and run epoch 3 == epochs 1-3 in one go."""
+    result = parallel_run["result"]
+    by_epoch = {metrics["epoch"]: checkpoint for checkpoint, metrics in result.best_checkpoints}
+    assert sorted(by_epoch) == [1, 2, 3]
+
+    resumed, out, _ = run_trainer(parallel_run["tmp"], "resumed", model="bert", rows=parallel_run["rows"],
+                                  data_parallel=True, epochs=3, resume_from=by_epoch[2])
+    with resumed.checkpoint.as_directory() as folder, open(os.path.join(folder, "metadata.json")) as f:
+        metadata = json.load(f)
+    assert (metadata["epoch"], metadata["global_step"], metadata["extra"]) == (3, 3 * STEPS, {"test": True})
+    assert len(metadata["optimizer_variables"]) > len(metadata["model_variables"])  # Adam: 2 moments per weight
+
+    model_diff = max_abs_diff(checkpoint_arrays(resumed.checkpoint, "model_variables.npz"),
+                              checkpoint_arrays(by_epoch[3], "model_variables.npz"))
+    optimizer_diff = max_abs_diff(checkpoint_arrays(resumed.checkpoint, "optimizer_variables.npz"),
+                                  checkpoint_arrays(by_epoch[3], "optimizer_variables.npz"))
+    print(f"2 + 1 epochs vs 3 epochs: model max diff {model_diff:.2e}, optimizer max diff {optimizer_diff:.2e}")
+    assert model_diff < 1e-6 and optimizer_diff < 1e-6
+    assert max_abs_diff(load_arrays(out / "rank0.npz"), load_arrays(out / "rank1.npz")) == 0.0
+
+
+def test_control_without_data_parallel_ranks_diverge(ray_cluster, tmp_path):
+    """(c) The same harness with the setup skipped: the ranks train apart, so the checks above can fail."""
+    rows = make_rows(STEPS * LOCAL_BATCH * 2)
+    _, out, _ = run_trainer(tmp_path, "control", model="dense", rows=rows, data_parallel=False, epochs=1)
+    diff = max_abs_diff(load_arrays(out / "rank0.npz"), load_arrays(out / "rank1.npz"))
+    print(f"control (no data parallelism): ranks differ by up to {diff:.2e}")
+    assert diff > 1000 * PARALLEL_TOLERANCE

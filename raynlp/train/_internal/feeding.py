@@ -1,0 +1,128 @@
+"""Feed a Ray Data shard into `model.fit` (JAX backend), the same number of steps on every rank.
+
+Under data parallelism every train step is a collective: if one rank runs one step more than another, that rank
+waits forever for the others. So the number of steps per epoch is fixed up front from the *global* row count
+(`steps_per_epoch`) and every rank yields exactly that many batches per epoch, whatever its shard holds.
+
+A plain `keras.Model` fits the generator directly. A keras-hub task (`BertTextClassifier`, `BertMaskedLM`, ...)
+does not: its `fit` turns `x` into a dataset itself and accepts only arrays, `tf.data` or grain datasets (a
+generator fails with "Attempt to convert a value (<generator object ...>) with an unsupported type"), so give
+it `as_tf_dataset(lambda: shard_batches(...))`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from raynlp.errors import RaynlpError
+
+
+def steps_per_epoch(rows: int, batch_size: int, world_size: int) -> int:
+    """Optimizer steps in one epoch over `rows` rows at `batch_size` rows per worker and step.
+
+    Ray's default split gives every worker an equal share (`streaming_split(equal=True)`), and every worker
+    drops its last partial batch, so each worker can fill `rows // (batch_size * world_size)` local batches.
+    """
+    steps = rows // (batch_size * world_size)
+    if steps < 1:
+        raise RaynlpError(
+            f"{rows} training rows are fewer than one global batch of {batch_size} x {world_size} workers: "
+            "use more data, a smaller batch_size or fewer workers"
+        )
+    return steps
+
+
+def shard_batches(
+    shard: Any,
+    *,
+    batch_size: int,
+    feature_columns: Sequence[str],
+    label_column: str | None,
+    weight_column: str | None = None,
+    steps: int,
+) -> Iterator[Any]:
+    """An endless generator of training batches over `shard`, for `fit(generator, steps_per_epoch=steps)`.
+
+    Args:
+        shard: what `ray.train.get_dataset_shard(name)` returns (anything with Ray Data's `iter_batches`).
+        batch_size: rows per batch on this worker (the local batch).
+        feature_columns: the columns that make the model's inputs, yielded as a dict keyed by column name
+            (keras-hub backbones take dicts such as `token_ids`, `segment_ids`, `padding_mask`).
+        label_column: the target column, or None for a model that takes features only.
+        weight_column: an optional per-row sample weight column (for example masked-LM `mask_weights`).
+        steps: batches per epoch, the same on every rank: `steps_per_epoch(rows, batch_size, world_size)`.
+
+    Yields:
+        `features`, `(features, labels)` or `(features, labels, weights)`, with numpy arrays.
+
+    Each epoch starts a fresh pass over the shard (Ray Data shards are re-iterable), yields exactly `steps`
+    batches, then reads the rest of that pass without yielding it, so the next epoch starts from the top.
+    The generator never ends by itself: Keras keeps one iterator across epochs when `steps_per_epoch` is set
+    and stops taking batches after `epochs * steps`.
+
+    Raises:
+        RaynlpError: when the shard holds fewer than `steps` full batches in a pass (the other ranks would
+            otherwise wait for this one forever).
+    """
+    if steps < 1:
+        raise RaynlpError(f"steps must be at least 1, got {steps}")
+    columns = list(feature_columns)
+    epoch = 0
+    while True:
+        taken = 0
+        batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True)
+        for batch in batches:
+            if taken == steps:
+                # Keep reading to the end of the pass: a streaming split moves on to its next epoch only
+                # when every consumer has finished the current one.
+                continue
+            taken += 1
+            yield _to_fit_inputs(batch, columns, label_column, weight_column)
+        if taken < steps:
+            raise RaynlpError(
+                f"this worker's data shard ran out after {taken} of {steps} batches of {batch_size} rows in "
+                f"epoch {epoch}: compute steps with steps_per_epoch() from the global row count"
+            )
+        epoch += 1
+
+
+def as_tf_dataset(make_batches: Callable[[], Iterator[Any]]) -> Any:
+    """A `tf.data.Dataset` over `make_batches()`, the form of input keras-hub tasks' `fit` accepts.
+
+    Args:
+        make_batches: returns a fresh `shard_batches(...)` generator; called once per iteration of the dataset.
+
+    Every iteration of the dataset starts a fresh generator, i.e. a fresh pass over the shard. That matters:
+    before the first step `fit` may take a batch or two from one iteration to build the model's metrics and
+    loss, drop that iteration and start another; a single shared generator would lose those batches and shift
+    every epoch. `as_tf_dataset` itself reads one batch from a throwaway generator to learn shapes and dtypes.
+    """
+    import tensorflow as tf
+
+    probe = make_batches()
+    first = next(probe)
+    probe.close()
+
+    def spec(array: np.ndarray) -> Any:
+        # The batch axis stays open so that the spec does not depend on the batch size.
+        return tf.TensorSpec(shape=(None, *array.shape[1:]), dtype=tf.as_dtype(array.dtype))
+
+    return tf.data.Dataset.from_generator(make_batches, output_signature=tf.nest.map_structure(spec, first))
+
+
+def _to_fit_inputs(
+    batch: dict[str, np.ndarray], columns: list[str], label_column: str | None, weight_column: str | None
+) -> Any:
+    """One Ray Data numpy batch as the tuple Keras `fit` unpacks into x, y and sample_weight."""
+    missing = [c for c in [*columns, label_column, weight_column] if c is not None and c not in batch]
+    if missing:
+        raise RaynlpError(f"the training data has no column(s) {missing}; it has {sorted(batch)}")
+    features = {name: batch[name] for name in columns}
+    if label_column is None:
+        return features
+    if weight_column is None:
+        return features, batch[label_column]
+    return features, batch[label_column], batch[weight_column]

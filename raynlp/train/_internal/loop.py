@@ -1,0 +1,138 @@
+"""The function every Ray Train worker runs: set up data parallelism, build, restore, fit, report.
+
+Read it top to bottom: this is the whole training step of every raynlp recipe.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+# A test hook: when set in train_loop_config, the worker of that rank ends its own process in that epoch.
+KILL_HOOK = "_test_kill_rank_in_epoch"
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import keras
+    import ray.train
+
+    from raynlp.train._internal.checkpoint import ReportCallback, restore_from_ray
+    from raynlp.train._internal.distributed import setup_data_parallel
+    from raynlp.train._internal.feeding import as_tf_dataset, shard_batches
+    from raynlp.train.config import RecipeConfig
+    from raynlp.train.recipes import RECIPES, Plan
+
+    config = RecipeConfig.model_validate(loop_config["recipe"])
+    plan = Plan(**loop_config["plan"])
+    recipe = RECIPES[config.task]
+
+    # 1. One replica of a data-parallel run (a plain process when there is one worker).
+    info = setup_data_parallel(config.scaling.use_gpu, config.train.seed)
+    if config.train.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if not config.scaling.use_gpu else "mixed_float16")
+
+    # 2. The same model on every rank, then the latest checkpoint of this run, if any (resume after failure).
+    model = recipe.build(config, plan)
+    checkpoint = ray.train.get_checkpoint()
+    restored = restore_from_ray(model, checkpoint)
+    initial_epoch = restored["epoch"] if restored else 0
+    if restored:
+        logger.info("rank %d resumed from epoch %d, step %d", info.rank, restored["epoch"], restored["global_step"])
+
+    # 3. This worker's shards, an equal number of local batches on every rank.
+    batch_size = config.train.batch_size
+
+    def batches(split: str, steps: int):
+        shard = ray.train.get_dataset_shard(split)
+        # keras-hub tasks' fit takes tf.data, not a generator; each pass over it is a fresh pass over the shard.
+        return as_tf_dataset(lambda: shard_batches(shard, batch_size=batch_size,
+                                                   feature_columns=recipe.feature_columns,
+                                                   label_column=recipe.label_column,
+                                                   weight_column=recipe.weight_column, steps=steps))
+
+    validation = batches("test", plan.validation_steps) if plan.validation_steps else None
+
+    # 4. Fit; each epoch ends with a report to Ray Train and, from rank 0, a checkpoint holding the preset.
+    history = _History(info, previous=_read_history(checkpoint),
+                       global_batch=batch_size * info.world_size, steps=plan.steps_per_epoch)
+
+    def write_extra(folder: str) -> None:
+        recipe.export(model, config, plan, f"{folder}/preset")
+        history.write(f"{folder}/history.json")
+
+    callbacks = [
+        history,  # before the report, so that each checkpoint holds its own epoch
+        ReportCallback(info, local_batch_size=batch_size, steps_per_epoch=plan.steps_per_epoch,
+                       extra={"task": config.task, "plan": plan.to_dict()}, write_extra=write_extra),
+    ]
+    if loop_config.get(KILL_HOOK):
+        callbacks.append(_KillInEpoch(info.rank, *loop_config[KILL_HOOK]))
+    if initial_epoch < config.train.epochs:
+        model.fit(batches("train", plan.steps_per_epoch), steps_per_epoch=plan.steps_per_epoch,
+                  epochs=config.train.epochs, initial_epoch=initial_epoch, validation_data=validation,
+                  validation_steps=plan.validation_steps, callbacks=callbacks, verbose=0)
+
+
+def _read_history(checkpoint) -> list[dict]:
+    import json
+    import os
+
+    if checkpoint is None:
+        return []
+    with checkpoint.as_directory() as folder:
+        path = os.path.join(folder, "history.json")
+        return json.load(open(path)) if os.path.exists(path) else []
+
+
+def _History(info, *, previous: list[dict], global_batch: int, steps: int):
+    """Keeps every epoch's metrics (carried over a resume through the checkpoint) and logs them on rank 0."""
+    import json
+    import time
+
+    import keras
+
+    class History(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epochs = [dict(e) for e in previous]
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.started
+            entry = {"epoch": epoch + 1, "global_step": int(self.model.optimizer.iterations.numpy()),
+                     "seconds": round(seconds, 2), "examples_per_second": round(steps * global_batch / seconds, 1),
+                     **{k: float(v) for k, v in (logs or {}).items()}}
+            self.epochs = [e for e in self.epochs if e["epoch"] < entry["epoch"]] + [entry]
+            if info.is_chief:
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("epoch",))
+                print(f"[raynlp] epoch {entry['epoch']}/{self.params.get('epochs')}: {shown}", flush=True)
+
+        def write(self, path: str) -> None:
+            with open(path, "w") as f:
+                json.dump(self.epochs, f, indent=2)
+
+    return History()
+
+
+class _KillInEpoch:
+    """Ends this worker's process in the middle of an epoch, once per run (for fault-tolerance tests)."""
+
+    def __new__(cls, my_rank: int, rank: int, epoch: int, marker: str):
+        import os
+
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def on_epoch_begin(self, current, logs=None):
+                self.current = current
+
+            def on_train_batch_end(self, batch, logs=None):
+                halfway = batch >= self.params.get("steps", 2) // 2
+                if my_rank == rank and self.current == epoch and halfway and not os.path.exists(marker):
+                    open(marker, "w").close()
+                    os._exit(1)
+
+        return Callback()

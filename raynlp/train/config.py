@@ -1,0 +1,164 @@
+"""Typed, validated recipe configs: one YAML per workflow in `configs/`, overridable with `--set a.b=value`.
+
+A config is checked completely before any Ray resource is taken; an error names the field:
+
+    raynlp: error: config field train.batch_size: Input should be greater than 0 (got -1)
+"""
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raynlp.errors import RaynlpError
+
+Task = Literal["finetune", "fit", "pretrain", "scratch"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where the text comes from and how it is tokenized."""
+
+    dataset: str | None = Field(None, description="a raynlp data set name (`raynlp datasets list`)")
+    train: str | None = Field(None, description="training corpus: path, glob, URI, or a `raynlp tokenize` folder")
+    test: str | None = Field(None, description="evaluation corpus, same kinds as `train`")
+    format: Literal["lines", "paragraphs", "jsonl", "csv", "parquet", "folders"] | None = None
+    text_column: str = "text"
+    sequence_length: int = Field(128, ge=8, le=4096)
+    max_train_rows: int | None = Field(None, gt=0, description="use only this many training rows (small runs)")
+    max_test_rows: int | None = Field(None, gt=0)
+    tokenizer_actors: int = Field(1, ge=1, description="Ray Data actors that tokenize beside the trainers")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.dataset is None) == (self.train is None):
+            raise ValueError("give exactly one of data.dataset and data.train")
+        return self
+
+
+class MaskingSettings(_Section):
+    """Masked-LM masking, as keras-hub's `MaskedLMMaskGenerator` (pretraining only)."""
+
+    selection_rate: float = Field(0.15, gt=0, le=1)
+    max_selections: int = Field(32, ge=1)
+    mask_token_rate: float = Field(0.8, ge=0, le=1)
+    random_token_rate: float = Field(0.1, ge=0, le=1)
+
+
+class ModelConfig(_Section):
+    num_classes: int | None = Field(None, ge=2, description="classes; inferred from the labels when left out")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    builder: str | None = Field(None, description="`fit` only: 'package.module:function' returning a keras.Model")
+    freeze_backbone: bool = False
+    vocabulary: str | None = Field(None, description="`scratch` only: a WordPiece vocabulary file (raynlp vocab)")
+    vocabulary_size: int = Field(8000, ge=100, description="`scratch`: size of the vocabulary learned when none given")
+    hidden_dim: int = Field(64, ge=8, description="`scratch`: embedding and encoder width")
+    num_layers: int = Field(1, ge=1, description="`scratch`: TransformerEncoder layers")
+    num_heads: int = Field(2, ge=1)
+    intermediate_dim: int = Field(128, ge=8)
+    masking: MaskingSettings = MaskingSettings()
+
+
+class OptimizerConfig(_Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    learning_rate: float = Field(5e-5, gt=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    scale_learning_rate: bool = Field(False, description="multiply the learning rate by the number of workers")
+
+
+class TrainSettings(_Section):
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(16, ge=1, description="per worker; the global batch is batch_size × num_workers")
+    seed: int = 0
+    mixed_precision: bool = False
+    steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (small runs)")
+
+
+class ScalingSettings(_Section):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+
+
+class RunSettings(_Section):
+    output: str = Field("runs/out", description="folder (or storage URI) for checkpoints and the exported preset")
+    max_failures: int = Field(2, ge=0, description="worker failures to recover from before giving up")
+    address: str | None = Field(None, description="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
+
+
+class RecipeConfig(_Section):
+    task: Task
+    preset: str | None = Field(None, description="keras-hub preset: raynlp name, keras-hub handle or folder")
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainSettings = TrainSettings()
+    scaling: ScalingSettings = ScalingSettings()
+    run: RunSettings = RunSettings()
+
+    @model_validator(mode="after")
+    def _task_needs(self):
+        if self.task != "scratch" and not self.preset:
+            raise ValueError(f"task {self.task} needs a preset")
+        if self.task == "fit" and not self.model.builder:
+            raise ValueError("task fit needs model.builder ('package.module:function')")
+        return self
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        node = tree.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise RaynlpError(f"--set {dotted}: {key} is not a section")
+        tree = node
+    tree[keys[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """`["train.epochs=3", "scaling.use_gpu=true"]` applied to a config tree; values are read as YAML."""
+    for item in overrides:
+        if "=" not in item:
+            raise RaynlpError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
+        key, raw = item.split("=", 1)
+        _set(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")
+    more = f"; and {error.error_count() - 1} more" if error.error_count() > 1 else ""
+    if not first["loc"]:
+        return f"config: {message}{more}"
+    field = ".".join(str(p) for p in first["loc"])
+    got = f" (got {first['input']!r})" if first["type"] != "missing" and not isinstance(first["input"], dict) else ""
+    return f"config field {field}: {message}{got}{more}"
+
+
+def parse_config(tree: dict) -> RecipeConfig:
+    try:
+        return RecipeConfig.model_validate(tree)
+    except ValidationError as e:
+        raise RaynlpError(_describe(e)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **defaults) -> RecipeConfig:
+    """Read a YAML recipe, apply `--set` overrides, validate. Nothing starts before this succeeds."""
+    tree: dict = dict(defaults)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RaynlpError(f"config file {path} does not exist; see configs/ for examples")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise RaynlpError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise RaynlpError(f"config file {path} must hold a mapping of sections (task, preset, data, ...)")
+        tree.update(loaded)
+    return parse_config(apply_overrides(tree, overrides or []))

@@ -1,0 +1,25 @@
+"""Levels 2 and 3 of the guide: fine-tune a preset's backbone as a `BertTextClassifier` on labelled text."""
+
+from raynlp.train.recipes.base import Plan, Recipe, compile_model
+
+
+class FinetuneRecipe(Recipe):
+    def build(self, config, plan: Plan):
+        import keras_hub
+
+        classifier = keras_hub.models.BertTextClassifier.from_preset(
+            plan.preset_dir, num_classes=plan.num_classes, preprocessor=None, dropout=config.model.dropout
+        )
+        if config.model.freeze_backbone:
+            classifier.backbone.trainable = False
+        return compile_model(classifier, config, plan)
+
+    def export(self, model, config, plan: Plan, folder: str) -> None:
+        import keras_hub
+
+        model.save_to_preset(folder)
+        # The preprocessor the model was trained with (same tokenizer, same sequence length), so that
+        # `BertTextClassifier.from_preset(folder)` takes raw strings.
+        keras_hub.models.BertTextClassifierPreprocessor.from_preset(
+            plan.tokenizer_dir, sequence_length=config.data.sequence_length
+        ).save_to_preset(folder)

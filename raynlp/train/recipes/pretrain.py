@@ -1,0 +1,28 @@
+"""Level 5 of the guide: masked-LM pretraining of a backbone, from random init or continued (domain pretraining).
+
+The masking is done in Ray Data; the model sees `token_ids` with [MASK]s, predicts the original ids at
+`mask_positions`, and the loss is weighted by `mask_weights`. The export is a backbone preset (config,
+weights, tokenizer) that `finetune` takes as its `preset`.
+"""
+
+from raynlp.train.recipes.base import PACKED_FEATURES, Plan, Recipe, compile_model
+
+
+class PretrainRecipe(Recipe):
+    labelled = False
+    masked_lm = True
+    feature_columns = (*PACKED_FEATURES, "mask_positions")
+    label_column = "mask_ids"
+    weight_column = "mask_weights"
+
+    def build(self, config, plan: Plan):
+        import keras_hub
+
+        masked_lm = keras_hub.models.BertMaskedLM.from_preset(plan.preset_dir, preprocessor=None)
+        return compile_model(masked_lm, config, plan)
+
+    def export(self, model, config, plan: Plan, folder: str) -> None:
+        import keras_hub
+
+        model.backbone.save_to_preset(folder)
+        keras_hub.models.BertTokenizer.from_preset(plan.tokenizer_dir).save_to_preset(folder)

@@ -1,0 +1,48 @@
+"""Level 6 of the guide: a vocabulary learned from the corpus and a small transformer trained from scratch.
+
+    token ids → TokenAndPositionEmbedding → TransformerEncoder × n → [CLS] position → dropout → dense
+
+Only `token_ids` and `padding_mask` are used. The export is `model.keras` beside the learned tokenizer.
+"""
+
+from raynlp.train.recipes.base import Plan, Recipe, compile_model
+
+
+def build_scratch_classifier(*, vocabulary_size: int, sequence_length: int, hidden_dim: int, num_layers: int,
+                             num_heads: int, intermediate_dim: int, dropout: float, num_classes: int):
+    import keras
+    import keras_hub
+
+    token_ids = keras.Input(shape=(sequence_length,), dtype="int32", name="token_ids")
+    padding_mask = keras.Input(shape=(sequence_length,), dtype="bool", name="padding_mask")
+    x = keras_hub.layers.TokenAndPositionEmbedding(
+        vocabulary_size=vocabulary_size, sequence_length=sequence_length, embedding_dim=hidden_dim
+    )(token_ids)
+    for _ in range(num_layers):
+        x = keras_hub.layers.TransformerEncoder(num_heads=num_heads, intermediate_dim=intermediate_dim,
+                                                dropout=dropout)(x, padding_mask=padding_mask)
+    x = keras.layers.Dropout(dropout)(x[:, 0, :])
+    logits = keras.layers.Dense(num_classes)(x)
+    return keras.Model({"token_ids": token_ids, "padding_mask": padding_mask}, logits, name="scratch_classifier")
+
+
+class ScratchRecipe(Recipe):
+    feature_columns = ("token_ids", "padding_mask")
+
+    def build(self, config, plan: Plan):
+        from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
+
+        m = config.model
+        vocabulary_size = FastWordPieceTokenizer.from_keras_hub_preset_dir(plan.tokenizer_dir).vocabulary_size
+        model = build_scratch_classifier(
+            vocabulary_size=vocabulary_size, sequence_length=config.data.sequence_length, hidden_dim=m.hidden_dim,
+            num_layers=m.num_layers, num_heads=m.num_heads, intermediate_dim=m.intermediate_dim,
+            dropout=m.dropout, num_classes=plan.num_classes,
+        )
+        return compile_model(model, config, plan)
+
+    def export(self, model, config, plan: Plan, folder: str) -> None:
+        import keras_hub
+
+        model.save(f"{folder}/model.keras")
+        keras_hub.models.BertTokenizer.from_preset(plan.tokenizer_dir).save_to_preset(folder)
