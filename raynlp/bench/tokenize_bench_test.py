@@ -1,0 +1,69 @@
+"""`raynlp bench tokenize` on a few rows: every way runs, agrees with keras-hub, and the ratios add up."""
+
+import json
+
+import pytest
+
+import raynlp.bench
+from raynlp.cli import main
+from raynlp.errors import RaynlpError
+
+WAYS = ["keras_hub_preprocessor_1_process", "raynlp_1_process", "raynlp_ray_data_1_actor", "raynlp_ray_data_2_actors"]
+ROWS = 200
+
+
+@pytest.fixture(scope="module")
+def bench_report(ray_cluster, tmp_path_factory):
+    output = tmp_path_factory.mktemp("bench")
+    path = raynlp.bench.run("tokenize", output_dir=output, rows=ROWS)
+    assert path == output / "tokenize.json"
+    return output, json.loads(path.read_text())
+
+
+def test_every_way_is_measured(bench_report):
+    _, report = bench_report
+    assert report["benchmark"] == "tokenize"
+    assert report["rows"] == ROWS
+    assert report["tokens"] > ROWS  # real tokens, at least [CLS] and [SEP] per row
+    assert list(report["results"]) == WAYS
+    assert list(report["speedup_vs_keras_hub"]) == WAYS
+    for way, figures in report["results"].items():
+        assert figures["seconds"] > 0, way
+        assert figures["rows_per_s"] > 0, way
+        assert figures["tokens_per_s"] > 0, way
+        # Both rates come from the same seconds.
+        assert figures["tokens_per_s"] / figures["rows_per_s"] == pytest.approx(report["tokens"] / ROWS, rel=1e-2)
+
+
+def test_raynlp_ids_equal_keras_hub(bench_report):
+    _, report = bench_report
+    for way in WAYS[1:]:
+        assert report["results"][way]["same_ids_as_keras_hub"] == 1.0, way
+
+
+def test_speedups_follow_from_rows_per_second(bench_report):
+    _, report = bench_report
+    base = report["results"]["keras_hub_preprocessor_1_process"]["rows_per_s"]
+    assert report["speedup_vs_keras_hub"]["keras_hub_preprocessor_1_process"] == 1.0
+    for way in WAYS:
+        expected = report["results"][way]["rows_per_s"] / base
+        assert report["speedup_vs_keras_hub"][way] == pytest.approx(expected, abs=0.006), way
+
+
+def test_plot_is_written(bench_report):
+    output, _ = bench_report
+    png = output / "tokenize.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_benchmark_is_refused(capsys):
+    # argparse's `choices` refuses it before anything runs: exit status 2, its error on the last line.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "nosuch"])
+    assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith("raynlp bench: error: ")
+    assert "'nosuch'" in last_line and "tokenize" in last_line
+    # The Python API names the benchmarks it has.
+    with pytest.raises(RaynlpError, match="unknown benchmark 'nosuch'; benchmarks: tokenize"):
+        raynlp.bench.run("nosuch")
