@@ -108,6 +108,41 @@ def _train(args) -> None:
     print(f"{config.task} finished: {shown}\npreset: {result.preset}\nmetrics: {result.output / 'metrics.json'}")
 
 
+def _evaluate(args) -> None:
+    from raynlp._internal.cluster import ensure_ray
+    from raynlp.inference import evaluate
+
+    ensure_ray(args.address)
+    report = evaluate(_input_dataset(args), args.preset, num_actors=args.num_actors, batch_size=args.batch_size)
+    text = json.dumps(report, indent=2)
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            f.write(text)
+        logger.info("evaluation written to %s", args.output)
+    print(text)
+
+
+def _predict(args) -> None:
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from raynlp._internal.cluster import ensure_ray
+    from raynlp.inference import predict_dataset
+
+    output = Path(args.output)
+    if output.exists() and any(output.iterdir()):
+        raise RaynlpError(f"output folder {output} is not empty; choose a new folder or delete it")
+    ensure_ray(args.address)
+    predictions = predict_dataset(_input_dataset(args), args.preset, num_actors=args.num_actors,
+                                  batch_size=args.batch_size)
+    predictions.write_parquet(str(output))
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in output.glob("*.parquet"))
+    print(f"predicted {rows} rows into Parquet shards in {output} "
+          "(columns: text, predicted_label, predicted_name, probabilities, and any input columns)")
+
+
 def _demo(args) -> None:
     from raynlp.demo import run_demo
 
@@ -123,11 +158,11 @@ def _bench(args) -> None:
 
 # --- parser ----------------------------------------------------------------------------------------------
 
-def _add_input_flags(p: argparse.ArgumentParser) -> None:
+def _add_input_flags(p: argparse.ArgumentParser, split: str = "train") -> None:
     src = p.add_argument_group("input (one of)")
     src.add_argument("--input", help="a corpus: file, folder (class folders or text files), glob, s3:// or gs:// URI")
     src.add_argument("--dataset", help="a raynlp data set name (see `raynlp datasets list`)")
-    p.add_argument("--split", default="train", choices=["train", "test"], help="split of --dataset (default train)")
+    p.add_argument("--split", default=split, choices=["train", "test"], help=f"split of --dataset (default {split})")
     p.add_argument("--format", choices=["lines", "paragraphs", "jsonl", "csv", "parquet", "folders"],
                    help="corpus format; inferred from the suffix or layout when left out")
     p.add_argument("--text-column", default="text", help="column holding the text in csv/jsonl/parquet input")
@@ -199,13 +234,38 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config field, e.g. --set train.epochs=3 --set scaling.num_workers=4")
         p.set_defaults(run=_train)
 
+    p = commands.add_parser(
+        "evaluate", help="accuracy, loss and confusion matrix of a trained classifier over a labelled corpus",
+        description="Run a classifier folder (a training run's preset/) over labelled text on a Ray Data actor "
+                    "pool and report accuracy, mean cross-entropy, per-class precision/recall and the confusion "
+                    "matrix as JSON.")
+    p.add_argument("--preset", required=True, help="classifier folder, e.g. runs/finetune/preset")
+    _add_input_flags(p, split="test")
+    p.add_argument("--output", help="also write the JSON report to this file")
+    p.add_argument("--num-actors", type=int, default=1, help="inference actors (default 1)")
+    p.add_argument("--batch-size", type=int, default=32, help="rows per predict call (default 32)")
+    p.set_defaults(run=_evaluate)
+
+    p = commands.add_parser(
+        "predict", help="classify a corpus with a trained classifier into Parquet (batch inference)",
+        description="Run a classifier folder over a corpus of any size on a Ray Data actor pool and write Parquet "
+                    "shards with the predicted label, its name and the class probabilities of every row.")
+    p.add_argument("--preset", required=True, help="classifier folder, e.g. runs/finetune/preset")
+    _add_input_flags(p)
+    p.add_argument("--output", required=True, help="new folder for the Parquet shards")
+    p.add_argument("--num-actors", type=int, default=1, help="inference actors (default 1)")
+    p.add_argument("--batch-size", type=int, default=32, help="rows per predict call (default 32)")
+    p.set_defaults(run=_predict)
+
     p = commands.add_parser("demo", help="run the demo workflow on a local Ray cluster (what `make demo` runs)")
     p.add_argument("--output", default="runs/demo", help="folder for the demo's results (default runs/demo)")
     p.add_argument("--address", help="Ray cluster to join (default: a new local cluster)")
     p.set_defaults(run=_demo)
 
     p = commands.add_parser("bench", help="run a benchmark; writes JSON (and a PNG) with ratios to plain keras-hub")
-    p.add_argument("name", choices=["tokenize"], help="which benchmark")
+    p.add_argument("name", choices=["tokenize", "train"],
+                   help="tokenize: raynlp's tokenizer against keras-hub's preprocessor; train: data-parallel "
+                        "fine-tuning against a plain keras-hub fit")
     p.add_argument("--output", default="runs/bench", help="folder for results (default runs/bench)")
     p.add_argument("--rows", type=int, default=None, help="rows to use (default: the benchmark's own)")
     p.set_defaults(run=_bench)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from raynlp.errors import RaynlpError
 
-BENCHMARKS = ("tokenize",)
+BENCHMARKS = ("tokenize", "train")
 
 
 def run(name: str, output_dir: str = "runs/bench", rows: int | None = None) -> Path:
@@ -16,4 +16,8 @@ def run(name: str, output_dir: str = "runs/bench", rows: int | None = None) -> P
         from raynlp.bench.tokenize_bench import run_tokenize_bench
 
         return run_tokenize_bench(Path(output_dir), rows=rows)
+    if name == "train":
+        from raynlp.bench.train_bench import run_train_bench
+
+        return run_train_bench(Path(output_dir), rows=rows)
     raise RaynlpError(f"unknown benchmark {name!r}; benchmarks: {', '.join(BENCHMARKS)}")

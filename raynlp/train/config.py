@@ -31,7 +31,10 @@ class DataConfig(_Section):
     sequence_length: int = Field(128, ge=8, le=4096)
     max_train_rows: int | None = Field(None, gt=0, description="use only this many training rows (small runs)")
     max_test_rows: int | None = Field(None, gt=0)
-    tokenizer_actors: int = Field(1, ge=1, description="Ray Data actors that tokenize beside the trainers")
+    tokenizer_actors: int = Field(2, ge=1, description="Ray Data actors that tokenize the corpus before training")
+    shard_cache: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="memory: each worker keeps its shard in memory after the first epoch; stream: read it "
+                            "from storage every epoch (shards larger than memory); auto: memory up to 1 GiB a worker")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -68,6 +71,9 @@ class OptimizerConfig(_Section):
     learning_rate: float = Field(5e-5, gt=0, le=1)
     weight_decay: float = Field(0.01, ge=0)
     scale_learning_rate: bool = Field(False, description="multiply the learning rate by the number of workers")
+    schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="cosine: linear warm-up to learning_rate, then cosine decay to 0 at the last step")
+    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="share of all steps spent warming up (cosine)")
 
 
 class TrainSettings(_Section):
@@ -75,6 +81,8 @@ class TrainSettings(_Section):
     batch_size: int = Field(16, ge=1, description="per worker; the global batch is batch_size × num_workers")
     seed: int = 0
     mixed_precision: bool = False
+    shuffle: bool = Field(True, description="deal each worker's rows into batches in a new order every epoch after "
+                                            "the first (shards kept in memory; seeded by train.seed)")
     steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (small runs)")
 
 

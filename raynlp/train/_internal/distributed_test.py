@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from raynlp.errors import RaynlpError
-from raynlp.train._internal.feeding import as_tf_dataset, shard_batches, steps_per_epoch
+from raynlp.train._internal.feeding import ShardCache, as_tf_dataset, shard_batches, steps_per_epoch
 
 SEED = 1234
 VOCABULARY, SEQUENCE = 200, 16
@@ -242,6 +242,41 @@ def test_shard_batches_yields_exactly_steps_per_epoch_then_restarts():
     assert sorted(features) == sorted(FEATURES) and features["token_ids"].shape == (8, SEQUENCE)
     assert labels.shape == (8,)
     np.testing.assert_array_equal(second_epoch_first[0]["token_ids"], features["token_ids"])
+
+
+def test_shard_cache_replays_the_first_complete_pass_from_memory():
+    shard = ListShard(rows=50)
+    cache = ShardCache()
+    probe = shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=4, cache=cache)
+    next(probe)
+    probe.close()
+    assert not cache  # a pass abandoned midway is not kept
+    batches = shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=4, cache=cache)
+    epochs = [[next(batches) for _ in range(4)] for _ in range(3)]
+    assert shard.passes == 2 and len(cache.batches) == 4  # the probe's pass and one full pass; then memory only
+    for later in epochs[1:]:
+        for a, b in zip(epochs[0], later):
+            np.testing.assert_array_equal(a[0]["token_ids"], b[0]["token_ids"])
+    again = shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=4, cache=cache)
+    next(again)
+    assert shard.passes == 2  # a new generator over the same cache does not read the shard either
+
+
+def test_shuffled_cache_deals_the_same_rows_in_a_new_order_each_epoch():
+    shard = ListShard(rows=48)
+    shard.rows["token_ids"][:, 0] = np.arange(48)  # a row id
+    cache = ShardCache(shuffle_seed=7)
+    batches = shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=5, cache=cache)
+    epochs = [[next(batches) for _ in range(5)] for _ in range(3)]
+    ids = [np.concatenate([f["token_ids"][:, 0] for f, _ in epoch]) for epoch in epochs]
+    labels = [np.concatenate([y for _, y in epoch]) for epoch in epochs]
+    assert sorted(ids[0]) == sorted(ids[1]) == sorted(ids[2])  # the same 40 rows (the last batch is never used)
+    assert not np.array_equal(ids[0], ids[1]) and not np.array_equal(ids[1], ids[2])
+    by_row = dict(zip(ids[0], labels[0]))
+    assert all(by_row[i] == y for i, y in zip(ids[2], labels[2]))  # features and labels stay together
+    replayed = ShardCache(shuffle_seed=7)
+    again = shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=5, cache=replayed)
+    assert np.array_equal(np.concatenate([next(again)[0]["token_ids"][:, 0] for _ in range(10)])[40:], ids[1])
 
 
 def test_fit_trains_on_the_batches_in_order(tmp_path):

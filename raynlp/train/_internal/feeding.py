@@ -43,6 +43,7 @@ def shard_batches(
     label_column: str | None,
     weight_column: str | None = None,
     steps: int,
+    cache: ShardCache | None = None,
 ) -> Iterator[Any]:
     """An endless generator of training batches over `shard`, for `fit(generator, steps_per_epoch=steps)`.
 
@@ -54,6 +55,10 @@ def shard_batches(
         label_column: the target column, or None for a model that takes features only.
         weight_column: an optional per-row sample weight column (for example masked-LM `mask_weights`).
         steps: batches per epoch, the same on every rank: `steps_per_epoch(rows, batch_size, world_size)`.
+        cache: a `ShardCache` to keep the shard in this worker's memory: the first complete pass fills it and
+            every later pass (of this or any later generator given the same cache) replays it without going
+            back to Ray Data. Each pass over a streaming shard starts a new Ray Data execution, a fixed cost of
+            seconds; worth paying only for a shard larger than memory.
 
     Yields:
         `features`, `(features, labels)` or `(features, labels, weights)`, with numpy arrays.
@@ -72,7 +77,10 @@ def shard_batches(
     columns = list(feature_columns)
     epoch = 0
     while True:
-        taken = 0
+        if cache:
+            yield from cache.replay()
+            continue
+        taken, kept = 0, []
         batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True)
         for batch in batches:
             if taken == steps:
@@ -80,13 +88,69 @@ def shard_batches(
                 # when every consumer has finished the current one.
                 continue
             taken += 1
-            yield _to_fit_inputs(batch, columns, label_column, weight_column)
+            item = _to_fit_inputs(batch, columns, label_column, weight_column)
+            if cache is not None:
+                kept.append(item)
+            yield item
         if taken < steps:
             raise RaynlpError(
                 f"this worker's data shard ran out after {taken} of {steps} batches of {batch_size} rows in "
                 f"epoch {epoch}: compute steps with steps_per_epoch() from the global row count"
             )
+        if cache is not None:
+            cache.fill(kept)  # only a complete pass: a generator closed mid-pass leaves the cache empty
         epoch += 1
+
+
+class ShardCache:
+    """One worker's shard, kept in memory after its first complete pass, replayed once per later epoch.
+
+    With `shuffle_seed`, each replay deals this worker's rows into batches in a new order (seeded by the seed
+    and the epoch, so a run is repeatable); the step count is unchanged. Without it, batches replay as read.
+    """
+
+    def __init__(self, shuffle_seed: int | None = None, first_epoch: int = 0):
+        self.batches: list = []
+        self.shuffle_seed = shuffle_seed
+        self.epoch = first_epoch  # the epoch the first (streamed) pass belongs to
+
+    def __bool__(self) -> bool:
+        return bool(self.batches)
+
+    def fill(self, batches: list) -> None:
+        self.batches = list(batches)
+
+    def replay(self) -> Iterator[Any]:
+        self.epoch += 1
+        if self.shuffle_seed is None:
+            yield from self.batches
+            return
+        whole = _join(self.batches)
+        size = len(next(iter(self.batches[0][0].values())) if isinstance(self.batches[0], tuple)
+                   else next(iter(self.batches[0].values())))
+        order = np.random.default_rng([self.shuffle_seed, self.epoch]).permutation(size * len(self.batches))
+        for step in range(len(self.batches)):
+            yield _take(whole, order[step * size : (step + 1) * size])
+
+
+def _join(batches: list) -> Any:
+    """Batches of `features` or `(features, labels[, weights])` → one such structure over all their rows."""
+    first = batches[0]
+    if isinstance(first, dict):
+        return {name: np.concatenate([b[name] for b in batches]) for name in first}
+    return tuple(_join([b[i] for b in batches]) if isinstance(part, dict)
+                 else np.concatenate([b[i] for b in batches]) for i, part in enumerate(first))
+
+
+def _take(whole: Any, rows: np.ndarray) -> Any:
+    if isinstance(whole, dict):
+        return {name: column[rows] for name, column in whole.items()}
+    return tuple(_take(part, rows) if isinstance(part, dict) else part[rows] for part in whole)
+
+
+def fits_in_memory(rows: int, bytes_per_row: int, world_size: int, limit_bytes: int = 1 << 30) -> bool:
+    """Whether one worker's share of `rows` rows takes at most `limit_bytes` (1 GiB) as numpy arrays."""
+    return rows * bytes_per_row / max(world_size, 1) <= limit_bytes
 
 
 def as_tf_dataset(make_batches: Callable[[], Iterator[Any]]) -> Any:

@@ -6,6 +6,7 @@ Read it top to bottom: this is the whole training step of every raynlp recipe.
 from __future__ import annotations
 
 import logging
+import os
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     from raynlp.train._internal.checkpoint import ReportCallback, restore_from_ray
     from raynlp.train._internal.distributed import setup_data_parallel
-    from raynlp.train._internal.feeding import as_tf_dataset, shard_batches
+    from raynlp.train._internal.feeding import ShardCache, as_tf_dataset, shard_batches
     from raynlp.train.config import RecipeConfig
     from raynlp.train.recipes import RECIPES, Plan
 
@@ -45,11 +46,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     def batches(split: str, steps: int):
         shard = ray.train.get_dataset_shard(split)
+        # Shared by every pass over the split: filled by the first, then replayed (training rows reshuffled).
+        shuffle_seed = config.train.seed if split == "train" and config.train.shuffle else None
+        cache = ShardCache(shuffle_seed, first_epoch=initial_epoch) if plan.cache_shards else None
         # keras-hub tasks' fit takes tf.data, not a generator; each pass over it is a fresh pass over the shard.
         return as_tf_dataset(lambda: shard_batches(shard, batch_size=batch_size,
                                                    feature_columns=recipe.feature_columns,
                                                    label_column=recipe.label_column,
-                                                   weight_column=recipe.weight_column, steps=steps))
+                                                   weight_column=recipe.weight_column, steps=steps, cache=cache))
 
     validation = batches("test", plan.validation_steps) if plan.validation_steps else None
 
@@ -58,6 +62,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                        global_batch=batch_size * info.world_size, steps=plan.steps_per_epoch)
 
     def write_extra(folder: str) -> None:
+        os.makedirs(f"{folder}/preset", exist_ok=True)
         recipe.export(model, config, plan, f"{folder}/preset")
         history.write(f"{folder}/history.json")
 
@@ -99,6 +104,18 @@ def _History(info, *, previous: list[dict], global_batch: int, steps: int):
 
         def on_epoch_begin(self, epoch, logs=None):
             self.started = time.perf_counter()
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            # About ten progress lines an epoch, so that a long epoch is never silent.
+            done = batch + 1
+            if not info.is_chief or done % max(steps // 10, 1) or done == steps:
+                return
+            seconds = time.perf_counter() - self.started
+            rate = done * global_batch / seconds
+            print(f"[raynlp] epoch {self.epoch + 1}/{self.params.get('epochs')} step {done}/{steps}: "
+                  f"loss {float((logs or {}).get('loss', float('nan'))):.4g}, {rate:.1f} examples/s, "
+                  f"epoch ends in ~{(steps - done) * global_batch / rate:.0f} s", flush=True)
 
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.perf_counter() - self.started
@@ -118,20 +135,28 @@ def _History(info, *, previous: list[dict], global_batch: int, steps: int):
 
 
 class _KillInEpoch:
-    """Ends this worker's process in the middle of an epoch, once per run (for fault-tolerance tests)."""
+    """Ends this worker's process in the middle of an epoch, once per run (for fault-tolerance tests).
+
+    It waits until a few seconds into the epoch: Ray Train commits the previous epoch's checkpoint only once
+    its controller has polled every rank (every 2 s), and a crash before that would lose the checkpoint.
+    """
+
+    SETTLE_SECONDS = 5.0
 
     def __new__(cls, my_rank: int, rank: int, epoch: int, marker: str):
         import os
+        import time
 
         import keras
 
         class Callback(keras.callbacks.Callback):
             def on_epoch_begin(self, current, logs=None):
-                self.current = current
+                self.current, self.started = current, time.monotonic()
 
             def on_train_batch_end(self, batch, logs=None):
                 halfway = batch >= self.params.get("steps", 2) // 2
                 if my_rank == rank and self.current == epoch and halfway and not os.path.exists(marker):
+                    time.sleep(max(0.0, cls.SETTLE_SECONDS - (time.monotonic() - self.started)))
                     open(marker, "w").close()
                     os._exit(1)
 

@@ -14,10 +14,12 @@ class Plan:
     preset_dir: str | None  # the backbone to start from (None for scratch)
     tokenizer_dir: str  # the keras-hub preset folder whose tokenizer made the token ids
     num_classes: int | None
+    label_names: list[str] | None  # from a named data set; None where labels are bare ids
     train_rows: int
     steps_per_epoch: int
     validation_steps: int | None
     world_size: int
+    cache_shards: bool = True  # workers keep their shards in memory after the first pass
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,21 +40,45 @@ class Recipe:
         """Write the trained model into `folder` as a preset keras-hub (or raynlp serving) can load."""
         raise NotImplementedError
 
+    def write_card(self, folder: str, config: RecipeConfig, plan: Plan, *, class_name: str,
+                   model_file: str | None = None) -> None:
+        """The `raynlp_model.json` that lets evaluation and serving load the export in any process."""
+        from raynlp.presets.model_card import ModelCard
 
-def compile_model(model, config: RecipeConfig, plan: Plan, *, loss=None, metrics=("sparse_categorical_accuracy",)):
+        ModelCard(task=config.task, class_name=class_name, features=list(self.feature_columns),
+                  sequence_length=config.data.sequence_length, model_file=model_file,
+                  num_classes=plan.num_classes if self.labelled else None,
+                  label_names=plan.label_names if self.labelled else None,
+                  source_preset=config.preset).write(folder)
+
+
+def compile_model(model, config: RecipeConfig, plan: Plan, *, weighted: bool = False):
+    """Compile with the configured optimizer, a from-logits cross-entropy and one metric, `accuracy`.
+
+    `weighted`: the data carries sample weights (masked-LM `mask_weights`), so accuracy counts weighted rows.
+    Both metric lists are given explicitly: keras-hub tasks would otherwise add their own default metrics.
+    """
     import keras
 
     opt = config.optimizer
     rate = opt.learning_rate * (plan.world_size if opt.scale_learning_rate else 1)
+    if opt.schedule == "cosine":
+        total = plan.steps_per_epoch * config.train.epochs
+        warmup = int(total * opt.warmup_fraction)
+        rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else rate, decay_steps=max(total - warmup, 1), alpha=0.0,
+            warmup_target=rate if warmup else None, warmup_steps=warmup)
     if opt.name == "adamw":
         optimizer = keras.optimizers.AdamW(learning_rate=rate, weight_decay=opt.weight_decay)
     elif opt.name == "adam":
         optimizer = keras.optimizers.Adam(learning_rate=rate)
     else:
         optimizer = keras.optimizers.SGD(learning_rate=rate)
+    accuracy = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     model.compile(
         optimizer=optimizer,
-        loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        weighted_metrics=list(metrics) if metrics else None,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[] if weighted else accuracy,
+        weighted_metrics=accuracy if weighted else [],
     )
     return model

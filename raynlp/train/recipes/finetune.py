@@ -17,9 +17,13 @@ class FinetuneRecipe(Recipe):
     def export(self, model, config, plan: Plan, folder: str) -> None:
         import keras_hub
 
-        model.save_to_preset(folder)
-        # The preprocessor the model was trained with (same tokenizer, same sequence length), so that
-        # `BertTextClassifier.from_preset(folder)` takes raw strings.
-        keras_hub.models.BertTextClassifierPreprocessor.from_preset(
-            plan.tokenizer_dir, sequence_length=config.data.sequence_length
-        ).save_to_preset(folder)
+        # Saved with the preprocessor it was trained for (same tokenizer, same sequence length), so that
+        # `BertTextClassifier.from_preset(folder)` takes raw strings; training itself feeds packed arrays and
+        # runs without one. (The task's `task.json` records its preprocessor: saving it beside is not enough.)
+        model.preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
+            plan.tokenizer_dir, sequence_length=config.data.sequence_length)
+        try:
+            model.save_to_preset(folder)
+        finally:
+            model.preprocessor = None
+        self.write_card(folder, config, plan, class_name="BertTextClassifier")

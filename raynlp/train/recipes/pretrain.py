@@ -19,10 +19,11 @@ class PretrainRecipe(Recipe):
         import keras_hub
 
         masked_lm = keras_hub.models.BertMaskedLM.from_preset(plan.preset_dir, preprocessor=None)
-        return compile_model(masked_lm, config, plan)
+        return compile_model(masked_lm, config, plan, weighted=True)
 
     def export(self, model, config, plan: Plan, folder: str) -> None:
         import keras_hub
 
         model.backbone.save_to_preset(folder)
         keras_hub.models.BertTokenizer.from_preset(plan.tokenizer_dir).save_to_preset(folder)
+        self.write_card(folder, config, plan, class_name="BertBackbone")

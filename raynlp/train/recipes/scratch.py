@@ -42,7 +42,9 @@ class ScratchRecipe(Recipe):
         return compile_model(model, config, plan)
 
     def export(self, model, config, plan: Plan, folder: str) -> None:
-        import keras_hub
+        import shutil
 
         model.save(f"{folder}/model.keras")
-        keras_hub.models.BertTokenizer.from_preset(plan.tokenizer_dir).save_to_preset(folder)
+        # The learned tokenizer: keras-hub's `tokenizer.json` and vocabulary asset, as the driver saved them.
+        shutil.copytree(plan.tokenizer_dir, folder, dirs_exist_ok=True)
+        self.write_card(folder, config, plan, class_name="keras.Model", model_file="model.keras")

@@ -1,0 +1,148 @@
+"""raynlp's data-parallel fine-tuning against a plain keras-hub `fit` in one process: same model, data, global batch.
+
+The work: fine-tune a `BertTextClassifier` on the Rotten Tomatoes training sentences (no validation), for a few
+epochs, at the same global batch size everywhere:
+
+- `keras_hub_fit_1_process`: the notebook way: tokenize in the process, `fit` on numpy arrays;
+- `raynlp_1_worker`, `raynlp_2_workers`: `raynlp.train.train` on the local Ray cluster, per-worker batch
+  `global_batch / workers`.
+
+Throughput is examples per second over the epochs after the first (the first one includes compilation, and
+for raynlp reading the shard), so each way is measured in its steady state. Wall time from call to result is
+reported beside it (for raynlp it includes tokenizing on Ray Data, starting workers and exporting the preset).
+"""
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+PRESET = "bert_mini_en_uncased_scratch"
+SEQUENCE_LENGTH = 64
+GLOBAL_BATCH = 32
+EPOCHS = 3
+DEFAULT_ROWS = 3200
+
+
+def _config(out: Path, rows: int, workers: int):
+    from raynlp import datasets
+    from raynlp.train import load_config
+
+    train_file = datasets.fetch("rotten_tomatoes") / "train.parquet"
+    return load_config(None, [
+        "task=finetune", f"preset={PRESET}", f"data.train={train_file}", f"data.max_train_rows={rows}",
+        f"data.sequence_length={SEQUENCE_LENGTH}", f"train.epochs={EPOCHS}", f"train.batch_size={GLOBAL_BATCH // workers}",
+        f"scaling.num_workers={workers}", "optimizer.learning_rate=1e-4", "model.dropout=0.1", f"run.output={out}",
+    ])
+
+
+def _plain_fit(rows: int) -> dict:
+    import keras
+    import keras_hub
+
+    from raynlp import datasets
+    from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
+    from raynlp.presets import resolve
+
+    start = time.perf_counter()
+    table = datasets.read_split("rotten_tomatoes", "train").slice(0, rows)
+    preset_dir = resolve(PRESET)
+    features = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir).pack(
+        table["text"].to_pylist(), sequence_length=SEQUENCE_LENGTH)
+    labels = np.asarray(table["label"].to_pylist())
+    keras.utils.set_random_seed(0)
+    model = keras_hub.models.BertTextClassifier.from_preset(preset_dir, num_classes=2, preprocessor=None,
+                                                            dropout=0.1)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    steps = rows // GLOBAL_BATCH
+    x = {k: v[: steps * GLOBAL_BATCH] for k, v in features.items()}
+    y = labels[: steps * GLOBAL_BATCH]
+
+    class Timer(keras.callbacks.Callback):
+        seconds: list = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.started)
+
+    timer = Timer()
+    history = model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=EPOCHS, shuffle=False, callbacks=[timer], verbose=0)
+    steady = timer.seconds[1:]
+    return {"examples_per_second": round(steps * GLOBAL_BATCH * len(steady) / sum(steady), 1),
+            "epoch_seconds": [round(s, 2) for s in timer.seconds], "wall_seconds": round(time.perf_counter() - start, 1),
+            "final_loss": round(float(history.history["loss"][-1]), 4)}
+
+
+def _raynlp_fit(out: Path, rows: int, workers: int) -> dict:
+    from raynlp.train import train
+
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    result = train(_config(out, rows, workers))
+    steady = result.metrics[1:]
+    examples = sum(m["examples_per_second"] * m["seconds"] for m in steady)
+    return {"examples_per_second": round(examples / sum(m["seconds"] for m in steady), 1),
+            "epoch_seconds": [m["seconds"] for m in result.metrics],
+            "wall_seconds": round(time.perf_counter() - start, 1), "final_loss": round(result.final["loss"], 4)}
+
+
+def run_train_bench(output_dir: Path, rows: int | None = None) -> Path:
+    from raynlp._internal.cluster import ensure_ray
+
+    rows = rows or DEFAULT_ROWS
+    logger.info("train bench: %s, %d rows, sequence length %d, global batch %d, %d epochs",
+                PRESET, rows, SEQUENCE_LENGTH, GLOBAL_BATCH, EPOCHS)
+    results = {"keras_hub_fit_1_process": _plain_fit(rows)}
+    ensure_ray()
+    for workers in (1, 2):
+        name = f"raynlp_{workers}_worker{'s' if workers > 1 else ''}"
+        results[name] = _raynlp_fit(output_dir / "runs" / name, rows, workers)
+    base = results["keras_hub_fit_1_process"]["examples_per_second"]
+    report = {
+        "benchmark": "train",
+        "preset": PRESET, "rows": rows, "sequence_length": SEQUENCE_LENGTH, "global_batch": GLOBAL_BATCH,
+        "epochs": EPOCHS,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "results": results,
+        "ratio_to_keras_hub_fit": {name: round(r["examples_per_second"] / base, 2) for name, r in results.items()},
+        "note": "examples/s over the epochs after the first (steady state); the workers share this machine's cores, "
+                "so 2 workers on one machine measure the cost of synchronisation, not a speed-up.",
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "train.json"
+    path.write_text(json.dumps(report, indent=2))
+    _plot(report, output_dir / "train.png")
+    logger.info("train bench: %s", report["ratio_to_keras_hub_fit"])
+    return path
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ways = list(report["results"])
+    speeds = [report["results"][w]["examples_per_second"] for w in ways]
+    fig, ax = plt.subplots(figsize=(8, 3))
+    bars = ax.barh([w.replace("_", " ") for w in ways], speeds, color=["#888"] + ["#1f77b4"] * (len(ways) - 1))
+    for bar, way in zip(bars, ways):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
+                f" {report['ratio_to_keras_hub_fit'][way]}×", va="center")
+    ax.set_xlabel("examples / s (steady state)")
+    ax.set_title(f"Fine-tune {report['preset']}, global batch {report['global_batch']} "
+                 f"({report['machine']['cpus']} CPU cores)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,144 @@
+"""A trained text classifier, loaded once, that turns raw texts into class probabilities.
+
+    >>> classifier = TextClassifier.load("runs/finetune/preset")
+    >>> classifier.labels                      # ['negative', 'positive']
+    >>> classifier.predict_proba(["a gem of a film", "two hours I will not get back"])
+
+It loads what raynlp training exports (a keras-hub `BertTextClassifier` preset, or a `fit` / `scratch`
+`model.keras` beside its tokenizer, told apart by `raynlp_model.json`) and plain keras-hub classifier
+presets with a WordPiece tokenizer. Text is packed by raynlp's fast tokenizer (the same ids as keras-hub's
+preprocessor), and batches are padded up to a few fixed sizes, so the compiled predict function is reused
+instead of traced again for every new batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from raynlp.errors import RaynlpError
+
+logger = logging.getLogger(__name__)
+
+PACKED_FEATURES = ("token_ids", "segment_ids", "padding_mask")
+
+
+def batch_buckets(max_batch_size: int) -> list[int]:
+    """The padded batch sizes predict is compiled for: powers of two up to `max_batch_size`, and it."""
+    sizes = [1]
+    while sizes[-1] * 2 < max_batch_size:
+        sizes.append(sizes[-1] * 2)
+    if sizes[-1] != max_batch_size:
+        sizes.append(max_batch_size)
+    return sizes
+
+
+@dataclass
+class TextClassifier:
+    model: object  # a keras.Model taking packed features and returning one score per class
+    tokenizer: object  # raynlp.data.fast_tokenizer.FastWordPieceTokenizer
+    folder: str
+    name: str
+    labels: list[str]
+    features: tuple[str, ...]
+    sequence_length: int
+    outputs_probabilities: bool  # the model ends in a softmax (else it returns logits)
+    max_batch_size: int = 32
+
+    @classmethod
+    def load(cls, preset: str, *, max_batch_size: int = 32, sequence_length: int | None = None) -> TextClassifier:
+        """Load a classifier folder (or a raynlp preset name) for inference in this process."""
+        import keras_hub
+
+        from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
+        from raynlp.presets import is_local, resolve
+        from raynlp.presets.model_card import read_model_card
+
+        folder = resolve(preset)
+        if not is_local(folder) or not Path(folder).is_dir():
+            raise RaynlpError(f"{preset!r} is not a local classifier folder; give the preset/ folder a training run "
+                              "exported, or a keras-hub classifier preset folder")
+        card = read_model_card(folder)
+        if card is not None:
+            if not card.is_classifier:
+                raise RaynlpError(f"{folder} holds a {card.class_name} from task {card.task}, not a classifier; "
+                                  "fine-tune it first (raynlp finetune --set preset=...)")
+            model = _load_model(folder, card.model_file)
+            labels, features, length = card.labels(), tuple(card.features), card.sequence_length
+        else:
+            if not (Path(folder) / "task.json").exists():
+                raise RaynlpError(f"{folder} holds no classifier (no task.json or raynlp_model.json); a backbone "
+                                  "preset must be fine-tuned first")
+            model = keras_hub.models.TextClassifier.from_preset(folder, preprocessor=None)
+            labels = [str(i) for i in range(model.num_classes)]
+            features, length = PACKED_FEATURES, _preprocessor_sequence_length(folder)
+        tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(folder)
+        activation = getattr(model, "activation", None)
+        # A training run's export is `<run>/preset`: the run's folder names the model.
+        path = Path(folder).resolve()
+        name = path.parent.name if path.name == "preset" else path.name
+        return cls(
+            model=model, tokenizer=tokenizer, folder=str(folder), name=name, labels=labels, features=features, sequence_length=sequence_length or length,
+            outputs_probabilities=activation is not None and getattr(activation, "__name__", "") == "softmax",
+            max_batch_size=max_batch_size,
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def pack(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Texts → the packed features the model takes (longer texts are truncated to the sequence length)."""
+        packed = self.tokenizer.pack(list(texts), sequence_length=self.sequence_length)
+        return {name: packed[name] for name in self.features}
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Class probabilities, one row per text, in input order."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.num_classes), np.float32)
+        parts = [self._predict_chunk(texts[i : i + self.max_batch_size])
+                 for i in range(0, len(texts), self.max_batch_size)]
+        return np.concatenate(parts)
+
+    def warm_up(self) -> None:
+        """Compile predict for every batch bucket now, so that no later call waits on a compilation."""
+        for size in batch_buckets(self.max_batch_size):
+            self._predict_chunk(["warm up"] * size)
+
+    def _predict_chunk(self, texts: list[str]) -> np.ndarray:
+        n = len(texts)
+        size = next(b for b in batch_buckets(self.max_batch_size) if b >= n)
+        features = self.pack(texts + [""] * (size - n))
+        scores = np.asarray(self.model.predict_on_batch(features), dtype=np.float32)[:n]
+        if self.outputs_probabilities:
+            return scores
+        scores = scores - scores.max(axis=1, keepdims=True)
+        exp = np.exp(scores)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _load_model(folder: str, model_file: str | None):
+    import keras
+    import keras_hub  # also registers keras-hub layers for deserialization
+
+    if model_file is None:
+        return keras_hub.models.TextClassifier.from_preset(folder, preprocessor=None)
+    path = Path(folder) / model_file
+    if not path.exists():
+        raise RaynlpError(f"{path} is missing; the export in {folder} is incomplete")
+    return keras.saving.load_model(str(path), compile=False)
+
+
+def _preprocessor_sequence_length(folder: str) -> int:
+    path = Path(folder) / "preprocessor.json"
+    if path.exists():
+        length = json.loads(path.read_text()).get("config", {}).get("sequence_length")
+        if length:
+            return int(length)
+    logger.warning("%s has no preprocessor sequence length; using 128", folder)
+    return 128

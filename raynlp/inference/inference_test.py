@@ -1,0 +1,96 @@
+"""The classifier loader against keras-hub's own predict, and batch inference / evaluation on Ray Data."""
+
+import json
+
+import numpy as np
+import pytest
+
+from raynlp import datasets
+from raynlp.errors import RaynlpError
+from raynlp.inference import TextClassifier, evaluate, predict_dataset
+from raynlp.inference.classifier import batch_buckets
+
+SEQUENCE_LENGTH = 48
+
+
+@pytest.fixture(scope="module")
+def keras_hub_classifier(tmp_path_factory):
+    """A (random-init) BERT-Tiny classifier saved as a plain keras-hub preset, and the live model."""
+    import keras
+    import keras_hub
+
+    from raynlp.presets import resolve
+
+    keras.utils.set_random_seed(1)
+    base = resolve("bert_tiny_en_uncased_scratch")
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(base, sequence_length=SEQUENCE_LENGTH)
+    classifier = keras_hub.models.BertTextClassifier.from_preset(base, num_classes=3, preprocessor=preprocessor)
+    folder = tmp_path_factory.mktemp("classifier") / "preset"
+    classifier.save_to_preset(str(folder))
+    return str(folder), classifier
+
+
+def softmax(logits):
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def test_batch_buckets_cover_every_size():
+    assert batch_buckets(32) == [1, 2, 4, 8, 16, 32]
+    assert batch_buckets(24) == [1, 2, 4, 8, 16, 24]
+    assert batch_buckets(1) == [1]
+
+
+@pytest.mark.parametrize("rows", [1, 5, 45])  # one row, a padded bucket, and more than one full batch
+def test_predictions_equal_keras_hub_predict_in_input_order(keras_hub_classifier, rows):
+    folder, reference = keras_hub_classifier
+    texts = datasets.read_split("rotten_tomatoes", "test")["text"].to_pylist()[:rows]
+    expected = softmax(np.asarray(reference.predict(texts, verbose=0)))
+    loaded = TextClassifier.load(folder, max_batch_size=16)
+    assert loaded.labels == ["0", "1", "2"] and loaded.sequence_length == SEQUENCE_LENGTH
+    np.testing.assert_allclose(loaded.predict_proba(texts), expected, atol=1e-5)
+
+
+def test_a_backbone_is_not_a_classifier():
+    with pytest.raises(RaynlpError, match="holds no classifier"):
+        TextClassifier.load("bert_tiny_en_uncased_scratch")
+    with pytest.raises(RaynlpError, match="not a local classifier folder"):
+        TextClassifier.load("kaggle://keras/bert/keras/bert_tiny_en_uncased")
+
+
+def test_predict_dataset_and_evaluate_agree_with_one_process(ray_cluster, keras_hub_classifier):
+    folder, _ = keras_hub_classifier
+    test = datasets.load("rotten_tomatoes")["test"].limit(96)
+    rows = predict_dataset(test, folder, num_actors=1, batch_size=16).take_all()
+    assert len(rows) == 96 and {"text", "label", "predicted_label", "predicted_name", "probabilities"} <= set(rows[0])
+    local = TextClassifier.load(folder)
+    by_text = dict(zip([r["text"] for r in rows], [np.asarray(r["probabilities"]) for r in rows]))
+    texts = list(by_text)
+    np.testing.assert_allclose(np.stack([by_text[t] for t in texts]), local.predict_proba(texts), atol=1e-5)
+
+    report = evaluate(test, folder, num_actors=1, batch_size=16)
+    truth = np.array([r["label"] for r in rows])
+    predicted = np.array([r["predicted_label"] for r in rows])
+    assert report["rows"] == 96
+    assert report["accuracy"] == pytest.approx(float((truth == predicted).mean()), abs=1e-4)
+    matrix = np.array(report["confusion_matrix"])
+    assert matrix.shape == (3, 3) and matrix.sum() == 96 and np.trace(matrix) == (truth == predicted).sum()
+
+
+def test_evaluate_needs_labels_and_cli_writes_reports(ray_cluster, keras_hub_classifier, tmp_path, capsys):
+    from raynlp.cli import main
+
+    folder, _ = keras_hub_classifier
+    with pytest.raises(RaynlpError, match="no label column"):
+        evaluate(datasets.load("shakespeare")["test"], folder)
+
+    corpus = tmp_path / "reviews.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["a fine film", "dull", "so-so at best"]))
+    assert main(["predict", "--preset", folder, "--input", str(corpus), "--output", str(tmp_path / "out")]) == 0
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "out")
+    assert sorted(table["text"].to_pylist()) == sorted(["a fine film", "dull", "so-so at best"])
+    assert all(abs(sum(p) - 1) < 1e-5 for p in table["probabilities"].to_pylist())
+    assert main(["predict", "--preset", folder, "--input", str(corpus), "--output", str(tmp_path / "out")]) == 2
+    assert "not empty" in capsys.readouterr().err
