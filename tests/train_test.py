@@ -76,23 +76,64 @@ def test_exported_preset_loads_with_keras_hub_alone_and_predicts_as_trained(fine
     keras.backend.clear_session()
 
 
-def test_pretrain_lowers_masked_lm_loss_and_finetune_takes_the_backbone(ray_cluster, tmp_path):
+@pytest.fixture(scope="module")
+def pretrained(ray_cluster, tmp_path_factory):
+    """Level 5: masked-LM pretraining of a random-init BERT-Tiny on Shakespeare, 2 workers."""
+    config = recipe("pretrain_shakespeare", tmp_path_factory.mktemp("pretrain") / "run", "data.max_train_rows=2048",
+                    "data.max_test_rows=256", "data.sequence_length=32", "train.epochs=3")
+    return train(config)
+
+
+@pytest.fixture(scope="module")
+def cached_tokens(pretrained, tmp_path_factory):
+    """Level 3: the user tokenizes Rotten Tomatoes once with the new backbone's tokenizer (`raynlp tokenize`)."""
+    from raynlp.cli import main
+
+    folder = tmp_path_factory.mktemp("tokens")
+    for split in ("train", "test"):
+        assert main(["tokenize", "--preset", str(pretrained.preset), "--dataset", "rotten_tomatoes", "--split", split,
+                     "--sequence-length", "32", "--output", str(folder / split)]) == 0
+    return folder
+
+
+def test_pretrain_lowers_masked_lm_loss_and_exports_a_backbone(pretrained):
     import keras_hub
 
-    pretrain = recipe("pretrain_shakespeare", tmp_path / "pretrain", "data.max_train_rows=2048",
-                      "data.max_test_rows=256", "data.sequence_length=32", "train.epochs=3")
-    result = train(pretrain)
-    losses = [m["loss"] for m in result.metrics]
-    accuracies = [m["accuracy"] for m in result.metrics]
+    losses = [m["loss"] for m in pretrained.metrics]
+    accuracies = [m["accuracy"] for m in pretrained.metrics]
     assert losses[-1] < losses[0] - 0.5, losses
     assert accuracies[-1] > accuracies[0], accuracies
-    assert result.metrics[-1]["val_loss"] < result.metrics[0]["val_loss"]
-    backbone = keras_hub.models.BertBackbone.from_preset(str(result.preset))
+    assert pretrained.metrics[-1]["val_loss"] < pretrained.metrics[0]["val_loss"]
+    backbone = keras_hub.models.BertBackbone.from_preset(str(pretrained.preset))
     assert backbone.num_layers == 2 and backbone.hidden_dim == 128
 
-    finetune = recipe("finetune", tmp_path / "finetune", f"preset={result.preset}", "data.max_train_rows=256",
-                      "data.max_test_rows=64", "data.sequence_length=32", "train.epochs=1")
-    assert train(finetune).metrics[0]["global_step"] == 256 // 32
+
+def test_finetune_from_the_pretrained_backbone_and_cached_tokens_survives_a_killed_worker(
+        pretrained, cached_tokens, tmp_path):
+    """Levels 5 → 3 chained, and fault tolerance: rank 1 ends its own process halfway through the second epoch;
+    Ray Train restarts the group, which resumes from the first epoch's checkpoint. Then the same command with
+    one more epoch, into the same folder, resumes the finished run instead of starting over."""
+    from raynlp.train._internal.loop import KILL_HOOK
+
+    def config(epochs: int):
+        return recipe("finetune", tmp_path / "run", f"preset={pretrained.preset}", "data.dataset=null",
+                      f"data.train={cached_tokens / 'train'}", f"data.test={cached_tokens / 'test'}",
+                      "data.max_train_rows=640", "data.max_test_rows=64", "data.sequence_length=32",
+                      "optimizer.learning_rate=1e-3", f"train.epochs={epochs}")
+
+    marker = tmp_path / "killed"
+    result = train(config(3), _loop_extra={KILL_HOOK: (1, 1, str(marker))})
+    assert marker.exists(), "the test hook did not fire"
+    assert not (result.output / "data").exists()  # trained from the cached tokens, nothing tokenized again
+    steps = 640 // (16 * 2)
+    # One entry per epoch, each epoch's step count where an uninterrupted run would be: the restarted group
+    # went on from epoch 1's checkpoint rather than from step 0.
+    assert [(m["epoch"], m["global_step"]) for m in result.metrics] == [(1, steps), (2, 2 * steps), (3, 3 * steps)]
+    assert result.metrics[-1]["loss"] < result.metrics[0]["loss"] and "val_accuracy" in result.metrics[-1]
+
+    again = train(config(4))
+    assert again.metrics[:3] == result.metrics  # epochs 1-3 carried over, not trained again
+    assert (again.metrics[3]["epoch"], again.metrics[3]["global_step"]) == (4, 4 * steps)
 
 
 def test_level_4_custom_model_on_a_frozen_backbone_beats_chance(ray_cluster, tmp_path):

@@ -67,7 +67,9 @@ def _plain_fit(rows: int) -> dict:
     y = labels[: steps * GLOBAL_BATCH]
 
     class Timer(keras.callbacks.Callback):
-        seconds: list = []
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
 
         def on_epoch_begin(self, epoch, logs=None):
             self.started = time.perf_counter()
@@ -96,7 +98,7 @@ def _raynlp_fit(out: Path, rows: int, workers: int) -> dict:
             "wall_seconds": round(time.perf_counter() - start, 1), "final_loss": round(result.final["loss"], 4)}
 
 
-def run_train_bench(output_dir: Path, rows: int | None = None) -> Path:
+def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[int, ...] = (1, 2)) -> Path:
     from raynlp._internal.cluster import ensure_ray
 
     rows = rows or DEFAULT_ROWS
@@ -104,9 +106,9 @@ def run_train_bench(output_dir: Path, rows: int | None = None) -> Path:
                 PRESET, rows, SEQUENCE_LENGTH, GLOBAL_BATCH, EPOCHS)
     results = {"keras_hub_fit_1_process": _plain_fit(rows)}
     ensure_ray()
-    for workers in (1, 2):
-        name = f"raynlp_{workers}_worker{'s' if workers > 1 else ''}"
-        results[name] = _raynlp_fit(output_dir / "runs" / name, rows, workers)
+    for count in workers:
+        name = f"raynlp_{count}_worker{'s' if count > 1 else ''}"
+        results[name] = _raynlp_fit(output_dir / "runs" / name, rows, count)
     base = results["keras_hub_fit_1_process"]["examples_per_second"]
     report = {
         "benchmark": "train",

