@@ -39,7 +39,8 @@ def _config(out: Path, rows: int, workers: int):
     return load_config(None, [
         "task=finetune", f"preset={PRESET}", f"data.train={train_file}", f"data.max_train_rows={rows}",
         f"data.sequence_length={SEQUENCE_LENGTH}", f"train.epochs={EPOCHS}", f"train.batch_size={GLOBAL_BATCH // workers}",
-        f"scaling.num_workers={workers}", "optimizer.learning_rate=1e-4", "model.dropout=0.1", f"run.output={out}",
+        f"scaling.num_workers={workers}", "optimizer.learning_rate=1e-4", "optimizer.schedule=constant",
+        "train.shuffle=false", "model.dropout=0.1", f"run.output={out}",
     ])
 
 
