@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from raynlp.bench._plot import ratio_bars
+
 logger = logging.getLogger(__name__)
 
 PRESET = "minilm_l6_en_uncased"
@@ -134,22 +136,7 @@ def run_tokenize_bench(output_dir: Path, rows: int | None = None) -> Path:
 
 
 def _plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ways = list(report["results"])
-    speeds = [report["results"][w]["tokens_per_s"] / 1000 for w in ways]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    bars = ax.barh([w.replace("_", " ") for w in ways], speeds, color=["#888"] + ["#1f77b4"] * (len(ways) - 1))
-    for bar, way in zip(bars, ways):
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                f" {report['speedup_vs_keras_hub'][way]}×", va="center")
-    ax.set_xlabel("thousand tokens / s")
-    ax.set_title(f"Tokenize {report['rows']:,} rows at length {report['sequence_length']} "
-                 f"({report['machine']['cpus']} CPU cores)")
-    ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ratio_bars(path, speeds={w: f["tokens_per_s"] / 1000 for w, f in report["results"].items()},
+               ratios=report["speedup_vs_keras_hub"], xlabel="thousand tokens / s",
+               title=f"Tokenize {report['rows']:,} rows at length {report['sequence_length']} "
+                     f"({report['machine']['cpus']} CPU cores)")

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from raynlp.bench._plot import ratio_bars
+
 logger = logging.getLogger(__name__)
 
 PRESET = "bert_mini_en_uncased_scratch"
@@ -130,22 +132,7 @@ def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[in
 
 
 def _plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ways = list(report["results"])
-    speeds = [report["results"][w]["examples_per_second"] for w in ways]
-    fig, ax = plt.subplots(figsize=(8, 3))
-    bars = ax.barh([w.replace("_", " ") for w in ways], speeds, color=["#888"] + ["#1f77b4"] * (len(ways) - 1))
-    for bar, way in zip(bars, ways):
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                f" {report['ratio_to_keras_hub_fit'][way]}×", va="center")
-    ax.set_xlabel("examples / s (steady state)")
-    ax.set_title(f"Fine-tune {report['preset']}, global batch {report['global_batch']} "
-                 f"({report['machine']['cpus']} CPU cores)")
-    ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ratio_bars(path, speeds={w: r["examples_per_second"] for w, r in report["results"].items()},
+               ratios=report["ratio_to_keras_hub_fit"], xlabel="examples / s (steady state)",
+               title=f"Fine-tune {report['preset']}, global batch {report['global_batch']} "
+                     f"({report['machine']['cpus']} CPU cores)")
