@@ -171,6 +171,12 @@ def _add_input_flags(p: argparse.ArgumentParser, split: str = "train") -> None:
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster)")
 
 
+def _add_inference_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", required=True, help="classifier folder, e.g. runs/finetune/preset")
+    p.add_argument("--num-actors", type=int, default=1, help="inference actors (default 1)")
+    p.add_argument("--batch-size", type=int, default=32, help="rows per predict call (default 32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raynlp",
@@ -239,22 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a classifier folder (a training run's preset/) over labelled text on a Ray Data actor "
                     "pool and report accuracy, mean cross-entropy, per-class precision/recall and the confusion "
                     "matrix as JSON.")
-    p.add_argument("--preset", required=True, help="classifier folder, e.g. runs/finetune/preset")
     _add_input_flags(p, split="test")
     p.add_argument("--output", help="also write the JSON report to this file")
-    p.add_argument("--num-actors", type=int, default=1, help="inference actors (default 1)")
-    p.add_argument("--batch-size", type=int, default=32, help="rows per predict call (default 32)")
+    _add_inference_flags(p)
     p.set_defaults(run=_evaluate)
 
     p = commands.add_parser(
         "predict", help="classify a corpus with a trained classifier into Parquet (batch inference)",
         description="Run a classifier folder over a corpus of any size on a Ray Data actor pool and write Parquet "
                     "shards with the predicted label, its name and the class probabilities of every row.")
-    p.add_argument("--preset", required=True, help="classifier folder, e.g. runs/finetune/preset")
     _add_input_flags(p)
     p.add_argument("--output", required=True, help="new folder for the Parquet shards")
-    p.add_argument("--num-actors", type=int, default=1, help="inference actors (default 1)")
-    p.add_argument("--batch-size", type=int, default=32, help="rows per predict call (default 32)")
+    _add_inference_flags(p)
     p.set_defaults(run=_predict)
 
     p = commands.add_parser("demo", help="run the demo workflow on a local Ray cluster (what `make demo` runs)")

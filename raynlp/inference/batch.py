@@ -85,20 +85,6 @@ def evaluate(dataset, preset: str, *, num_actors: int = 1, batch_size: int = 32)
 
 def _check_loadable(preset: str) -> list[str]:
     """Fail on the driver, with a clear message, before actors start: the class names of the classifier."""
-    from pathlib import Path
+    from raynlp.inference.classifier import describe_classifier
 
-    from raynlp.presets import is_local, resolve
-    from raynlp.presets.model_card import read_model_card
-
-    folder = resolve(preset)
-    if not is_local(folder) or not Path(folder).is_dir():
-        raise RaynlpError(f"classifier {preset!r} is not a local folder; give the preset/ folder of a training run")
-    card = read_model_card(folder)
-    if card is not None:
-        if not card.is_classifier:
-            raise RaynlpError(f"{folder} holds a {card.class_name} from task {card.task}, not a classifier; "
-                              "fine-tune it first")
-        return card.labels()
-    from raynlp.inference.classifier import TextClassifier
-
-    return TextClassifier.load(preset).labels
+    return describe_classifier(preset)[2]

@@ -55,26 +55,13 @@ class TextClassifier:
         import keras_hub
 
         from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
-        from raynlp.presets import is_local, resolve
-        from raynlp.presets.model_card import read_model_card
 
-        folder = resolve(preset)
-        if not is_local(folder) or not Path(folder).is_dir():
-            raise RaynlpError(f"{preset!r} is not a local classifier folder; give the preset/ folder a training run "
-                              "exported, or a keras-hub classifier preset folder")
-        card = read_model_card(folder)
+        folder, card, labels = describe_classifier(preset)
         if card is not None:
-            if not card.is_classifier:
-                raise RaynlpError(f"{folder} holds a {card.class_name} from task {card.task}, not a classifier; "
-                                  "fine-tune it first (raynlp finetune --set preset=...)")
             model = _load_model(folder, card.model_file)
-            labels, features, length = card.labels(), tuple(card.features), card.sequence_length
+            features, length = tuple(card.features), card.sequence_length
         else:
-            if not (Path(folder) / "task.json").exists():
-                raise RaynlpError(f"{folder} holds no classifier (no task.json or raynlp_model.json); a backbone "
-                                  "preset must be fine-tuned first")
             model = keras_hub.models.TextClassifier.from_preset(folder, preprocessor=None)
-            labels = [str(i) for i in range(model.num_classes)]
             features, length = PACKED_FEATURES, _preprocessor_sequence_length(folder)
         tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(folder)
         activation = getattr(model, "activation", None)
@@ -120,6 +107,32 @@ class TextClassifier:
         scores = scores - scores.max(axis=1, keepdims=True)
         exp = np.exp(scores)
         return exp / exp.sum(axis=1, keepdims=True)
+
+
+def describe_classifier(preset: str):
+    """Check, without loading any weights, that `preset` is a classifier folder: `(folder, card or None, labels)`.
+
+    Cheap enough for a driver to call before it starts inference actors, so a wrong folder fails at once.
+    """
+    from raynlp.presets import is_local, resolve
+    from raynlp.presets.model_card import read_model_card
+
+    folder = resolve(preset)
+    if not is_local(folder) or not Path(folder).is_dir():
+        raise RaynlpError(f"{preset!r} is not a local classifier folder; give the preset/ folder a training run "
+                          "exported, or a keras-hub classifier preset folder")
+    card = read_model_card(folder)
+    if card is not None:
+        if not card.is_classifier:
+            raise RaynlpError(f"{folder} holds a {card.class_name} from task {card.task}, not a classifier; "
+                              "fine-tune it first (raynlp finetune --set preset=...)")
+        return folder, card, card.labels()
+    task = Path(folder) / "task.json"
+    num_classes = json.loads(task.read_text()).get("config", {}).get("num_classes") if task.exists() else None
+    if not num_classes:
+        raise RaynlpError(f"{folder} holds no classifier (no task.json with num_classes, no raynlp_model.json); "
+                          "a backbone preset must be fine-tuned first")
+    return folder, None, [str(i) for i in range(num_classes)]
 
 
 def _load_model(folder: str, model_file: str | None):
