@@ -27,3 +27,21 @@ def ray_cluster():
             )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def keras_hub_classifier(tmp_path_factory):
+    """A (random-init) 3-class BERT-Tiny classifier saved as a plain keras-hub preset (sequence length 48), and
+    the live model: what inference and serving must agree with."""
+    import keras
+    import keras_hub
+
+    from raynlp.presets import resolve
+
+    keras.utils.set_random_seed(1)
+    base = resolve("bert_tiny_en_uncased_scratch")
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(base, sequence_length=48)
+    classifier = keras_hub.models.BertTextClassifier.from_preset(base, num_classes=3, preprocessor=preprocessor)
+    folder = tmp_path_factory.mktemp("classifier") / "preset"
+    classifier.save_to_preset(str(folder))
+    return str(folder), classifier

@@ -143,6 +143,47 @@ def _predict(args) -> None:
           "(columns: text, predicted_label, predicted_name, probabilities, and any input columns)")
 
 
+def _serve(args) -> None:
+    import time
+
+    from raynlp.serve import export, load_serve_config, start, stop
+
+    flags = {"preset": args.preset, "http.host": args.host, "http.port": args.port, "address": args.address}
+    config = load_serve_config(args.config, args.set, {k: v for k, v in flags.items() if v is not None})
+    if args.export:
+        path = export(config, args.export)
+        print(f"wrote the Serve config to {path}\n  deploy it with: serve deploy {path}")
+        return
+    if args.detach and not (config.address or os.environ.get("RAY_ADDRESS")):
+        raise RaynlpError("--detach leaves the app on a running cluster: give --address or RAY_ADDRESS")
+    url = start(config)
+    print(f"serving {config.preset} at {url}  (POST /v1/classify, GET /v1/model, GET /healthz)\n"
+          f"  try: raynlp classify --url {url} \"a gem of a film\"")
+    if args.detach:
+        return
+    print("Ctrl-C stops the server", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        stop(config)
+
+
+def _classify(args) -> None:
+    from raynlp.serve import Client
+
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise RaynlpError("no texts: give them as arguments, or one per line on standard input")
+    predictions = Client(args.url, timeout=args.timeout).classify(texts)
+    if args.json:
+        print(json.dumps([p.__dict__ for p in predictions], indent=2))
+        return
+    for text, p in zip(texts, predictions):
+        shown = text if len(text) <= 70 else text[:67] + "..."
+        print(f"{p.label_name:>12s}  {max(p.probabilities):.3f}  {shown}")
+
+
 def _demo(args) -> None:
     from raynlp.demo import run_demo
 
@@ -258,6 +299,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="new folder for the Parquet shards")
     _add_inference_flags(p)
     p.set_defaults(run=_predict)
+
+    p = commands.add_parser(
+        "serve", help="serve a classifier over HTTP on Ray Serve: batched, autoscaled",
+        description="Run a classifier folder (a training run's preset/) as a Ray Serve app with a FastAPI ingress: "
+                    "POST /v1/classify {\"texts\": [...]}, GET /v1/model, GET /healthz. Texts from concurrent "
+                    "requests are batched; replicas scale with the load. Binds 127.0.0.1 unless --host says "
+                    "otherwise. With --export, writes the app as a Serve config file (for `serve deploy` and a "
+                    "KubeRay RayService) and starts nothing.")
+    p.add_argument("--preset", help="classifier folder to serve (or preset: in the config)")
+    p.add_argument("--config", help="a serve YAML (see configs/serve.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set batching.max_batch_size=16")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 accepts calls from outside)")
+    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster)")
+    p.add_argument("--export", metavar="FILE", help="write the Serve config file and exit")
+    p.add_argument("--detach", action="store_true",
+                   help="deploy onto a running cluster and exit, leaving the app up (needs --address or RAY_ADDRESS)")
+    p.set_defaults(run=_serve)
+
+    p = commands.add_parser(
+        "classify", help="classify texts with a running raynlp server",
+        description="Send texts to a raynlp server's /v1/classify and print label, probability and text per line.")
+    p.add_argument("texts", nargs="*", help="texts to classify (default: one per line from standard input)")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="server URL (default http://127.0.0.1:8000)")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.add_argument("--timeout", type=float, default=60, help="seconds to wait for the answer (default 60)")
+    p.set_defaults(run=_classify)
 
     p = commands.add_parser("demo", help="run the demo workflow on a local Ray cluster (what `make demo` runs)")
     p.add_argument("--output", default="runs/demo", help="folder for the demo's results (default runs/demo)")

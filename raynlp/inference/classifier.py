@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,8 @@ class TextClassifier:
     sequence_length: int
     outputs_probabilities: bool  # the model ends in a softmax (else it returns logits)
     max_batch_size: int = 32
+    # Keras's predict_on_batch writes the model's state back after each call: one call at a time.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def load(cls, preset: str, *, max_batch_size: int = 32, sequence_length: int | None = None) -> TextClassifier:
@@ -101,7 +104,8 @@ class TextClassifier:
         n = len(texts)
         size = next(b for b in batch_buckets(self.max_batch_size) if b >= n)
         features = self.pack(texts + [""] * (size - n))
-        scores = np.asarray(self.model.predict_on_batch(features), dtype=np.float32)[:n]
+        with self._lock:
+            scores = np.asarray(self.model.predict_on_batch(features), dtype=np.float32)[:n]
         if self.outputs_probabilities:
             return scores
         scores = scores - scores.max(axis=1, keepdims=True)

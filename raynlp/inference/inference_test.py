@@ -10,25 +10,6 @@ from raynlp.errors import RaynlpError
 from raynlp.inference import TextClassifier, evaluate, predict_dataset
 from raynlp.inference.classifier import batch_buckets
 
-SEQUENCE_LENGTH = 48
-
-
-@pytest.fixture(scope="module")
-def keras_hub_classifier(tmp_path_factory):
-    """A (random-init) BERT-Tiny classifier saved as a plain keras-hub preset, and the live model."""
-    import keras
-    import keras_hub
-
-    from raynlp.presets import resolve
-
-    keras.utils.set_random_seed(1)
-    base = resolve("bert_tiny_en_uncased_scratch")
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(base, sequence_length=SEQUENCE_LENGTH)
-    classifier = keras_hub.models.BertTextClassifier.from_preset(base, num_classes=3, preprocessor=preprocessor)
-    folder = tmp_path_factory.mktemp("classifier") / "preset"
-    classifier.save_to_preset(str(folder))
-    return str(folder), classifier
-
 
 def softmax(logits):
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -47,7 +28,7 @@ def test_predictions_equal_keras_hub_predict_in_input_order(keras_hub_classifier
     texts = datasets.read_split("rotten_tomatoes", "test")["text"].to_pylist()[:rows]
     expected = softmax(np.asarray(reference.predict(texts, verbose=0)))
     loaded = TextClassifier.load(folder, max_batch_size=16)
-    assert loaded.labels == ["0", "1", "2"] and loaded.sequence_length == SEQUENCE_LENGTH
+    assert loaded.labels == ["0", "1", "2"] and loaded.sequence_length == 48
     np.testing.assert_allclose(loaded.predict_proba(texts), expected, atol=1e-5)
 
 

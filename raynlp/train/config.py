@@ -8,16 +8,12 @@ A config is checked completely before any Ray resource is taken; an error names 
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from raynlp.errors import RaynlpError
+from raynlp._internal import config_file
+from raynlp._internal.config_file import Section as _Section
 
 Task = Literal["finetune", "fit", "pretrain", "scratch"]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DataConfig(_Section):
@@ -117,56 +113,10 @@ class RecipeConfig(_Section):
         return self
 
 
-def _set(tree: dict, dotted: str, value) -> None:
-    keys = dotted.split(".")
-    for key in keys[:-1]:
-        node = tree.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise RaynlpError(f"--set {dotted}: {key} is not a section")
-        tree = node
-    tree[keys[-1]] = value
-
-
-def apply_overrides(tree: dict, overrides: list[str]) -> dict:
-    """`["train.epochs=3", "scaling.use_gpu=true"]` applied to a config tree; values are read as YAML."""
-    for item in overrides:
-        if "=" not in item:
-            raise RaynlpError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
-        key, raw = item.split("=", 1)
-        _set(tree, key.strip(), yaml.safe_load(raw))
-    return tree
-
-
-def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    message = first["msg"].removeprefix("Value error, ")
-    more = f"; and {error.error_count() - 1} more" if error.error_count() > 1 else ""
-    if not first["loc"]:
-        return f"config: {message}{more}"
-    field = ".".join(str(p) for p in first["loc"])
-    got = f" (got {first['input']!r})" if first["type"] != "missing" and not isinstance(first["input"], dict) else ""
-    return f"config field {field}: {message}{got}{more}"
-
-
 def parse_config(tree: dict) -> RecipeConfig:
-    try:
-        return RecipeConfig.model_validate(tree)
-    except ValidationError as e:
-        raise RaynlpError(_describe(e)) from None
+    return config_file.validate(RecipeConfig, tree)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **defaults) -> RecipeConfig:
     """Read a YAML recipe, apply `--set` overrides, validate. Nothing starts before this succeeds."""
-    tree: dict = dict(defaults)
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RaynlpError(f"config file {path} does not exist; see configs/ for examples")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise RaynlpError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise RaynlpError(f"config file {path} must hold a mapping of sections (task, preset, data, ...)")
-        tree.update(loaded)
-    return parse_config(apply_overrides(tree, overrides or []))
+    return config_file.load(RecipeConfig, path, overrides, **defaults)

@@ -1,0 +1,85 @@
+"""The serving config: what to serve, how requests are batched, how replicas scale, what a request may hold.
+
+One YAML (`configs/serve.yaml`), overridable with `--set a.b=value`, validated before Ray starts. The same
+config runs `raynlp serve` here and, exported with `raynlp serve --export`, a Serve app on any cluster.
+"""
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from raynlp._internal import config_file
+from raynlp._internal.config_file import Section
+
+
+class BatchingSettings(Section):
+    """Dynamic batching (`@serve.batch`): texts from concurrent requests are classified together."""
+
+    enabled: bool = Field(True, description="off: every request is classified on its own (for comparison)")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="texts per model call; predict is compiled for "
+                                                               "powers of two up to it")
+    wait_timeout_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch waits to fill up")
+
+
+class AutoscalingSettings(Section):
+    """Serve's request-based autoscaling (`autoscaling_config`)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(16, gt=0, description="requests in flight per replica that the "
+                                                                 "autoscaler aims at")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+
+class ReplicaSettings(Section):
+    num_cpus: float = Field(1, ge=0)
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica (fractions share one GPU)")
+    max_ongoing_requests: int = Field(64, ge=1, description="requests one replica takes at once; at least "
+                                                            "batching.max_batch_size so that a batch can fill")
+
+
+class LimitSettings(Section):
+    """What one request may hold; more is refused with a 413, before it reaches the model."""
+
+    max_texts: int = Field(64, ge=1, description="texts per request")
+    max_body_bytes: int = Field(1_000_000, ge=64, description="request body size")
+
+
+class HttpSettings(Section):
+    host: str = Field("127.0.0.1", description="address Serve's HTTP proxy binds; 0.0.0.0 to accept outside calls")
+    port: int = Field(8000, ge=1, le=65535)
+
+
+class ServeConfig(Section):
+    preset: str = Field(description="a classifier folder (a training run's preset/) or keras-hub classifier preset")
+    name: str = Field("raynlp", pattern=r"^[A-Za-z0-9_.-]+$", description="Serve application name")
+    route_prefix: str = Field("/", pattern=r"^/")
+    sequence_length: int | None = Field(None, ge=8, le=4096, description="default: the length the model was "
+                                                                         "trained with")
+    batching: BatchingSettings = BatchingSettings()
+    autoscaling: AutoscalingSettings = AutoscalingSettings()
+    replica: ReplicaSettings = ReplicaSettings()
+    limits: LimitSettings = LimitSettings()
+    http: HttpSettings = HttpSettings()
+    address: str | None = Field(None, description="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
+
+    @model_validator(mode="after")
+    def _batch_fits(self):
+        if self.batching.enabled and self.replica.max_ongoing_requests < self.batching.max_batch_size:
+            raise ValueError(f"replica.max_ongoing_requests ({self.replica.max_ongoing_requests}) is below "
+                             f"batching.max_batch_size ({self.batching.max_batch_size}): a batch could never fill")
+        return self
+
+
+def load_serve_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                      values: dict | None = None) -> ServeConfig:
+    """Read a serve YAML, apply `--set` overrides and flag `values`, validate. Nothing starts before this succeeds."""
+    return config_file.load(ServeConfig, path, overrides, values)

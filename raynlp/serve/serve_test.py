@@ -1,0 +1,269 @@
+"""The classifier on a real Ray Serve app on 127.0.0.1, called over real HTTP.
+
+Apps are deployed the way `serve deploy` deploys them: from the file `raynlp serve --export` writes, checked
+against Ray's own Serve config schema, built by Ray's application-builder call.
+"""
+
+import json
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import yaml
+
+from raynlp import datasets
+from raynlp.errors import RaynlpError
+from raynlp.serve import Client, ServerError, export, load_serve_config
+
+MAX_TEXTS = 16
+MAX_BODY_BYTES = 32768
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def softmax(logits):
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture(scope="module")
+def serve_port(ray_cluster):
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+
+
+def deploy_exported(config, folder) -> str:
+    """Deploy `config` as `serve deploy FILE` would, from the file `raynlp serve --export` writes."""
+    from ray import serve
+    from ray._common.utils import import_attr
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.schema import ServeDeploySchema
+
+    path = export(config, folder / f"{config.name}.yaml")
+    document = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    app = document.applications[0]
+    built = call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), app.args)
+    serve.run(built, name=app.name, route_prefix=app.route_prefix)
+    return f"http://127.0.0.1:{config.http.port}{app.route_prefix}"
+
+
+def tiny_config(folder: str, port: int, name: str, **values):
+    return load_serve_config(None, values={
+        "preset": folder, "name": name, "route_prefix": f"/{name}", "http.port": port,
+        "limits.max_texts": MAX_TEXTS, "limits.max_body_bytes": MAX_BODY_BYTES, "batching.max_batch_size": 8,
+        "replica.num_cpus": 0.5, "autoscaling.max_replicas": 1, **values})
+
+
+@pytest.fixture(scope="module")
+def server(serve_port, keras_hub_classifier, tmp_path_factory):
+    folder, _ = keras_hub_classifier
+    url = deploy_exported(tiny_config(folder, serve_port, "classifier"), tmp_path_factory.mktemp("serve"))
+    yield url
+
+
+@pytest.fixture(scope="module")
+def expected(keras_hub_classifier):
+    """Text → probabilities from keras-hub's own predict in this process, for real review sentences."""
+    _, reference = keras_hub_classifier
+    texts = datasets.read_split("rotten_tomatoes", "test")["text"].to_pylist()[:60]
+    texts.append(" ".join(["an endless review"] * 200))  # far past the sequence length: truncated
+    return dict(zip(texts, softmax(np.asarray(reference.predict(texts, verbose=0)))))
+
+
+def test_answers_equal_keras_hub_predict_in_input_order(server, expected, keras_hub_classifier):
+    texts = list(expected)[-9:]
+    predictions = Client(server).classify(texts)
+    assert len(predictions) == len(texts)
+    for text, p in zip(texts, predictions):
+        np.testing.assert_allclose(p.probabilities, expected[text], atol=1e-5)
+        assert p.label == int(np.argmax(expected[text])) and p.label_name == str(p.label)
+
+
+def test_model_description_and_health(server, keras_hub_classifier):
+    folder, _ = keras_hub_classifier
+    info = Client(server).model()
+    assert info["preset"] == folder and info["labels"] == ["0", "1", "2"] and info["sequence_length"] == 48
+    assert len(info["version"]) == 12 and info["limits"]["max_texts"] == MAX_TEXTS
+    assert Client(server).healthy()
+    assert not Client(server + "-nowhere").healthy()
+
+
+def test_concurrent_requests_of_mixed_sizes_and_bad_ones_get_their_own_answers(server, expected):
+    rng = np.random.default_rng(0)
+    texts = list(expected)[:-1]  # the review sentences
+    requests = [list(rng.choice(texts, size=rng.integers(1, MAX_TEXTS + 1))) for _ in range(40)]
+    bad = [b'{"texts": [""]}', b'{"texts": 5}', b"\xff"] * 4
+
+    def good(batch):
+        return batch, Client(server).classify(batch)
+
+    with ThreadPoolExecutor(16) as pool:
+        refused = [pool.submit(post, server + "/v1/classify", body) for body in bad]
+        answered = [pool.submit(good, batch) for batch in requests]
+        for future in answered:
+            batch, predictions = future.result()
+            got = np.array([p.probabilities for p in predictions])
+            np.testing.assert_allclose(got, np.stack([expected[t] for t in batch]), atol=1e-5)
+        assert all(f.result()[0] == 400 for f in refused)
+
+
+BAD_REQUESTS = [
+    (b"this is not json", 400, "not JSON"),
+    (b'["a list"]', 400, "must be a JSON object"),
+    (b'{"text": ["typo"]}', 400, '"texts" is missing'),
+    (b'{"texts": "one string"}', 400, "must be a list of strings"),
+    (b'{"texts": []}', 400, "is empty"),
+    (b'{"texts": ["fine", 7]}', 400, "texts[1] is a number"),
+    (b'{"texts": ["fine", null]}', 400, "texts[1] is null"),
+    (b'{"texts": ["fine", "   "]}', 400, "texts[1] is empty"),
+    (json.dumps({"texts": ["x"] * (MAX_TEXTS + 1)}).encode(), 413, f"at most {MAX_TEXTS}"),
+    (json.dumps({"texts": ["y" * MAX_BODY_BYTES]}).encode(), 413, f"the limit is {MAX_BODY_BYTES}"),
+    (b'{"texts": ["caf\xe9"]}', 400, "not valid UTF-8"),
+    (b'{"texts": ["\\ud800 lone"]}', 400, "lone surrogate"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), BAD_REQUESTS, ids=[m for _, _, m in BAD_REQUESTS])
+def test_bad_request_gets_a_4xx_json_error_and_the_server_stays_up(server, expected, body, status, message):
+    got_status, answer = post(server + "/v1/classify", body, {"Content-Type": "application/json"})
+    assert got_status == status and message in answer["error"]["message"]
+    text = next(iter(expected))
+    np.testing.assert_allclose(Client(server).classify([text])[0].probabilities, expected[text], atol=1e-5)
+
+
+def test_unknown_route_and_method_get_json_errors(server):
+    with pytest.raises(ServerError, match="404"):
+        Client(server)._call("GET", "/v2/classify")
+    with pytest.raises(ServerError, match="405"):
+        Client(server)._call("GET", "/v1/classify")
+
+
+def test_cli_classify_and_export(server, keras_hub_classifier, tmp_path, capsys):
+    from ray.serve.schema import ServeDeploySchema
+
+    from raynlp.cli import main
+
+    assert main(["classify", "--url", server, "a fine film", "dull"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].endswith("a fine film") and lines[1].endswith("dull")
+    assert main(["classify", "--url", server, "--json", "x"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["probabilities"]) == 3
+    assert main(["classify", "--url", server, ""]) == 2
+    assert "texts[0] is empty" in capsys.readouterr().err
+
+    folder, _ = keras_hub_classifier
+    target = tmp_path / "serve_config.yaml"
+    assert main(["serve", "--config", "configs/serve.yaml", "--preset", folder, "--port", "8555",
+                 "--export", str(target)]) == 0
+    document = ServeDeploySchema.model_validate(yaml.safe_load(target.read_text()))
+    assert document.http_options.port == 8555 and document.applications[0].args["preset"] == folder
+
+
+def test_serve_refuses_what_is_not_a_classifier_before_starting(capsys):
+    from raynlp.cli import main
+
+    assert main(["serve", "--preset", "bert_tiny_en_uncased_scratch"]) == 2
+    assert "holds no classifier" in capsys.readouterr().err
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(RaynlpError, match="config field autoscaling: .*min_replicas .* above max_replicas"):
+        load_serve_config(None, ["preset=x", "autoscaling.min_replicas=3", "autoscaling.max_replicas=2"])
+    with pytest.raises(RaynlpError, match="batch could never fill"):
+        load_serve_config(None, ["preset=x", "replica.max_ongoing_requests=4"])
+    with pytest.raises(RaynlpError, match="config field batching.max_batch: Extra inputs"):
+        load_serve_config(None, ["preset=x", "batching.max_batch=4"])
+    with pytest.raises(RaynlpError, match="config field preset: Input should be a valid string"):
+        load_serve_config("configs/serve.yaml", ["preset=null"])
+
+
+def _replica_pids(app: str) -> dict[str, int]:
+    """Live replicas of `app`'s deployment: actor name → process id."""
+    import ray
+
+    pids = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == "serve" and actor["name"].startswith(f"SERVE_REPLICA::{app}#"):
+            try:
+                handle = ray.get_actor(actor["name"], namespace="serve")
+                pids[actor["name"]] = ray.get(handle.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+            except Exception:  # dying or gone
+                continue
+    return pids
+
+
+def test_a_replica_killed_under_load_is_replaced(serve_port, keras_hub_classifier, expected, tmp_path,
+                                                  record_property):
+    folder, _ = keras_hub_classifier
+    config = tiny_config(folder, serve_port, "killtest", **{"autoscaling.min_replicas": 2,
+                                                            "autoscaling.max_replicas": 2})
+    url = deploy_exported(config, tmp_path)
+    before = _replica_pids("killtest")
+    assert len(before) == 2
+    text = next(iter(expected))
+    outcomes: list[tuple[float, bool]] = []  # (time the request was sent, answered correctly)
+    stop = threading.Event()
+
+    def load():
+        client = Client(url, timeout=30)
+        while not stop.is_set():
+            sent = time.monotonic()
+            try:
+                ok = np.allclose(client.classify([text])[0].probabilities, expected[text], atol=1e-5)
+            except RaynlpError:
+                ok = False
+            outcomes.append((sent, ok))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        victim_name, victim_pid = next(iter(before.items()))
+        os.kill(victim_pid, 9)
+        killed = time.monotonic()
+        deadline = killed + 120
+        while time.monotonic() < deadline:
+            now = _replica_pids("killtest")
+            if len(now) == 2 and victim_pid not in now.values():
+                break
+            time.sleep(0.5)
+        recovered = time.monotonic()
+        assert len(now) == 2 and victim_pid not in now.values(), f"replica not replaced: {now}"
+        time.sleep(3.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+    during = [ok for sent, ok in outcomes if killed <= sent < recovered]
+    after = [ok for sent, ok in outcomes if sent >= recovered]
+    failed = during.count(False)
+    record_property("failed_while_replica_was_replaced", failed)
+    print(f"replica replaced in {recovered - killed:.1f} s; {failed} of {len(during)} requests failed meanwhile; "
+          f"{len(after)} requests after recovery")
+    assert all(ok for sent, ok in outcomes if sent < killed)
+    assert after and all(after)
