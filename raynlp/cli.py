@@ -334,9 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_demo)
 
     p = commands.add_parser("bench", help="run a benchmark; writes JSON (and a PNG) with ratios to plain keras-hub")
-    p.add_argument("name", choices=["tokenize", "train"],
+    p.add_argument("name", choices=["tokenize", "train", "serve"],
                    help="tokenize: raynlp's tokenizer against keras-hub's preprocessor; train: data-parallel "
-                        "fine-tuning against a plain keras-hub fit")
+                        "fine-tuning against a plain keras-hub fit; serve: the batched Serve deployment against "
+                        "batching off and the bare predict, under closed-loop load on 127.0.0.1")
     p.add_argument("--output", default="runs/bench", help="folder for results (default runs/bench)")
     p.add_argument("--rows", type=int, default=None, help="rows to use (default: the benchmark's own)")
     p.set_defaults(run=_bench)

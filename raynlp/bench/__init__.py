@@ -8,7 +8,7 @@ from pathlib import Path
 
 from raynlp.errors import RaynlpError
 
-BENCHMARKS = ("tokenize", "train")
+BENCHMARKS = ("tokenize", "train", "serve")
 
 
 def run(name: str, output_dir: str = "runs/bench", rows: int | None = None) -> Path:
@@ -20,4 +20,8 @@ def run(name: str, output_dir: str = "runs/bench", rows: int | None = None) -> P
         from raynlp.bench.train_bench import run_train_bench
 
         return run_train_bench(Path(output_dir), rows=rows)
+    if name == "serve":
+        from raynlp.bench.serve_bench import run_serve_bench
+
+        return run_serve_bench(Path(output_dir))
     raise RaynlpError(f"unknown benchmark {name!r}; benchmarks: {', '.join(BENCHMARKS)}")

@@ -1,0 +1,221 @@
+"""Online serving under load: the batched Serve deployment, the same with batching off, and the bare predict.
+
+Closed-loop load on loopback only: at each concurrency level C, C client threads send one single-text request
+each, wait for its answer, and send the next, for a fixed time. Three targets, the same model and texts:
+
+- `serve_batched`: `raynlp serve` as configured (texts of concurrent requests share one model call);
+- `serve_unbatched`: the same deployment with `batching.enabled: false` (one model call per request);
+- `in_process`: `TextClassifier.predict_proba([text])` called by the client threads directly: the model's own
+  speed with no HTTP, no Serve (calls run one at a time, as in one replica without batching).
+
+Per level it reports throughput (answers per second) and p50/p95/p99 latency. Serve's overhead is the p50
+latency at concurrency 1 over the bare call's. One replica throughout (the machine has few cores: a second
+replica would share them), and the client threads share the machine with the server, as they would not in
+production.
+"""
+
+import http.client
+import json
+import logging
+import os
+import platform
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+PRESET = "minilm_l6_en_uncased"  # the backbone the shipped fine-tuning config trains, with a 2-class head
+SEQUENCE_LENGTH = 64
+LEVELS = (1, 4, 16, 32)
+SECONDS = 8.0
+WARM_UP_SECONDS = 1.0
+
+
+def _classifier_folder(output_dir: Path, preset: str) -> str:
+    """A classifier preset to serve: the backbone with a (random) 2-class head; speed does not depend on it."""
+    import keras
+    import keras_hub
+
+    from raynlp.presets import resolve
+
+    folder = output_dir / "serve_model" / preset
+    if not (folder / "task.json").exists():
+        keras.utils.set_random_seed(0)
+        base = resolve(preset)
+        preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
+            base, sequence_length=SEQUENCE_LENGTH)
+        keras_hub.models.BertTextClassifier.from_preset(base, num_classes=2, preprocessor=preprocessor) \
+            .save_to_preset(str(folder))
+    return str(folder)
+
+
+def closed_loop(call, texts: list[str], concurrency: int, seconds: float) -> dict:
+    """`concurrency` threads calling `call(text)` back to back for `seconds` (after a short warm-up)."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    start = time.perf_counter()
+    measure_from, stop_at = start + WARM_UP_SECONDS, start + WARM_UP_SECONDS + seconds
+
+    def client(i: int) -> None:
+        session = call()  # one connection (or other per-client state) per thread
+        n = i
+        while (now := time.perf_counter()) < stop_at:
+            try:
+                session(texts[n % len(texts)])
+                ok = True
+            except Exception:
+                ok = False
+            done = time.perf_counter()
+            if now >= measure_from:
+                if ok:
+                    latencies[i].append(done - now)
+                else:
+                    errors[i] += 1
+            n += concurrency
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    flat = np.array([x for per in latencies for x in per]) * 1000
+    p50, p95, p99 = np.percentile(flat, [50, 95, 99]) if len(flat) else (float("nan"),) * 3
+    return {"concurrency": concurrency, "requests": int(len(flat)), "errors": int(sum(errors)),
+            "throughput": round(len(flat) / seconds, 1),
+            "p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "p99_ms": round(float(p99), 2)}
+
+
+def _http_session(host: str, port: int, path: str):
+    """A factory of per-thread callers that keep one HTTP connection open, as a load client would."""
+    def make():
+        connection = http.client.HTTPConnection(host, port, timeout=60)
+
+        def classify(text: str) -> None:
+            connection.request("POST", path, body=json.dumps({"texts": [text]}),
+                               headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            body = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{response.status}: {body[:200]!r}")
+        return classify
+    return make
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _in_process_levels(folder: str, texts, levels, seconds) -> list[dict]:
+    from raynlp.inference import TextClassifier
+
+    classifier = TextClassifier.load(folder)
+    classifier.warm_up()
+    results = []
+    for level in levels:
+        results.append(closed_loop(lambda: lambda text: classifier.predict_proba([text]), texts, level, seconds))
+        logger.info("serve bench: in_process %s", results[-1])
+    return results
+
+
+def _serve_levels(folder: str, batching: bool, port: int, texts, levels, seconds) -> list[dict]:
+    from ray import serve
+
+    from raynlp.serve import load_serve_config
+    from raynlp.serve.app import build_app
+
+    name = "batched" if batching else "unbatched"
+    config = load_serve_config(None, values={
+        "preset": folder, "name": name, "route_prefix": f"/{name}", "http.port": port,
+        "batching.enabled": batching, "autoscaling.min_replicas": 1, "autoscaling.max_replicas": 1})
+    serve.run(build_app(config), name=name, route_prefix=f"/{name}")
+    try:
+        session = _http_session("127.0.0.1", port, f"/{name}/v1/classify")
+        results = []
+        for level in levels:
+            results.append(closed_loop(session, texts, level, seconds))
+            logger.info("serve bench: %s %s", name, results[-1])
+        return results
+    finally:
+        serve.delete(name)
+
+
+def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, ...] = LEVELS,
+                    seconds: float = SECONDS) -> Path:
+    from ray import serve
+
+    from raynlp import datasets
+    from raynlp._internal.cluster import ensure_ray
+
+    folder = _classifier_folder(output_dir, preset)
+    texts = datasets.read_split("rotten_tomatoes", "test")["text"].to_pylist()
+    logger.info("serve bench: %s at sequence length %d, concurrency %s, %.0f s per level",
+                preset, SEQUENCE_LENGTH, list(levels), seconds)
+
+    results = {"in_process": _in_process_levels(folder, texts, levels, seconds)}
+
+    ensure_ray()
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        results["serve_batched"] = _serve_levels(folder, True, port, texts, levels, seconds)
+        results["serve_unbatched"] = _serve_levels(folder, False, port, texts, levels, seconds)
+    finally:
+        serve.shutdown()
+
+    report = {
+        "benchmark": "serve", "preset": preset, "sequence_length": SEQUENCE_LENGTH, "levels": list(levels),
+        "seconds_per_level": seconds, "texts_per_request": 1, "replicas": 1,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "results": results, **_summary(results, levels),
+        "note": "closed-loop load on 127.0.0.1; client threads, Serve's proxy and the replica share this machine's "
+                "cores. in_process calls the model directly (no HTTP, no Serve).",
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "serve.json"
+    path.write_text(json.dumps(report, indent=2))
+    _plot(report, output_dir / "serve.png")
+    logger.info("serve bench: %s", {k: v for k, v in report.items() if k.startswith(("batched", "serve_overhead"))})
+    return path
+
+
+def _summary(results: dict, levels) -> dict:
+    at = {way: {r["concurrency"]: r for r in rows} for way, rows in results.items()}
+    top, one = max(levels), min(levels)
+    return {
+        f"batched_vs_unbatched_throughput_at_{top}": round(
+            at["serve_batched"][top]["throughput"] / max(at["serve_unbatched"][top]["throughput"], 1e-9), 2),
+        f"serve_overhead_ms_at_{one}": {
+            way: round(at[way][one]["p50_ms"] - at["in_process"][one]["p50_ms"], 2)
+            for way in ("serve_batched", "serve_unbatched")},
+    }
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for way, rows in report["results"].items():
+        throughput = [r["throughput"] for r in rows]
+        for quantile, style in (("p50_ms", "-o"), ("p95_ms", ":x")):
+            ax.plot(throughput, [r[quantile] for r in rows], style, label=f"{way.replace('_', ' ')} {quantile[:3]}")
+        for r in rows:
+            ax.annotate(f"c={r['concurrency']}", (r["throughput"], r["p50_ms"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("throughput (texts / s, one text per request)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"Serving {report['preset']} at sequence length {report['sequence_length']}, one replica "
+                 f"({report['machine']['cpus']} CPU cores)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,17 @@
+"""`raynlp bench serve` at a tiny size: every target answers under load and the report holds what README quotes."""
+
+import json
+
+from raynlp.bench.serve_bench import run_serve_bench
+
+
+def test_serve_bench_writes_figures_for_every_target(ray_cluster, tmp_path):
+    path = run_serve_bench(tmp_path, preset="bert_tiny_en_uncased_scratch", levels=(1, 4), seconds=1.0)
+    report = json.loads(path.read_text())
+    assert set(report["results"]) == {"in_process", "serve_batched", "serve_unbatched"}
+    for rows in report["results"].values():
+        assert [r["concurrency"] for r in rows] == [1, 4]
+        assert all(r["errors"] == 0 and r["requests"] > 0 and r["p50_ms"] <= r["p99_ms"] for r in rows)
+    assert report["batched_vs_unbatched_throughput_at_4"] > 0
+    assert set(report["serve_overhead_ms_at_1"]) == {"serve_batched", "serve_unbatched"}
+    assert (tmp_path / "serve.png").stat().st_size > 0
