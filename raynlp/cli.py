@@ -54,17 +54,20 @@ def _need_name(args) -> str:
 
 # --- data ------------------------------------------------------------------------------------------------
 
-def _input_dataset(args):
-    """`--input PATH` through read_corpus, or `--dataset NAME --split S` from raynlp's data sets."""
-    from raynlp import datasets
-    from raynlp.data import read_corpus
+_CORPUS_FLAGS = {"dataset": "data.dataset", "split": "data.split", "input": "data.input", "format": "data.format",
+                 "text_column": "data.text_column", "skip_bad_files": "data.skip_bad_files"}
 
-    if bool(args.input) == bool(args.dataset):
-        raise RaynlpError("give exactly one of --input PATH and --dataset NAME")
-    if args.dataset:
-        return datasets.load(args.dataset)[args.split]
-    return read_corpus(args.input, format=args.format, text_column=args.text_column,
-                       on_bad_file="skip" if args.skip_bad_files else "raise")
+
+def _flag_values(args, flags: dict[str, str]) -> dict:
+    """The config values the command line gave: flag `dest` → dotted config key, for flags that were given."""
+    return {key: getattr(args, dest) for dest, key in flags.items() if getattr(args, dest, None) is not None}
+
+
+def _job_config(task: str, args, flags: dict[str, str]):
+    """`--config FILE`, then `--set` overrides, then the dedicated flags: validated before anything starts."""
+    from raynlp.jobs.tasks import load_task_config
+
+    return load_task_config(task, args.config, args.set, _flag_values(args, {**_CORPUS_FLAGS, **flags}))
 
 
 def _tokenize(args) -> None:
@@ -73,8 +76,13 @@ def _tokenize(args) -> None:
 
     masking = MaskingConfig(selection_rate=args.mask_rate, max_selections=args.max_selections,
                             seed=args.seed) if args.mlm else None
+    from raynlp._internal import config_file
+    from raynlp.data.config import CorpusSettings
+
+    given = _flag_values(args, _CORPUS_FLAGS)
+    corpus = config_file.load(CorpusSettings, None, values={k.removeprefix("data."): v for k, v in given.items()})
     ensure_ray(args.address)
-    source = _input_dataset(args)
+    source = corpus.open()
     packed = tokenize_dataset(source, args.preset, sequence_length=args.sequence_length,
                               text_column="text", pair_column=args.pair_column, masking=masking,
                               num_actors=args.num_actors)
@@ -87,39 +95,42 @@ def _vocab(args) -> None:
     from raynlp._internal.cluster import ensure_ray
     from raynlp.data import learn_vocabulary, save_vocabulary
 
-    ensure_ray(args.address)
-    vocabulary = learn_vocabulary(_input_dataset(args), args.size, lowercase=not args.cased,
-                                  strip_accents=args.strip_accents)
-    path = save_vocabulary(vocabulary, args.output)
+    config = _job_config("vocab", args, {"size": "size", "output": "output", "lowercase": "lowercase",
+                                         "strip_accents": "strip_accents", "address": "address"})
+    ensure_ray(config.address)
+    vocabulary = learn_vocabulary(config.data.open(), config.size, lowercase=config.lowercase,
+                                  strip_accents=config.strip_accents)
+    path = save_vocabulary(vocabulary, config.output)
     print(f"learned {len(vocabulary)} WordPiece tokens into {path}")
 
 
 def _train(args) -> None:
-    from raynlp.train.config import load_config
     from raynlp.train.trainer import train
 
-    overrides = [f"task={args.command}", *args.set] if args.config is None else list(args.set)
-    config = load_config(args.config, overrides)
-    if config.task != args.command:
-        raise RaynlpError(f"{args.config} is a {config.task} config; run `raynlp {config.task} --config {args.config}`")
+    config = _job_config(args.command, args, {})
     result = train(config)
     final = result.final
     shown = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float))
     print(f"{config.task} finished: {shown}\npreset: {result.preset}\nmetrics: {result.output / 'metrics.json'}")
 
 
+_INFERENCE_FLAGS = {"preset": "preset", "num_actors": "num_actors", "batch_size": "batch_size", "output": "output",
+                    "address": "address"}
+
+
 def _evaluate(args) -> None:
     from raynlp._internal.cluster import ensure_ray
     from raynlp.inference import evaluate
 
-    ensure_ray(args.address)
-    report = evaluate(_input_dataset(args), args.preset, num_actors=args.num_actors, batch_size=args.batch_size)
+    config = _job_config("evaluate", args, _INFERENCE_FLAGS)
+    ensure_ray(config.address)
+    report = evaluate(config.data.open(), config.preset, num_actors=config.num_actors, batch_size=config.batch_size)
     text = json.dumps(report, indent=2)
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
+    if config.output:
+        os.makedirs(os.path.dirname(os.path.abspath(config.output)), exist_ok=True)
+        with open(config.output, "w") as f:
             f.write(text)
-        logger.info("evaluation written to %s", args.output)
+        logger.info("evaluation written to %s", config.output)
     print(text)
 
 
@@ -131,12 +142,13 @@ def _predict(args) -> None:
     from raynlp._internal.cluster import ensure_ray
     from raynlp.inference import predict_dataset
 
-    output = Path(args.output)
+    config = _job_config("predict", args, _INFERENCE_FLAGS)
+    output = Path(config.output)
     if output.exists() and any(output.iterdir()):
         raise RaynlpError(f"output folder {output} is not empty; choose a new folder or delete it")
-    ensure_ray(args.address)
-    predictions = predict_dataset(_input_dataset(args), args.preset, num_actors=args.num_actors,
-                                  batch_size=args.batch_size)
+    ensure_ray(config.address)
+    predictions = predict_dataset(config.data.open(), config.preset, num_actors=config.num_actors,
+                                  batch_size=config.batch_size)
     predictions.write_parquet(str(output))
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in output.glob("*.parquet"))
     print(f"predicted {rows} rows into Parquet shards in {output} "
@@ -146,10 +158,10 @@ def _predict(args) -> None:
 def _serve(args) -> None:
     import time
 
-    from raynlp.serve import export, load_serve_config, start, stop
+    from raynlp.serve import export, start, stop
 
-    flags = {"preset": args.preset, "http.host": args.host, "http.port": args.port, "address": args.address}
-    config = load_serve_config(args.config, args.set, {k: v for k, v in flags.items() if v is not None})
+    config = _job_config("serve", args, {"preset": "preset", "host": "http.host", "port": "http.port",
+                                         "address": "address"})
     if args.export:
         path = export(config, args.export)
         print(f"wrote the Serve config to {path}\n  deploy it with: serve deploy {path}")
@@ -184,6 +196,50 @@ def _classify(args) -> None:
         print(f"{p.label_name:>12s}  {max(p.probabilities):.3f}  {shown}")
 
 
+def _submit(args) -> int:
+    from raynlp.jobs.submit import follow, submit
+
+    env = dict(item.split("=", 1) for item in args.env) if args.env else {}
+    if any("=" not in item for item in args.env):
+        raise RaynlpError("--env takes NAME=VALUE")
+    job = submit(args.config, address=args.address, overrides=args.set, working_dir=args.working_dir, env=env,
+                 job_id=args.job_id)
+    print(f"submitted {job.task} job {job.job_id} to {job.address}", flush=True)
+    if not args.wait:
+        print(f"  follow it:  raynlp jobs logs {job.job_id} --follow --address {job.address}\n"
+              f"  status:     raynlp jobs status {job.job_id} --address {job.address}")
+        return 0
+    status = follow(job)
+    print(f"job {job.job_id} {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _jobs(args) -> int:
+    from raynlp.jobs.submit import Job, client, follow
+
+    jobs = client(args.address)
+    if args.action == "list":
+        for info in sorted(jobs.list_jobs(), key=lambda j: j.start_time or 0):
+            ident = info.submission_id or info.job_id
+            print(f"{ident:28s} {str(info.status.value):10s} {info.entrypoint}")
+        return 0
+    if not args.job_id:
+        raise RaynlpError(f"`raynlp jobs {args.action}` needs a JOB_ID; see `raynlp jobs list`")
+    if args.action == "status":
+        info = jobs.get_job_info(args.job_id)
+        print(f"{args.job_id} {info.status.value}" + (f": {info.message}" if info.message else ""))
+        return 0 if str(info.status.value) != "FAILED" else 1
+    if args.action == "logs":
+        if args.follow:
+            follow(Job(address=jobs.get_address(), job_id=args.job_id, task=""))
+        else:
+            print(jobs.get_job_logs(args.job_id), end="")
+        return 0
+    stopped = jobs.stop_job(args.job_id)
+    print(f"{args.job_id}: {'stop requested' if stopped else 'already finished'}")
+    return 0
+
+
 def _demo(args) -> None:
     from raynlp.demo import run_demo
 
@@ -199,23 +255,30 @@ def _bench(args) -> None:
 
 # --- parser ----------------------------------------------------------------------------------------------
 
+def _add_config_flags(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument("--config", help="a YAML config (see configs/); flags below override it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a config field, e.g. --set {example}")
+
+
 def _add_input_flags(p: argparse.ArgumentParser, split: str = "train") -> None:
-    src = p.add_argument_group("input (one of)")
+    src = p.add_argument_group("input (one of; or data.input / data.dataset in --config)")
     src.add_argument("--input", help="a corpus: file, folder (class folders or text files), glob, s3:// or gs:// URI")
     src.add_argument("--dataset", help="a raynlp data set name (see `raynlp datasets list`)")
-    p.add_argument("--split", default=split, choices=["train", "test"], help=f"split of --dataset (default {split})")
+    p.add_argument("--split", choices=["train", "test"], help=f"split of --dataset (default {split})")
     p.add_argument("--format", choices=["lines", "paragraphs", "jsonl", "csv", "parquet", "folders"],
                    help="corpus format; inferred from the suffix or layout when left out")
-    p.add_argument("--text-column", default="text", help="column holding the text in csv/jsonl/parquet input")
-    p.add_argument("--skip-bad-files", action="store_true",
+    p.add_argument("--text-column", help="column holding the text in csv/jsonl/parquet input (default text)")
+    p.add_argument("--skip-bad-files", action="store_true", default=None,
                    help="leave out empty or unreadable files (counted in a warning) instead of stopping")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster)")
 
 
 def _add_inference_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", required=True, help="classifier folder, e.g. runs/finetune/preset")
-    p.add_argument("--num-actors", type=int, default=1, help="inference actors (default 1)")
-    p.add_argument("--batch-size", type=int, default=32, help="rows per predict call (default 32)")
+    _add_config_flags(p, "num_actors=2")
+    p.add_argument("--preset", help="classifier folder, e.g. runs/finetune/preset")
+    p.add_argument("--num-actors", type=int, help="inference actors (default 1)")
+    p.add_argument("--batch-size", type=int, help="rows per predict call (default 32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,10 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Words are counted per block on Ray Data, the counts merged, then keras-hub's WordPiece "
                     "learner builds the vocabulary (equal to keras_hub.tokenizers.compute_word_piece_vocabulary).")
     _add_input_flags(p)
-    p.add_argument("--size", type=int, required=True, help="vocabulary size, reserved tokens included")
-    p.add_argument("--output", required=True, help="vocabulary file to write, one token per line")
-    p.add_argument("--cased", action="store_true", help="keep case (default: lowercase)")
-    p.add_argument("--strip-accents", action="store_true", help="strip accents before learning")
+    _add_config_flags(p, "size=8000")
+    p.add_argument("--size", type=int, help="vocabulary size, reserved tokens included")
+    p.add_argument("--output", help="vocabulary file to write, one token per line")
+    p.add_argument("--cased", dest="lowercase", action="store_false", default=None,
+                   help="keep case (default: lowercase)")
+    p.add_argument("--strip-accents", action="store_true", default=None, help="strip accents before learning")
     p.set_defaults(run=_vocab)
 
     for task, what in [
@@ -276,9 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=f"{what[0].upper()}{what[1:]}, data-parallel on Ray Train. The config is validated before "
                         "Ray starts; the output folder gets preset/, metrics.json, curves.png and checkpoints. "
                         "Running the same config into the same output folder again resumes it.")
-        p.add_argument("--config", help="a YAML recipe (see configs/)")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field, e.g. --set train.epochs=3 --set scaling.num_workers=4")
+        _add_config_flags(p, "train.epochs=3 --set scaling.num_workers=4")
         p.set_defaults(run=_train)
 
     p = commands.add_parser(
@@ -296,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a classifier folder over a corpus of any size on a Ray Data actor pool and write Parquet "
                     "shards with the predicted label, its name and the class probabilities of every row.")
     _add_input_flags(p)
-    p.add_argument("--output", required=True, help="new folder for the Parquet shards")
+    p.add_argument("--output", help="new folder for the Parquet shards")
     _add_inference_flags(p)
     p.set_defaults(run=_predict)
 
@@ -308,9 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "otherwise. With --export, writes the app as a Serve config file (for `serve deploy` and a "
                     "KubeRay RayService) and starts nothing.")
     p.add_argument("--preset", help="classifier folder to serve (or preset: in the config)")
-    p.add_argument("--config", help="a serve YAML (see configs/serve.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set batching.max_batch_size=16")
+    _add_config_flags(p, "batching.max_batch_size=16")
     p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 accepts calls from outside)")
     p.add_argument("--port", type=int, help="HTTP port (default 8000)")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster)")
@@ -327,6 +388,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for the answer (default 60)")
     p.set_defaults(run=_classify)
+
+    p = commands.add_parser(
+        "submit", help="submit a job for a config to a Ray cluster (Ray Job API) and optionally wait for it",
+        description="Check a config here, then submit `python jobs/<task>.py --config FILE` to the cluster with the "
+                    "working directory (this repository) and KERAS_BACKEND in its runtime environment. With --wait, "
+                    "stream its logs and exit 0 if it SUCCEEDED, 1 otherwise.")
+    p.add_argument("--config", required=True, help="a config under the working directory; its `task:` picks the job")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, passed along")
+    p.add_argument("--address", help="the cluster's dashboard, http://HEAD:8265 (default: RAY_ADDRESS)")
+    p.add_argument("--wait", action="store_true", help="stream the logs until the job ends; exit with its status")
+    p.add_argument("--working-dir", default=".", help="folder uploaded as the job's working directory (default .)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment variable for the job")
+    p.add_argument("--job-id", help="submission id to use (default: one Ray makes up)")
+    p.set_defaults(run=_submit)
+
+    p = commands.add_parser("jobs", help="list jobs on a cluster, or show one's status or logs, or stop it",
+                            description="The Ray Job API, for jobs `raynlp submit` (or anyone) submitted.")
+    p.add_argument("action", choices=["list", "status", "logs", "stop"])
+    p.add_argument("job_id", nargs="?", help="submission id (status, logs, stop)")
+    p.add_argument("--address", help="the cluster's dashboard, http://HEAD:8265 (default: RAY_ADDRESS)")
+    p.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+    p.set_defaults(run=_jobs)
 
     p = commands.add_parser("demo", help="run the demo workflow on a local Ray cluster (what `make demo` runs)")
     p.add_argument("--output", default="runs/demo", help="folder for the demo's results (default runs/demo)")
@@ -360,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        args.run(args)
+        status = args.run(args)
     except Exception as e:
         found = _raynlp_error(e)
         if found is None:
@@ -368,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         message = str(found).splitlines()[0] if str(found) else type(found).__name__
         print(f"raynlp: error: {message}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None):
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        # Inside a Ray job the job's runtime env (working_dir, env vars) applies too: merge ours into it.
+        os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
         ray.init(address=address, runtime_env={"env_vars": WORKER_ENV})
     else:
         # Ray's CPU count is logical: leave room for Ray Data's actors beside the training workers.

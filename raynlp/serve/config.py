@@ -5,6 +5,7 @@ config runs `raynlp serve` here and, exported with `raynlp serve --export`, a Se
 """
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -59,6 +60,7 @@ class HttpSettings(Section):
 
 
 class ServeConfig(Section):
+    task: Literal["serve"] = "serve"
     preset: str = Field(description="a classifier folder (a training run's preset/) or keras-hub classifier preset")
     name: str = Field("raynlp", pattern=r"^[A-Za-z0-9_.-]+$", description="Serve application name")
     route_prefix: str = Field("/", pattern=r"^/")

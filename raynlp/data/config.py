@@ -1,0 +1,47 @@
+"""Typed configs for data jobs: where a corpus comes from (shared by every job that reads one), and `vocab`."""
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from raynlp._internal.config_file import Section
+from raynlp.data.corpus import Format
+
+
+class CorpusSettings(Section):
+    """A corpus: one of raynlp's data sets (and its split), or any path/glob/URI `read_corpus` reads."""
+
+    dataset: str | None = Field(None, description="a raynlp data set name (`raynlp datasets list`)")
+    split: Literal["train", "test"] = Field("train", description="split of `dataset`")
+    input: str | None = Field(None, description="a file, folder, glob, or s3:// / gs:// URI")
+    format: Format | None = Field(None, description="inferred from the suffix or the folder layout when left out")
+    text_column: str = "text"
+    skip_bad_files: bool = Field(False, description="leave out empty or unreadable files instead of stopping")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.dataset is None) == (self.input is None):
+            raise ValueError("give exactly one of data.dataset and data.input")
+        return self
+
+    def open(self):
+        """The corpus as a Ray Dataset with a `text` column (and `label` where it has one)."""
+        from raynlp import datasets
+        from raynlp.data.corpus import read_corpus
+
+        if self.dataset:
+            return datasets.load(self.dataset)[self.split]
+        return read_corpus(self.input, format=self.format, text_column=self.text_column,
+                           on_bad_file="skip" if self.skip_bad_files else "raise")
+
+
+class VocabConfig(Section):
+    """`raynlp vocab`: learn a WordPiece vocabulary from a corpus (the guide's level 6)."""
+
+    task: Literal["vocab"] = "vocab"
+    data: CorpusSettings
+    size: int = Field(ge=10, description="vocabulary size, reserved tokens included")
+    output: str = Field(description="vocabulary file to write, one token per line")
+    lowercase: bool = True
+    strip_accents: bool = False
+    address: str | None = Field(None, description="Ray cluster to join (default: RAY_ADDRESS, else a local one)")

@@ -1,0 +1,105 @@
+"""Jobs on a real Ray cluster: a head started with `ray start --head` on 127.0.0.1, jobs submitted through
+its dashboard's Job API with `raynlp submit`, followed with `raynlp jobs`, the head stopped at the end."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from raynlp.cli import main
+
+TINY_FINETUNE = ["preset=bert_tiny_en_uncased_scratch", "data.max_train_rows=64", "data.max_test_rows=32",
+                 "data.sequence_length=32", "data.tokenizer_actors=1", "train.epochs=1", "train.batch_size=16",
+                 "scaling.num_workers=1"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def processes_under(folder: Path) -> list[str]:
+    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in listing.splitlines() if str(folder) in line and "ps -eo" not in line]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """`ray start --head --block` on 127.0.0.1 with its own temp dir; yields the dashboard URL."""
+    from raynlp.jobs.submit import client
+
+    temp = tmp_path_factory.mktemp("head")
+    dashboard = free_port()
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "KERAS_BACKEND": "jax",
+           # Single-machine mode keeps 127.0.0.1 instead of swapping in the routable IP (raynlp._internal.cluster).
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    head = subprocess.Popen(
+        [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--temp-dir={temp}", "--num-cpus=4", "--object-store-memory=400000000", "--disable-usage-stats"],
+        env=env, stdout=open(temp / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{dashboard}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            client(url)
+            break
+        except Exception:
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray head did not come up: {(temp / 'head.log').read_text()[-2000:]}") from None
+            time.sleep(1)
+    yield url
+    head.send_signal(signal.SIGTERM)
+    head.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while processes_under(temp) and time.monotonic() < deadline:
+        time.sleep(1)
+    left = processes_under(temp)
+    for line in left:
+        os.kill(int(line.split()[0]), signal.SIGKILL)
+    assert not left, f"the head left processes behind: {left}"
+
+
+def test_submit_a_finetune_job_and_find_its_preset(ray_head, tmp_path, capsys):
+    out = tmp_path / "finetune"
+    code = main(["submit", "--address", ray_head, "--config", "configs/finetune.yaml", "--wait",
+                 *sum((["--set", s] for s in [*TINY_FINETUNE, f"run.output={out}"]), []),
+                 "--job-id", "raynlp-finetune-ok"])
+    logs = capsys.readouterr().out
+    assert code == 0, logs[-3000:]
+    assert "job raynlp-finetune-ok SUCCEEDED" in logs and "finetune finished" in logs
+    assert (out / "preset" / "task.json").is_file() and (out / "metrics.json").is_file()
+
+    assert main(["jobs", "status", "raynlp-finetune-ok", "--address", ray_head]) == 0
+    assert "SUCCEEDED" in capsys.readouterr().out
+    assert main(["jobs", "logs", "raynlp-finetune-ok", "--address", ray_head]) == 0
+    assert f"preset: {out / 'preset'}" in capsys.readouterr().out
+
+
+def test_a_failing_job_reports_failure_and_its_error(ray_head, tmp_path, capsys):
+    code = main(["submit", "--address", ray_head, "--config", "configs/finetune.yaml", "--wait",
+                 "--set", "preset=/nowhere/preset", "--set", f"run.output={tmp_path / 'x'}",
+                 "--job-id", "raynlp-finetune-bad"])
+    logs = capsys.readouterr().out
+    assert code == 1
+    assert "raynlp: error: preset folder '/nowhere/preset' does not exist" in logs
+    assert "job raynlp-finetune-bad FAILED" in logs
+    assert main(["jobs", "status", "raynlp-finetune-bad", "--address", ray_head]) == 1
+    assert main(["jobs", "list", "--address", ray_head]) == 0
+    listing = capsys.readouterr().out
+    assert "raynlp-finetune-ok" in listing and "raynlp-finetune-bad" in listing and "FAILED" in listing
+
+
+def test_a_wrong_config_is_refused_before_anything_is_submitted(ray_head, capsys):
+    assert main(["submit", "--address", ray_head, "--config", "configs/finetune.yaml",
+                 "--set", "train.batch_size=0"]) == 2
+    assert "config field train.batch_size" in capsys.readouterr().err
+    assert main(["jobs", "list", "--address", ray_head]) == 0
+    assert "batch_size=0" not in capsys.readouterr().out
