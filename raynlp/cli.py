@@ -135,7 +135,6 @@ def _evaluate(args) -> None:
 
 
 def _predict(args) -> None:
-    from pathlib import Path
 
     import pyarrow.parquet as pq
 
@@ -143,16 +142,25 @@ def _predict(args) -> None:
     from raynlp.inference import predict_dataset
 
     config = _job_config("predict", args, _INFERENCE_FLAGS)
-    output = Path(config.output)
-    if output.exists() and any(output.iterdir()):
-        raise RaynlpError(f"output folder {output} is not empty; choose a new folder or delete it")
+    if _folder_holds_files(config.output):
+        raise RaynlpError(f"output folder {config.output} is not empty; choose a new folder or delete it")
     ensure_ray(config.address)
     predictions = predict_dataset(config.data.open(), config.preset, num_actors=config.num_actors,
                                   batch_size=config.batch_size)
-    predictions.write_parquet(str(output))
-    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in output.glob("*.parquet"))
-    print(f"predicted {rows} rows into Parquet shards in {output} "
+    predictions.write_parquet(config.output)
+    rows = pq.ParquetDataset(config.output).read(columns=[]).num_rows
+    print(f"predicted {rows} rows into Parquet shards in {config.output} "
           "(columns: text, predicted_label, predicted_name, probabilities, and any input columns)")
+
+
+def _folder_holds_files(path: str) -> bool:
+    """Whether a local folder or a storage URI (s3://, gs://) already holds files."""
+    import pyarrow.fs as pafs
+
+    fs, inner = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), os.path.abspath(path))
+    if fs.get_file_info(inner).type != pafs.FileType.Directory:
+        return False
+    return bool(fs.get_file_info(pafs.FileSelector(inner, recursive=False)))
 
 
 def _serve(args) -> None:
