@@ -251,7 +251,7 @@ def _jobs(args) -> int:
 def _demo(args) -> None:
     from raynlp.demo import run_demo
 
-    run_demo(args.output, address=args.address)
+    run_demo(args.output, address=args.address, size=args.size)
 
 
 def _bench(args) -> None:
@@ -419,9 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
     p.set_defaults(run=_jobs)
 
-    p = commands.add_parser("demo", help="run the demo workflow on a local Ray cluster (what `make demo` runs)")
+    p = commands.add_parser(
+        "demo", help="run the six workflows of the guide end to end on a local Ray cluster (what `make demo` runs)",
+        description="Domain pretraining, fine-tuning (plain, pretrained, from cached tokens), a custom model on the "
+                    "frozen backbone, a vocabulary + transformer from scratch, batch evaluation of each, and the "
+                    "best served on Ray Serve; writes report.md / report.html with the figures of this run.")
     p.add_argument("--output", default="runs/demo", help="folder for the demo's results (default runs/demo)")
     p.add_argument("--address", help="Ray cluster to join (default: a new local cluster)")
+    p.add_argument("--size", choices=["full", "tiny"], default="full",
+                   help="full: real sizes, about 15 minutes on 2 cores (default); tiny: a few dozen rows")
     p.set_defaults(run=_demo)
 
     p = commands.add_parser("bench", help="run a benchmark; writes JSON (and a PNG) with ratios to plain keras-hub")

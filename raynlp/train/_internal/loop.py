@@ -25,7 +25,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from raynlp.train.recipes import RECIPES, Plan
 
     config = RecipeConfig.model_validate(loop_config["recipe"])
-    plan = Plan(**loop_config["plan"])
+    plan = _on_this_node(Plan(**loop_config["plan"]), config)
     recipe = RECIPES[config.task]
 
     # 1. One replica of a data-parallel run (a plain process when there is one worker).
@@ -161,3 +161,17 @@ class _KillInEpoch:
                     os._exit(1)
 
         return Callback()
+
+
+def _on_this_node(plan, config):
+    """The plan with the preset folder as this node sees it: the driver's folder of a raynlp preset lies in the
+    driver node's cache, so a worker on another node fetches (or finds in its own cache) the same preset."""
+    import dataclasses
+
+    from raynlp.presets import PRESETS, resolve
+
+    if config.preset not in PRESETS or plan.preset_dir is None:
+        return plan  # a local folder: on a multi-node cluster it lies on storage every node mounts
+    local = resolve(config.preset)
+    same_tokenizer = plan.tokenizer_dir == plan.preset_dir
+    return dataclasses.replace(plan, preset_dir=local, tokenizer_dir=local if same_tokenizer else plan.tokenizer_dir)

@@ -1,5 +1,6 @@
 """What every recipe provides, and the facts the driver works out before training starts."""
 
+import math
 from dataclasses import asdict, dataclass
 
 from raynlp.train.config import RecipeConfig
@@ -40,16 +41,20 @@ class Recipe:
         """Write the trained model into `folder` as a preset keras-hub (or raynlp serving) can load."""
         raise NotImplementedError
 
-    def write_card(self, folder: str, config: RecipeConfig, plan: Plan, *, class_name: str,
+    def write_card(self, folder: str, model, config: RecipeConfig, plan: Plan, *, class_name: str,
                    model_file: str | None = None) -> None:
-        """The `raynlp_model.json` that lets evaluation and serving load the export in any process."""
+        """The `raynlp_model.json` that lets evaluation and serving load the export in any process, with the
+        model's size as trained (all parameters, and those training updated)."""
         from raynlp.presets.model_card import ModelCard
+
+        trainable = sum(math.prod(v.shape) for v in model.trainable_weights)
 
         ModelCard(task=config.task, class_name=class_name, features=list(self.feature_columns),
                   sequence_length=config.data.sequence_length, model_file=model_file,
                   num_classes=plan.num_classes if self.labelled else None,
                   label_names=plan.label_names if self.labelled else None,
-                  source_preset=config.preset).write(folder)
+                  source_preset=config.preset,
+                  extra={"parameters": int(model.count_params()), "trainable_parameters": trainable}).write(folder)
 
 
 def compile_model(model, config: RecipeConfig, plan: Plan, *, weighted: bool = False):

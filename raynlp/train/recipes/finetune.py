@@ -26,4 +26,4 @@ class FinetuneRecipe(Recipe):
             model.save_to_preset(folder)
         finally:
             model.preprocessor = None
-        self.write_card(folder, config, plan, class_name="BertTextClassifier")
+        self.write_card(folder, model, config, plan, class_name="BertTextClassifier")

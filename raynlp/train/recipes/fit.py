@@ -41,4 +41,4 @@ class FitRecipe(Recipe):
 
         model.save(f"{folder}/model.keras")
         keras_hub.models.BertTokenizer.from_preset(plan.tokenizer_dir).save_to_preset(folder)
-        self.write_card(folder, config, plan, class_name="keras.Model", model_file="model.keras")
+        self.write_card(folder, model, config, plan, class_name="keras.Model", model_file="model.keras")

@@ -26,4 +26,4 @@ class PretrainRecipe(Recipe):
 
         model.backbone.save_to_preset(folder)
         keras_hub.models.BertTokenizer.from_preset(plan.tokenizer_dir).save_to_preset(folder)
-        self.write_card(folder, config, plan, class_name="BertBackbone")
+        self.write_card(folder, model, config, plan, class_name="BertBackbone")

@@ -47,4 +47,4 @@ class ScratchRecipe(Recipe):
         model.save(f"{folder}/model.keras")
         # The learned tokenizer: keras-hub's `tokenizer.json` and vocabulary asset, as the driver saved them.
         shutil.copytree(plan.tokenizer_dir, folder, dirs_exist_ok=True)
-        self.write_card(folder, config, plan, class_name="keras.Model", model_file="model.keras")
+        self.write_card(folder, model, config, plan, class_name="keras.Model", model_file="model.keras")
