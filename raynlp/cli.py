@@ -257,7 +257,7 @@ def _demo(args) -> None:
 def _bench(args) -> None:
     from raynlp import bench
 
-    result_path = bench.run(args.name, output_dir=args.output, rows=args.rows)
+    result_path = bench.run(args.name, output_dir=args.output, rows=args.rows, preset=args.preset)
     print(f"benchmark results in {result_path}")
 
 
@@ -437,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "batching off and the bare predict, under closed-loop load on 127.0.0.1")
     p.add_argument("--output", default="runs/bench", help="folder for results (default runs/bench)")
     p.add_argument("--rows", type=int, default=None, help="rows to use (default: the benchmark's own)")
+    p.add_argument("--preset", help="serve: the backbone to serve with a 2-class head (default minilm_l6_en_uncased)")
     p.set_defaults(run=_bench)
     return parser
 

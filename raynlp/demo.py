@@ -76,18 +76,20 @@ def run_demo(output_dir: str = "runs/demo", address: str | None = None, size: st
         return result, seconds
 
     # 1. Domain pretraining on the full movie reviews (their text only).
-    pretrained, seconds = timed("1. domain pretraining (masked LM) on movie_reviews", lambda: wf.pretrain(
+    pretrained, seconds = timed("Level 5: domain pretraining (masked LM) on movie_reviews", lambda: wf.pretrain(
         s.backbone, dataset="movie_reviews", output=str(out / "pretrain"), epochs=s.epochs, workers=2,
         sequence_length=s.pretrain_sequence_length, max_train_rows=s.pretrain_rows, max_test_rows=s.pretrain_rows // 4,
         batch_size=8))
-    rows.append(_row("5. domain pretraining (masked LM, movie_reviews)", pretrained, seconds, classifier=False))
+    rows.append(_row("pretrain", "Level 5: domain pretraining (masked LM on movie_reviews)", pretrained, seconds,
+                     classifier=False))
 
     # 2. Fine-tuning: the domain-pretrained backbone, and the plain one, on the same split.
-    for title, preset, name in [("2. fine-tune the domain-pretrained backbone", str(pretrained.preset), "finetune_domain"),
-                                ("2. fine-tune the plain backbone", s.backbone, "finetune")]:
+    for name, title, preset in [
+            ("finetune_domain", "Level 2 after 5: fine-tune the domain-pretrained backbone", str(pretrained.preset)),
+            ("finetune", "Level 2: fine-tune the plain backbone", s.backbone)]:
         result, seconds = timed(title, lambda preset=preset, name=name: wf.finetune(
             preset, output=str(out / name), learning_rate=1e-4, **common))
-        rows.append(_row(title.removeprefix("2. ").capitalize(), result, seconds))
+        rows.append(_row(name, title, result, seconds))
 
     # 3. Cached preprocessing: tokenize once (Ray Data → Parquet), then train from the shards.
     def cached():
@@ -98,40 +100,42 @@ def run_demo(output_dir: str = "runs/demo", address: str | None = None, size: st
                            **{**common, "dataset": None, "train": str(out / "tokenized" / "train"),
                               "test": str(out / "tokenized" / "test")})
 
-    result, seconds = timed("3. fine-tune from cached tokens", cached)
-    rows.append(_row("3. Fine-tune from tokens cached in Parquet", result, seconds))
+    result, seconds = timed("Level 3: fine-tune from cached tokens", cached)
+    rows.append(_row("finetune_cached", "Level 3: fine-tune from tokens cached in Parquet", result, seconds))
 
     # 4. A custom model on the frozen backbone.
-    result, seconds = timed("4. custom model on the frozen backbone", lambda: wf.fit(
+    result, seconds = timed("Level 4: custom model on the frozen backbone", lambda: wf.fit(
         FROZEN_BUILDER, s.backbone, output=str(out / "fit_frozen_backbone"), learning_rate=1e-3,
         overrides=["model.num_heads=4", "model.intermediate_dim=256"], **common))
-    rows.append(_row("4. Two TransformerEncoders on the frozen backbone", result, seconds))
+    rows.append(_row("fit_frozen_backbone", "Level 4: two TransformerEncoders on the frozen backbone", result,
+                     seconds))
 
     # 5. A vocabulary learned from the corpus, and a small transformer from scratch.
-    result, seconds = timed("6. vocabulary + transformer from scratch", lambda: wf.scratch(
+    result, seconds = timed("Level 6: vocabulary + transformer from scratch", lambda: wf.scratch(
         output=str(out / "scratch"), learning_rate=1e-3, batch_size=32,
         overrides=[f"model.vocabulary_size={2000 if size == 'tiny' else 8000}"],
         **{**common, "epochs": s.epochs * (1 if size == "tiny" else 3)}))
-    rows.append(_row("6. Learned WordPiece vocabulary + transformer from scratch", result, seconds))
+    rows.append(_row("scratch", "Level 6: learned WordPiece vocabulary + transformer from scratch", result,
+                     seconds))
 
     # 6. Batch evaluation of every classifier on the test split, then serve the best.
     for row in rows:
         if row["classifier"]:
             report, seconds = timed(f"evaluate {row['preset']}", lambda row=row: wf.evaluate(
-                row["preset"], dataset="rotten_tomatoes"))
+                row["preset"], dataset="rotten_tomatoes", max_rows=s.test_rows))
             row.update(accuracy=report["accuracy"], test_rows=report["rows"], eval_seconds=round(seconds, 1))
     best = max((r for r in rows if r["classifier"]), key=lambda r: r["accuracy"])
     answers = _serve_and_ask(best["preset"])
     return _write_report(out, size, rows, best, answers)
 
 
-def _row(workflow: str, result, seconds: float, classifier: bool = True) -> dict:
+def _row(key: str, workflow: str, result, seconds: float, classifier: bool = True) -> dict:
     from raynlp.presets.model_card import read_model_card
 
     card = read_model_card(result.preset)
     steady = result.metrics[1:] or result.metrics
     return {
-        "workflow": workflow, "classifier": classifier, "preset": str(result.preset),
+        "key": key, "workflow": workflow, "classifier": classifier, "preset": str(result.preset),
         "curves": str(result.output / "curves.png"), "wall_seconds": round(seconds, 1),
         "examples_per_second": round(sum(m["examples_per_second"] for m in steady) / len(steady), 1),
         "parameters": card.extra.get("parameters"), "trainable_parameters": card.extra.get("trainable_parameters"),
@@ -168,9 +172,8 @@ def _write_report(out: Path, size: str, rows: list[dict], best: dict, answers: l
         shutil.copy(row["curves"], figures / f"{i + 1}_curves.png")
         row["figure"] = f"figures/{i + 1}_curves.png"
 
-    by_name = {r["workflow"]: r for r in rows}
-    domain = by_name.get("Fine-tune the domain-pretrained backbone")
-    plain = by_name.get("Fine-tune the plain backbone")
+    by_key = {r["key"]: r for r in rows}
+    domain, plain = by_key.get("finetune_domain"), by_key.get("finetune")
     lines = [f"# raynlp demo report ({size})", "",
              "Every number below was measured in this run, on this machine, on a local Ray cluster.", "",
              "| workflow | test accuracy | examples/s (training) | wall time | parameters | trainable | preset |",

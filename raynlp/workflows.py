@@ -111,13 +111,16 @@ def classify(preset: str, texts: list[str]) -> list[dict]:
 
 
 def evaluate(preset: str, *, dataset: str | None = None, input: str | None = None, split: str = "test",
-             num_actors: int = 1, batch_size: int = 32) -> dict:
+             num_actors: int = 1, batch_size: int = 32, max_rows: int | None = None) -> dict:
     """Level 1 at scale: accuracy, loss and confusion matrix over a labelled corpus, on a Ray Data actor pool."""
     from raynlp._internal.cluster import ensure_ray
     from raynlp.inference import evaluate as evaluate_dataset
 
     ensure_ray()
-    return evaluate_dataset(_corpus(dataset, input, split), preset, num_actors=num_actors, batch_size=batch_size)
+    corpus = _corpus(dataset, input, split)
+    if max_rows:
+        corpus = corpus.limit(max_rows)
+    return evaluate_dataset(corpus, preset, num_actors=num_actors, batch_size=batch_size)
 
 
 def serve(preset: str, *, port: int = 8000, config=None, overrides=None, **values) -> str:

@@ -11,7 +11,7 @@ from raynlp.errors import RaynlpError
 BENCHMARKS = ("tokenize", "train", "serve")
 
 
-def run(name: str, output_dir: str = "runs/bench", rows: int | None = None) -> Path:
+def run(name: str, output_dir: str = "runs/bench", rows: int | None = None, preset: str | None = None) -> Path:
     if name == "tokenize":
         from raynlp.bench.tokenize_bench import run_tokenize_bench
 
@@ -23,5 +23,5 @@ def run(name: str, output_dir: str = "runs/bench", rows: int | None = None) -> P
     if name == "serve":
         from raynlp.bench.serve_bench import run_serve_bench
 
-        return run_serve_bench(Path(output_dir))
+        return run_serve_bench(Path(output_dir), **({"preset": preset} if preset else {}))
     raise RaynlpError(f"unknown benchmark {name!r}; benchmarks: {', '.join(BENCHMARKS)}")

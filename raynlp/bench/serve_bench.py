@@ -111,7 +111,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _in_process_levels(folder: str, texts, levels, seconds) -> list[dict]:
+def _in_process_levels(folder: str, texts, levels, seconds) -> tuple[list[dict], dict]:
     from raynlp.inference import TextClassifier
 
     classifier = TextClassifier.load(folder)
@@ -120,7 +120,20 @@ def _in_process_levels(folder: str, texts, levels, seconds) -> list[dict]:
     for level in levels:
         results.append(closed_loop(lambda: lambda text: classifier.predict_proba([text]), texts, level, seconds))
         logger.info("serve bench: in_process %s", results[-1])
-    return results
+    return results, _model_ceiling(classifier, texts)
+
+
+def _model_ceiling(classifier, texts) -> dict:
+    """Texts/s of the bare model at batch 1 and at the largest batch: the most batching can gain on this machine."""
+    speeds = {}
+    for size in (1, classifier.max_batch_size):
+        calls = max(4, 128 // size)
+        start = time.perf_counter()
+        for i in range(calls):
+            classifier.predict_proba(texts[(i * size) % len(texts):][:size])
+        speeds[size] = round(calls * size / (time.perf_counter() - start), 1)
+    return {"texts_per_second_by_batch_size": speeds,
+            "gain_from_batching": round(speeds[classifier.max_batch_size] / speeds[1], 2)}
 
 
 def _serve_levels(folder: str, batching: bool, port: int, texts, levels, seconds) -> list[dict]:
@@ -157,7 +170,8 @@ def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, .
     logger.info("serve bench: %s at sequence length %d, concurrency %s, %.0f s per level",
                 preset, SEQUENCE_LENGTH, list(levels), seconds)
 
-    results = {"in_process": _in_process_levels(folder, texts, levels, seconds)}
+    in_process, ceiling = _in_process_levels(folder, texts, levels, seconds)
+    results = {"in_process": in_process}
 
     ensure_ray()
     port = _free_port()
@@ -172,7 +186,7 @@ def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, .
         "benchmark": "serve", "preset": preset, "sequence_length": SEQUENCE_LENGTH, "levels": list(levels),
         "seconds_per_level": seconds, "texts_per_request": 1, "replicas": 1,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "results": results, **_summary(results, levels),
+        "results": results, **_summary(results, levels), "bare_model": ceiling,
         "note": "closed-loop load on 127.0.0.1; client threads, Serve's proxy and the replica share this machine's "
                 "cores. in_process calls the model directly (no HTTP, no Serve).",
     }
@@ -180,7 +194,8 @@ def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, .
     path = output_dir / "serve.json"
     path.write_text(json.dumps(report, indent=2))
     _plot(report, output_dir / "serve.png")
-    logger.info("serve bench: %s", {k: v for k, v in report.items() if k.startswith(("batched", "serve_overhead"))})
+    logger.info("serve bench: %s", {k: v for k, v in report.items()
+                                    if k.startswith(("batched", "serve_overhead", "bare_model"))})
     return path
 
 

@@ -14,4 +14,5 @@ def test_serve_bench_writes_figures_for_every_target(ray_cluster, tmp_path):
         assert all(r["errors"] == 0 and r["requests"] > 0 and r["p50_ms"] <= r["p99_ms"] for r in rows)
     assert report["batched_vs_unbatched_throughput_at_4"] > 0
     assert set(report["serve_overhead_ms_at_1"]) == {"serve_batched", "serve_unbatched"}
+    assert report["bare_model"]["texts_per_second_by_batch_size"]["1"] > 0
     assert (tmp_path / "serve.png").stat().st_size > 0

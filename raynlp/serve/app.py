@@ -176,6 +176,7 @@ def deployment_options(config: ServeConfig) -> dict:
     return {
         "autoscaling_config": autoscaling,
         "max_ongoing_requests": config.replica.max_ongoing_requests,
+        "logging_config": {"enable_access_log": config.access_log},
         "ray_actor_options": {"num_cpus": config.replica.num_cpus, "num_gpus": config.replica.num_gpus,
                               "runtime_env": {"env_vars": dict(WORKER_ENV)}},
     }

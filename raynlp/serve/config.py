@@ -71,6 +71,7 @@ class ServeConfig(Section):
     replica: ReplicaSettings = ReplicaSettings()
     limits: LimitSettings = LimitSettings()
     http: HttpSettings = HttpSettings()
+    access_log: bool = Field(False, description="log every request in the replica (costs CPU at high request rates)")
     address: str | None = Field(None, description="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
 
     @model_validator(mode="after")
