@@ -164,13 +164,13 @@ def _serve_and_ask(preset: str) -> list[dict]:
 
 
 def _write_report(out: Path, size: str, rows: list[dict], best: dict, answers: list[dict]) -> Path:
-    (out / "report.json").write_text(json.dumps({"size": size, "workflows": rows, "best": best["preset"],
-                                                 "served_answers": answers}, indent=2))
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     for i, row in enumerate(rows):
         shutil.copy(row["curves"], figures / f"{i + 1}_curves.png")
         row["figure"] = f"figures/{i + 1}_curves.png"
+    (out / "report.json").write_text(json.dumps({"size": size, "workflows": rows, "best": best["preset"],
+                                                 "served_answers": answers}, indent=2))
 
     by_key = {r["key"]: r for r in rows}
     domain, plain = by_key.get("finetune_domain"), by_key.get("finetune")

@@ -44,13 +44,14 @@ def test_packed_arrays_equal_keras_hub_on_real_text(preset_dir, name, sequence_l
     assert differing == [], f"{len(differing)} of {len(texts)} rows differ, e.g. {differing[:2]}"
 
 
-def test_ray_data_pipeline_equals_one_process(ray_cluster, preset_dir):
+@pytest.mark.parametrize("num_actors", [2, 0], ids=["actor pool", "tasks"])
+def test_ray_data_pipeline_equals_one_process(ray_cluster, preset_dir, num_actors):
     import ray.data
 
     texts = datasets.read_split("rotten_tomatoes", "test")["text"].to_pylist()
     source = ray.data.from_items([{"text": t, "label": i % 2, "row": i} for i, t in enumerate(texts)],
                                  override_num_blocks=8)
-    packed = tokenize_dataset(source, PRESET, sequence_length=64, num_actors=2, batch_size=100)
+    packed = tokenize_dataset(source, PRESET, sequence_length=64, num_actors=num_actors, batch_size=100)
     batch = packed.sort("row").take_batch(len(texts), batch_format="numpy")
     expected = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir).pack(texts, sequence_length=64)
     assert set(batch) == {"token_ids", "segment_ids", "padding_mask", "label", "row"}
@@ -67,6 +68,10 @@ def test_masked_lm_on_ray_data_keeps_the_contract(ray_cluster, preset_dir):
     masking = MaskingConfig(max_selections=20, seed=3)
     masked = tokenize_dataset(source, PRESET, sequence_length=128, masking=masking, num_actors=1, batch_size=50)
     batch = masked.sort("row").take_batch(len(texts), batch_format="numpy")
+    # Packed in tasks instead of an actor, the masks come out the same: they are seeded by each batch's content.
+    in_tasks = tokenize_dataset(source, PRESET, sequence_length=128, masking=masking, num_actors=0, batch_size=50)
+    for key, value in in_tasks.sort("row").take_batch(len(texts), batch_format="numpy").items():
+        np.testing.assert_array_equal(value, batch[key])
     tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir)
     original = tokenizer.pack(texts, sequence_length=128)["token_ids"]
     rows = np.arange(len(texts))[:, None]

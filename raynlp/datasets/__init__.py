@@ -97,6 +97,11 @@ def _write_splits(spec: DatasetSpec, rows: list[dict], folder: Path) -> dict[str
     return counts
 
 
+def split_rows(name: str, split: str) -> int:
+    """How many rows a split of data set `name` holds (from its cache's record; fetches it if needed)."""
+    return json.loads((fetch(name) / "raynlp.json").read_text())["rows"][split]
+
+
 def read_split(name: str, split: str = "train") -> pa.Table:
     """One split as an in-memory Arrow table (for small work without Ray)."""
     if split not in SPLITS:

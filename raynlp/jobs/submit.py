@@ -86,10 +86,27 @@ def submit(config: str | Path, *, address: str | None = None, overrides: list[st
                           "(or give --working-dir)")
     jobs = client(address)
     command = entrypoint(task, relative.as_posix(), overrides)
-    submitted = jobs.submit_job(entrypoint=command, runtime_env=runtime_env(root, env), submission_id=job_id,
-                                metadata={"raynlp_task": task, "raynlp_config": relative.as_posix()})
+    submitted = _submit_when_ready(jobs, entrypoint=command, runtime_env=runtime_env(root, env),
+                                   submission_id=job_id,
+                                   metadata={"raynlp_task": task, "raynlp_config": relative.as_posix()})
     logger.info("submitted %s as job %s to %s: %s", task, submitted, jobs.get_address(), command)
     return Job(address=jobs.get_address(), job_id=submitted, task=task)
+
+
+def _submit_when_ready(jobs, timeout_s: float = 60, **job) -> str:
+    """Submit, waiting out a head that has just started: its job agent answers a few seconds after the
+    dashboard does ("No available agent to submit job")."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return jobs.submit_job(**job)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            logger.info("the cluster's job agent is not up yet; retrying")
+            time.sleep(2)
 
 
 def follow(job: Job, out=None) -> str:

@@ -25,6 +25,7 @@ from raynlp.train.config import RecipeConfig
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
+SMALL_SPLIT_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,15 @@ def prepare(config: RecipeConfig, splits: dict, tokenizer_dir: str, *, masked_lm
             rows[split] = limit
             limited.append(split)
     return PreparedData(folders=folders, rows=rows, limited=tuple(limited))
+
+
+def _known_rows(config: RecipeConfig, split: str) -> int | None:
+    """Rows of a named data set's split, from its registry entry (None for other corpora: unknown until read)."""
+    if not config.data.dataset:
+        return None
+    from raynlp import datasets
+
+    return datasets.split_rows(config.data.dataset, split)
 
 
 def _row_limit(config: RecipeConfig, split: str) -> int | None:
@@ -157,9 +167,13 @@ def _tokenize_into(folder: str, dataset, config: RecipeConfig, tokenizer_dir: st
         masking = MaskingConfig(selection_rate=m.selection_rate, max_selections=m.max_selections,
                                 mask_token_rate=m.mask_token_rate, random_token_rate=m.random_token_rate,
                                 seed=config.train.seed)
-    logger.info("tokenizing the %s split into %s", split, folder)
+    rows = limit or _known_rows(config, split)
+    # A small split is packed in a few Ray tasks: starting an actor pool would take longer than the work.
+    actors = 0 if rows is not None and rows <= SMALL_SPLIT_ROWS else config.data.tokenizer_actors
+    logger.info("tokenizing the %s split into %s (%s)", split, folder,
+                f"{actors} actors" if actors else "Ray tasks: a small split")
     packed = tokenize_dataset(dataset, tokenizer_dir, sequence_length=config.data.sequence_length,
-                              text_column="text", masking=masking, num_actors=config.data.tokenizer_actors)
+                              text_column="text", masking=masking, num_actors=actors)
     # A partial folder from an interrupted attempt holds no manifest: start it over.
     shutil.rmtree(folder, ignore_errors=True)
     with _rows_in_order():
