@@ -43,7 +43,11 @@ def ray_head(tmp_path_factory):
     head = subprocess.Popen(
         [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         f"--temp-dir={temp}", "--num-cpus=4", "--object-store-memory=400000000", "--disable-usage-stats"],
+         f"--temp-dir={temp}", "--num-cpus=4", "--object-store-memory=400000000", "--disable-usage-stats",
+         # Ports of their own: the test session's cluster already holds Ray's defaults (e.g. the agent's 52365).
+         *(f"--{flag}={free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                  "runtime-env-agent-port", "metrics-export-port",
+                                                  "ray-client-server-port"))],
         env=env, stdout=open(temp / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
     deadline = time.monotonic() + 180

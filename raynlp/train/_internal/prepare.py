@@ -13,7 +13,6 @@ with `raynlp tokenize` (a folder holding a manifest) is used as it is.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -174,22 +173,11 @@ def _tokenize_into(folder: str, dataset, config: RecipeConfig, tokenizer_dir: st
                 f"{actors} actors" if actors else "Ray tasks: a small split")
     packed = tokenize_dataset(dataset, tokenizer_dir, sequence_length=config.data.sequence_length,
                               text_column="text", masking=masking, num_actors=actors)
+    # Ray Data keeps the input's row order in the shards it writes, whatever the workers' timing: the same config
+    # trains on the same rows in the same order on every run. (A Dataset executes with the context it was created
+    # with, so the option is set on this dataset's own context, not on the global one.)
+    packed.context.execution_options.preserve_order = True
     # A partial folder from an interrupted attempt holds no manifest: start it over.
     shutil.rmtree(folder, ignore_errors=True)
-    with _rows_in_order():
-        write_tokenized(packed, folder, preset=tokenizer_dir, sequence_length=config.data.sequence_length,
-                        masking=masking)
-
-
-@contextlib.contextmanager
-def _rows_in_order():
-    """Ray Data keeps the input's row order in the shards it writes, whatever the actors' timing: the same
-    config trains on the same rows in the same order on every run."""
-    import ray.data
-
-    options = ray.data.DataContext.get_current().execution_options
-    saved, options.preserve_order = options.preserve_order, True
-    try:
-        yield
-    finally:
-        options.preserve_order = saved
+    write_tokenized(packed, folder, preset=tokenizer_dir, sequence_length=config.data.sequence_length,
+                    masking=masking)
