@@ -40,7 +40,7 @@ class DemoSize:
 
 
 SIZES = {
-    # About 15 minutes on 2 CPU cores.
+    # Sized for about 15 minutes on 2 CPU cores (estimated from the parts; not yet timed end to end).
     "full": DemoSize(backbone=BACKBONE, pretrain_rows=400, train_rows=1600, test_rows=None, epochs=1,
                      sequence_length=64, pretrain_sequence_length=128),
     # The same pipeline in a few minutes: CI keeps it working.
