@@ -17,10 +17,11 @@ import html
 import json
 import logging
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from raynlp._internal.cluster import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +151,7 @@ def _serve_and_ask(preset: str) -> list[dict]:
     from raynlp import workflows as wf
     from raynlp.serve import Client
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = wf.serve(preset, port=port, overrides=["autoscaling.max_replicas=1"])
+    url = wf.serve(preset, port=free_port(), overrides=["autoscaling.max_replicas=1"])
     try:
         predictions = Client(url).classify(REQUESTS)
         logger.info("demo: served %s at %s", preset, url)

@@ -3,7 +3,6 @@ its dashboard's Job API with `raynlp submit`, followed with `raynlp jobs`, the h
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,17 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from raynlp._internal.cluster import free_port
 from raynlp.cli import main
 
 TINY_FINETUNE = ["preset=bert_tiny_en_uncased_scratch", "data.max_train_rows=64", "data.max_test_rows=32",
                  "data.sequence_length=32", "data.tokenizer_actors=1", "train.epochs=1", "train.batch_size=16",
                  "scaling.num_workers=1"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def processes_under(folder: Path) -> list[str]:

@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import os
+import socket
 
 logger = logging.getLogger(__name__)
 
@@ -11,6 +12,13 @@ WORKER_ENV = {"KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "jax"), "TF_CPP_M
 
 # A local cluster binds the loopback address only, never the machine's routable IP.
 LOOPBACK = "127.0.0.1"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port on `host` that nobody listens on now (free only until someone takes it)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager

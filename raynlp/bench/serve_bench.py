@@ -17,14 +17,14 @@ production.
 import http.client
 import json
 import logging
-import os
-import platform
-import socket
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from raynlp._internal.cluster import free_port
+from raynlp.bench._report import machine
 
 logger = logging.getLogger(__name__)
 
@@ -105,12 +105,6 @@ def _http_session(host: str, port: int, path: str):
     return make
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _in_process_levels(folder: str, texts, levels, seconds) -> tuple[list[dict], dict]:
     from raynlp.inference import TextClassifier
 
@@ -174,7 +168,7 @@ def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, .
     results = {"in_process": in_process}
 
     ensure_ray()
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         results["serve_batched"] = _serve_levels(folder, True, port, texts, levels, seconds)
@@ -185,7 +179,7 @@ def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, .
     report = {
         "benchmark": "serve", "preset": preset, "sequence_length": SEQUENCE_LENGTH, "levels": list(levels),
         "seconds_per_level": seconds, "texts_per_request": 1, "replicas": 1,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(),
         "results": results, **_summary(results, levels), "bare_model": ceiling,
         "note": "closed-loop load on 127.0.0.1; client threads, Serve's proxy and the replica share this machine's "
                 "cores. in_process calls the model directly (no HTTP, no Serve).",

@@ -7,14 +7,12 @@ length 256 with the `minilm_l6_en_uncased` vocabulary. Throughput counts every r
 
 import json
 import logging
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
-from raynlp.bench._plot import ratio_bars
+from raynlp.bench._report import machine, ratio_bars
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +120,7 @@ def run_tokenize_bench(output_dir: Path, rows: int | None = None) -> Path:
         "tokens": tokens,
         "sequence_length": SEQUENCE_LENGTH,
         "preset": PRESET,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(),
         "results": figures,
         "speedup_vs_keras_hub": {way: round(f["rows_per_s"] / base, 2) for way, f in figures.items()},
         "note": "Ray Data timings include starting the actor pool and moving rows through the object store.",

@@ -14,15 +14,13 @@ reported beside it (for raynlp it includes tokenizing on Ray Data, starting work
 
 import json
 import logging
-import os
-import platform
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from raynlp.bench._plot import ratio_bars
+from raynlp.bench._report import machine, ratio_bars
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +115,7 @@ def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[in
         "benchmark": "train",
         "preset": PRESET, "rows": rows, "sequence_length": SEQUENCE_LENGTH, "global_batch": GLOBAL_BATCH,
         "epochs": EPOCHS,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(),
         "results": results,
         "ratio_to_keras_hub_fit": {name: round(r["examples_per_second"] / base, 2) for name, r in results.items()},
         "note": "examples/s over the epochs after the first (steady state); the workers share this machine's cores, "

@@ -140,10 +140,16 @@ def tokenize_dataset(dataset, preset: str, *, sequence_length: int = 128, text_c
 
 def write_tokenized(dataset, output_dir: str, *, preset: str, sequence_length: int,
                     masking: MaskingConfig | None = None) -> dict:
-    """Write Parquet shards a trainer can stream, plus a manifest saying how they were made."""
+    """Write Parquet shards a trainer can stream, plus a manifest saying how they were made.
+
+    The shards keep the input's row order whatever the workers' timing, so that the same config trains on the
+    same rows in the same order on every run.
+    """
     output = Path(output_dir)
     if output.exists() and any(output.iterdir()):
         raise RaynlpError(f"output folder {output_dir} is not empty; choose a new folder or delete it")
+    # A Dataset executes with the context it was created with: the option goes on its own, not the global one.
+    dataset.context.execution_options.preserve_order = True
     dataset.write_parquet(str(output))
     manifest = {
         "preset": preset,

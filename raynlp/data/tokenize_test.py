@@ -6,7 +6,7 @@ import pytest
 
 from raynlp import datasets
 from raynlp.cli import main
-from raynlp.data import MaskingConfig, tokenize_dataset
+from raynlp.data import MaskingConfig, tokenize_dataset, write_tokenized
 from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
 from raynlp.errors import RaynlpError
 from raynlp.presets import resolve
@@ -85,6 +85,28 @@ def test_masked_lm_on_ray_data_keeps_the_contract(ray_cluster, preset_dir):
     assert selected.sum(axis=1).max() == 20  # long reviews hit max_selections
     changed = batch["token_ids"] != original
     assert changed.sum() <= selected.sum() and changed.sum() > 0.7 * selected.sum()
+
+
+def _slower_first(batch):
+    import time
+
+    time.sleep(0.5 if batch["row"][0] < 50 else 0.0)  # the first blocks finish last
+    return batch
+
+
+def test_written_shards_keep_the_input_order_whatever_the_timing(ray_cluster, tmp_path):
+    import ray.data
+
+    texts = datasets.read_split("rotten_tomatoes", "test")["text"].to_pylist()[:200]
+    source = ray.data.from_items([{"text": t, "row": i} for i, t in enumerate(texts)], override_num_blocks=8)
+    # A stage of its own (its own CPU ask keeps Ray from fusing it with packing), whose first blocks finish last.
+    slowed = source.map_batches(_slower_first, batch_size=None, num_cpus=0.5)
+    packed = tokenize_dataset(slowed, PRESET, sequence_length=32, num_actors=0, batch_size=100)
+    manifest = write_tokenized(packed, str(tmp_path / "out"), preset=PRESET, sequence_length=32)
+    # Trainers read the folder as Ray Data lists it: file names sorted.
+    rows = np.concatenate([pq.read_table(f)["row"].to_numpy() for f in sorted((tmp_path / "out").glob("*.parquet"))])
+    assert manifest["rows"] == 200
+    np.testing.assert_array_equal(rows, np.arange(200))
 
 
 def test_tokenize_cli_writes_shards_and_manifest(ray_cluster, tmp_path, capsys):

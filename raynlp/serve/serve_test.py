@@ -6,7 +6,6 @@ against Ray's own Serve config schema, built by Ray's application-builder call.
 
 import json
 import os
-import socket
 import threading
 import time
 import urllib.error
@@ -18,17 +17,12 @@ import pytest
 import yaml
 
 from raynlp import datasets
+from raynlp._internal.cluster import free_port
 from raynlp.errors import RaynlpError
 from raynlp.serve import Client, ServerError, export, load_serve_config
 
 MAX_TEXTS = 16
 MAX_BODY_BYTES = 32768
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def softmax(logits):

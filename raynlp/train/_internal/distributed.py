@@ -21,7 +21,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import socket
+
+from raynlp._internal.cluster import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +125,6 @@ def _free_address() -> str:
     """`ip:port` on this node that nobody listens on now, for the JAX coordination service."""
     import ray.util
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("", 0))
-        port = probe.getsockname()[1]
+    port = free_port(host="")
     # The port is free only until someone else takes it; the coordinator binds it moments later.
     return f"{ray.util.get_node_ip_address()}:{port}"

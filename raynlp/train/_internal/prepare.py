@@ -173,10 +173,6 @@ def _tokenize_into(folder: str, dataset, config: RecipeConfig, tokenizer_dir: st
                 f"{actors} actors" if actors else "Ray tasks: a small split")
     packed = tokenize_dataset(dataset, tokenizer_dir, sequence_length=config.data.sequence_length,
                               text_column="text", masking=masking, num_actors=actors)
-    # Ray Data keeps the input's row order in the shards it writes, whatever the workers' timing: the same config
-    # trains on the same rows in the same order on every run. (A Dataset executes with the context it was created
-    # with, so the option is set on this dataset's own context, not on the global one.)
-    packed.context.execution_options.preserve_order = True
     # A partial folder from an interrupted attempt holds no manifest: start it over.
     shutil.rmtree(folder, ignore_errors=True)
     write_tokenized(packed, folder, preset=tokenizer_dir, sequence_length=config.data.sequence_length,

@@ -1,6 +1,14 @@
-"""The one figure every benchmark draws: each way's speed as a bar, labelled with its ratio to the baseline."""
+"""What every benchmark report holds: the machine it ran on, and its one figure (each way's speed as a bar,
+labelled with its ratio to the baseline)."""
 
+import os
+import platform
 from pathlib import Path
+
+
+def machine() -> dict:
+    """The facts that make figures from different machines comparable (or not)."""
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
 def ratio_bars(path: Path, *, speeds: dict[str, float], ratios: dict[str, float], xlabel: str, title: str) -> None:
