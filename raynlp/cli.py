@@ -105,13 +105,15 @@ def _vocab(args) -> None:
 
 
 def _train(args) -> None:
+    from raynlp._internal import storage
     from raynlp.train.trainer import train
 
     config = _job_config(args.command, args, {})
     result = train(config)
     final = result.final
     shown = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float))
-    print(f"{config.task} finished: {shown}\npreset: {result.preset}\nmetrics: {result.output / 'metrics.json'}")
+    print(f"{config.task} finished: {shown}\npreset: {result.preset}\n"
+          f"metrics: {storage.join(result.output, 'metrics.json')}")
 
 
 _INFERENCE_FLAGS = {"preset": "preset", "num_actors": "num_actors", "batch_size": "batch_size", "output": "output",
@@ -135,9 +137,9 @@ def _evaluate(args) -> None:
 
 
 def _predict(args) -> None:
-
     import pyarrow.parquet as pq
 
+    from raynlp._internal import storage
     from raynlp._internal.cluster import ensure_ray
     from raynlp.inference import predict_dataset
 
@@ -147,9 +149,10 @@ def _predict(args) -> None:
     ensure_ray(config.address)
     predictions = predict_dataset(config.data.open(), config.preset, num_actors=config.num_actors,
                                   batch_size=config.batch_size)
-    predictions.write_parquet(config.output)
-    rows = pq.ParquetDataset(config.output).read(columns=[]).num_rows
-    print(f"predicted {rows} rows into Parquet shards in {config.output} "
+    output = str(storage.location(config.output))  # absolute: Ray Data's write tasks run elsewhere
+    predictions.write_parquet(output)
+    rows = pq.ParquetDataset(output).read(columns=[]).num_rows
+    print(f"predicted {rows} rows into Parquet shards in {output} "
           "(columns: text, predicted_label, predicted_name, probabilities, and any input columns)")
 
 

@@ -7,9 +7,13 @@ from raynlp.demo import run_demo
 KEYS = ["pretrain", "finetune_domain", "finetune", "finetune_cached", "fit_frozen_backbone", "scratch"]
 
 
-def test_tiny_demo_runs_every_workflow_and_reports_numbers_from_the_run(ray_cluster, tmp_path):
-    report_path = run_demo(str(tmp_path / "demo"), size="tiny")
-    folder = report_path.parent
+def test_tiny_demo_runs_every_workflow_and_reports_numbers_from_the_run(ray_cluster, tmp_path, monkeypatch):
+    # A relative output folder, as `make demo` gives (runs/demo): Ray's workers, actors and replicas do not share
+    # the driver's working directory, so every path handed to them must have been made absolute.
+    monkeypatch.chdir(tmp_path)
+    report_path = run_demo("demo", size="tiny")
+    folder = tmp_path / "demo"
+    assert report_path.resolve() == folder / "report.md"
     report = json.loads((folder / "report.json").read_text())
     rows = {r["key"]: r for r in report["workflows"]}
     assert list(rows) == KEYS

@@ -26,17 +26,21 @@ def recipe(name: str, out: Path, *overrides: str):
 
 @pytest.fixture(scope="module")
 def finetuned(ray_cluster, tmp_path_factory):
-    """The shipped fine-tuning recipe at a test budget: MiniLM, 2 workers, one epoch of Rotten Tomatoes."""
+    """The shipped fine-tuning recipe at a test budget: MiniLM, 2 workers, two epochs of Rotten Tomatoes.
+
+    Two epochs, because one is not enough for 0.80: plain keras-hub `fit` in one process at this budget's first
+    epoch scored 0.785-0.796 over four settings and seeds, and after the second 0.810-0.821 (three runs).
+    """
     config = recipe("finetune", tmp_path_factory.mktemp("finetune") / "run",
-                    "train.epochs=1", "data.sequence_length=48", "optimizer.learning_rate=1e-4")
+                    "train.epochs=2", "data.sequence_length=48", "optimizer.learning_rate=1e-4")
     return config, train(config)
 
 
 def test_finetune_minilm_learns_rotten_tomatoes_with_two_workers(finetuned):
     config, result = finetuned
     assert config.scaling.num_workers == 2
-    (epoch,) = result.metrics
-    assert epoch["global_step"] == 3200 // (16 * 2) and epoch["examples_per_second"] > 0
+    assert [m["global_step"] for m in result.metrics] == [3200 // (16 * 2), 2 * 3200 // (16 * 2)]
+    assert all(m["examples_per_second"] > 0 for m in result.metrics)
     report = evaluate(datasets.load("rotten_tomatoes")["test"], str(result.preset), num_actors=1)
     assert report["rows"] == 800
     assert report["accuracy"] >= 0.80, report
@@ -155,3 +159,20 @@ def test_level_6_vocabulary_and_transformer_from_scratch_beat_chance(ray_cluster
     assert 1000 <= len(vocabulary) <= 3000 and "[MASK]" in vocabulary  # the learner stops short on small text
     assert result.metrics[-1]["accuracy"] > result.metrics[0]["accuracy"]
     assert evaluate(datasets.load("rotten_tomatoes")["test"], str(result.preset))["accuracy"] >= 0.60
+
+
+def test_mixed_precision_trains_and_exports_a_preset_that_computes_in_half_precision(ray_cluster, tmp_path):
+    """`train.mixed_precision`: bfloat16 compute on CPU (float16 with loss scaling on GPU), float32 weights."""
+    import keras
+    import keras_hub
+
+    config = recipe("finetune", tmp_path / "run", "preset=bert_tiny_en_uncased_scratch", "data.max_train_rows=128",
+                    "data.max_test_rows=32", "data.sequence_length=32", "train.epochs=2", "scaling.num_workers=1",
+                    "optimizer.learning_rate=1e-3", "train.mixed_precision=true")
+    result = train(config)
+    assert all(np.isfinite(m["loss"]) for m in result.metrics) and result.metrics[-1]["loss"] < result.metrics[0]["loss"]
+    classifier = keras_hub.models.BertTextClassifier.from_preset(str(result.preset))
+    assert classifier.dtype_policy.name == "mixed_bfloat16"
+    assert {w.dtype for w in classifier.weights} == {"float32"}
+    assert np.isfinite(np.asarray(classifier.predict(["a fine film .", "dull ."], verbose=0))).all()
+    keras.backend.clear_session()

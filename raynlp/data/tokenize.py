@@ -44,13 +44,18 @@ class MaskingConfig:
 
 
 class BertPacker:
-    """Text batch → packed (and optionally masked) arrays. One per Ray Data actor: the tokenizer is built once."""
+    """Text batch → packed (and optionally masked) arrays. One per Ray Data actor: the tokenizer is built once.
 
-    def __init__(self, preset_dir: str, sequence_length: int, text_column: str = "text",
+    `preset` is resolved where the packer runs: a raynlp preset name is fetched into (or found in) this node's
+    cache and a storage URI downloaded, so that packers on every node of a cluster find their tokenizer.
+    """
+
+    def __init__(self, preset: str, sequence_length: int, text_column: str = "text",
                  pair_column: str | None = None, masking: MaskingConfig | None = None):
         from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
+        from raynlp.presets import resolve
 
-        self.tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir)
+        self.tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(resolve(preset))
         self.sequence_length = sequence_length
         self.text_column, self.pair_column, self.masking = text_column, pair_column, masking
 
@@ -113,7 +118,7 @@ def tokenize_dataset(dataset, preset: str, *, sequence_length: int = 128, text_c
     """
     import ray.data
 
-    from raynlp.presets import is_local, resolve
+    from raynlp.presets import is_local, portable, resolve
 
     preset_dir = resolve(preset)
     if not is_local(preset_dir):
@@ -125,7 +130,7 @@ def tokenize_dataset(dataset, preset: str, *, sequence_length: int = 128, text_c
     for column in [text_column] + ([pair_column] if pair_column else []):
         if column not in names:
             raise RaynlpError(f"the data set has no column {column!r} (columns: {', '.join(names)})")
-    settings = dict(preset_dir=preset_dir, sequence_length=sequence_length, text_column=text_column,
+    settings = dict(preset=portable(preset), sequence_length=sequence_length, text_column=text_column,
                     pair_column=pair_column, masking=masking)
     if num_actors == 0:
         return dataset.map_batches(_pack_in_task, fn_kwargs=settings, batch_size=batch_size, batch_format="numpy")
@@ -143,27 +148,26 @@ def write_tokenized(dataset, output_dir: str, *, preset: str, sequence_length: i
     """Write Parquet shards a trainer can stream, plus a manifest saying how they were made.
 
     The shards keep the input's row order whatever the workers' timing, so that the same config trains on the
-    same rows in the same order on every run.
+    same rows in the same order on every run. `output_dir` may be a storage URI (`s3://bucket/tokens`).
     """
-    output = Path(output_dir)
-    if output.exists() and any(output.iterdir()):
+    import pyarrow.parquet as pq
+
+    from raynlp._internal import storage
+
+    output = storage.location(output_dir)
+    if not storage.is_empty(output):
         raise RaynlpError(f"output folder {output_dir} is not empty; choose a new folder or delete it")
     # A Dataset executes with the context it was created with: the option goes on its own, not the global one.
     dataset.context.execution_options.preserve_order = True
     dataset.write_parquet(str(output))
+    shards = storage.files(output, ".parquet")
     manifest = {
         "preset": preset,
         "sequence_length": sequence_length,
         "masking": asdict(masking) if masking else None,
-        "rows": sum(_parquet_rows(p) for p in output.glob("*.parquet")),
-        "shards": len(list(output.glob("*.parquet"))),
+        "rows": sum(pq.read_metadata(shard).num_rows for shard in shards),
+        "shards": len(shards),
     }
-    (output / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    storage.write_text(storage.join(output, MANIFEST), json.dumps(manifest, indent=2))
     logger.info("wrote %d rows in %d Parquet shards to %s", manifest["rows"], manifest["shards"], output)
     return manifest
-
-
-def _parquet_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).metadata.num_rows

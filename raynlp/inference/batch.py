@@ -41,12 +41,14 @@ def predict_dataset(dataset, preset: str, *, num_actors: int = 1, batch_size: in
     """`dataset` (a `text` column, any others ride along) with the classifier's predictions added."""
     import ray.data
 
+    from raynlp.presets import portable
+
     if "text" not in dataset.schema().names:
         raise RaynlpError(f"the data to classify has no text column (columns: {', '.join(dataset.schema().names)})")
     _check_loadable(preset)
     return dataset.map_batches(
         _Predictor,
-        fn_constructor_kwargs={"preset": preset, "batch_size": batch_size},
+        fn_constructor_kwargs={"preset": portable(preset), "batch_size": batch_size},
         batch_size=batch_size * 4,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=num_actors),

@@ -9,7 +9,8 @@ from raynlp.data.config import CorpusSettings
 
 
 class _InferenceConfig(Section):
-    preset: str = Field(description="classifier folder, e.g. runs/finetune/preset")
+    preset: str = Field(description="classifier folder, e.g. runs/finetune/preset, or its storage URI "
+                                    "(s3://bucket/runs/finetune/preset)")
     data: CorpusSettings
     num_actors: int = Field(1, ge=1, description="inference actors")
     batch_size: int = Field(32, ge=1, description="rows per predict call")

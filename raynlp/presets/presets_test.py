@@ -13,8 +13,11 @@ def test_other_handles_pass_through_untouched(handle):
     assert presets.resolve(handle) == handle
 
 
-def test_local_folder_passes_through(tmp_path):
+def test_local_folder_resolves_to_its_absolute_path(tmp_path, monkeypatch):
     assert presets.resolve(str(tmp_path)) == str(tmp_path)
+    # Ray's workers do not share the driver's working directory: a relative folder would not load there.
+    monkeypatch.chdir(tmp_path.parent)
+    assert presets.resolve(tmp_path.name) == str(tmp_path)
 
 
 def test_unknown_name_lists_offline_presets():

@@ -184,4 +184,7 @@ def deployment_options(config: ServeConfig) -> dict:
 
 def build_app(config: ServeConfig) -> serve.Application:
     """The Serve application for `config` (Serve validates a config file's `args` into ServeConfig)."""
+    from raynlp.presets import portable
+
+    config = config.model_copy(update={"preset": portable(config.preset)})  # as replicas on any node find it
     return ClassifierServer.options(**deployment_options(config)).bind(config)

@@ -61,7 +61,8 @@ class HttpSettings(Section):
 
 class ServeConfig(Section):
     task: Literal["serve"] = "serve"
-    preset: str = Field(description="a classifier folder (a training run's preset/) or keras-hub classifier preset")
+    preset: str = Field(description="a classifier folder (a training run's preset/, also as a storage URI: "
+                                    "s3://bucket/runs/x/preset) or keras-hub classifier preset")
     name: str = Field("raynlp", pattern=r"^[A-Za-z0-9_.-]+$", description="Serve application name")
     route_prefix: str = Field("/", pattern=r"^/")
     sequence_length: int | None = Field(None, ge=8, le=4096, description="default: the length the model was "

@@ -20,7 +20,8 @@ def serve_config_file(config: ServeConfig) -> dict:
     """The Serve config (`serve deploy FILE`, a RayService's `serveConfigV2`) that runs this app.
 
     The application is raynlp's builder with the whole config as its `args`, so a cluster runs exactly what
-    `raynlp serve` runs here. The preset folder must be readable where the replicas run.
+    `raynlp serve` runs here. The preset folder must be readable where the replicas run: a shared path, or a
+    storage URI each replica downloads (with the credentials of its node).
     """
     from raynlp._internal.cluster import WORKER_ENV
 

@@ -89,17 +89,12 @@ class ScalingSettings(_Section):
 
 
 class RunSettings(_Section):
-    output: str = Field("runs/out", description="folder for the tokenized data, checkpoints and the exported preset; "
-                                                "on a multi-node cluster, a path on storage every node mounts")
+    output: str = Field("runs/out", description="folder for the tokenized data, checkpoints and the exported preset: "
+                                                "a local path or a storage URI (s3://bucket/runs/x, gs://…, any URI "
+                                                "pyarrow opens); on a multi-node cluster, a URI or a path every node "
+                                                "mounts")
     max_failures: int = Field(2, ge=0, description="worker failures to recover from before giving up")
     address: str | None = Field(None, description="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
-
-    @model_validator(mode="after")
-    def _mounted_storage(self):
-        if "://" in self.output:
-            raise ValueError("object-storage URIs are not supported for run outputs yet: mount the bucket on every "
-                             "node (mountpoint-s3, gcsfuse) and give its path; corpora may be URIs")
-        return self
 
 
 class RecipeConfig(_Section):

@@ -7,6 +7,13 @@
 The output folder holds `preset/` (the export), `metrics.json` and `curves.png` (per epoch), `config.yaml`
 (what ran), `data/` (the tokenized splits, Parquet) and `ray_train/` (Ray Train's checkpoints). Running the same config into the same folder again
 resumes from the latest checkpoint instead of starting over.
+
+`run.output` may also be a storage URI (`s3://bucket/runs/x`, `gs://…`, any URI `pyarrow.fs` opens), for runs
+whose nodes share no folder. The same layout then lies at the URI: Ray Data writes the tokenized shards there and
+Ray Train its checkpoints; what the driver makes (the preset taken out of the last checkpoint, metrics, curves, the
+scratch recipe's tokenizer) is made in a staging folder under raynlp's cache and uploaded. `result.output` and
+`result.preset` are then URIs, and `raynlp.presets.resolve(result.preset)` (so every `--preset` flag) downloads
+the preset where it is used. A URI pyarrow cannot open or write is refused before Ray starts.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from raynlp._internal import storage
 from raynlp.errors import RaynlpError
 from raynlp.train.config import RecipeConfig
 from raynlp.train.recipes import RECIPES, Plan
@@ -31,10 +39,10 @@ RUN_FILE = "raynlp_run.json"
 
 @dataclass(frozen=True)
 class TrainResult:
-    output: Path
-    preset: Path
+    output: Path | str  # the run's folder, or its URI (a str) when run.output is on object storage
+    preset: Path | str  # output/preset; `raynlp.presets.resolve(str(preset))` gives a local folder for either
     metrics: list[dict]  # one entry per epoch
-    checkpoint: str  # Ray Train's latest checkpoint folder: the weights and optimizer state at the end
+    checkpoint: str  # Ray Train's latest checkpoint folder (or URI): the weights and optimizer state at the end
 
     @property
     def final(self) -> dict:
@@ -54,12 +62,14 @@ def train(config: RecipeConfig, *, _loop_extra: dict | None = None) -> TrainResu
     recipe = RECIPES[config.task]
     preset_dir = _check_preset(config)  # before any Ray resource is taken
     out = _claim_output(config)
+    local = _driver_folder(out)
     ensure_ray(config.run.address)
 
     # 1. Tokenize every split once, on Ray Data, into Parquet shards in the run's folder.
     splits, label_names = prepare.raw_splits(config, labelled=recipe.labelled)
-    tokenizer_dir = preset_dir or _scratch_tokenizer(config, splits["train"], out)
-    data = prepare.prepare(config, splits, tokenizer_dir, masked_lm=recipe.masked_lm, out=out)
+    tokenizer_dir = preset_dir or _scratch_tokenizer(config, splits["train"], out, local)
+    tokenizer = _for_workers(config, tokenizer_dir, out, local)
+    data = prepare.prepare(config, splits, tokenizer, masked_lm=recipe.masked_lm, out=out)
     num_classes = prepare.num_classes(config, data) if recipe.labelled else None
 
     # 2. The same number of steps on every rank, worked out from the global row counts.
@@ -76,7 +86,7 @@ def train(config: RecipeConfig, *, _loop_extra: dict | None = None) -> TrainResu
         # int64 columns of sequence_length values: token_ids, segment_ids, padding_mask (+ masked-LM columns).
         row_bytes = 8 * config.data.sequence_length * (len(recipe.feature_columns) + 2)
         cache = "memory" if fits_in_memory(sum(data.rows.values()), row_bytes, world) else "stream"
-    plan = Plan(preset_dir=preset_dir, tokenizer_dir=tokenizer_dir, num_classes=num_classes,
+    plan = Plan(preset_dir=preset_dir, tokenizer_dir=tokenizer, num_classes=num_classes,
                 label_names=label_names, train_rows=data.rows["train"], steps_per_epoch=steps,
                 validation_steps=validation_steps, world_size=world, cache_shards=cache == "memory")
     logger.info("%s: %d training rows, %d workers × batch %d = global batch %d, %d steps per epoch, shards %s, "
@@ -93,7 +103,7 @@ def train(config: RecipeConfig, *, _loop_extra: dict | None = None) -> TrainResu
         dataset_config=DataConfig(execution_options=_in_order(DataConfig.default_ingest_options())),
         run_config=RunConfig(
             name="ray_train",
-            storage_path=str(out.resolve()),
+            storage_path=str(out) if storage.is_uri(out) else str(out.resolve()),
             failure_config=FailureConfig(max_failures=config.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -101,7 +111,7 @@ def train(config: RecipeConfig, *, _loop_extra: dict | None = None) -> TrainResu
     result = trainer.fit()
     if result.error:
         raise result.error
-    return _export(out, result)
+    return _export(out, local, result)
 
 
 def _in_order(options):
@@ -119,38 +129,86 @@ def _comparable(config: RecipeConfig) -> dict:
     return tree
 
 
-def _claim_output(config: RecipeConfig) -> Path:
-    """The output folder: new, or holding this very run (then it resumes). Another run's folder is refused."""
-    out = Path(config.run.output)
-    run_file = out / RUN_FILE
-    if run_file.exists():
-        previous = json.loads(run_file.read_text())
+def _claim_output(config: RecipeConfig) -> Path | str:
+    """The output folder (or URI): new, or holding this very run (then it resumes). Another run's is refused."""
+    out = storage.location(config.run.output)
+    run_file = storage.join(out, RUN_FILE)
+    try:
+        empty = storage.is_empty(out)
+        previous = None if empty or not storage.exists(run_file) else json.loads(storage.read_text(run_file))
+    except storage.ERRORS as e:
+        raise _unusable(out, e) from e
+    if previous is not None:
         if previous != _comparable(config):
             raise RaynlpError(
                 f"output folder {out} holds another run (task {previous.get('task')}, preset "
                 f"{previous.get('preset')}); choose a new run.output or delete the folder")
         logger.info("output folder %s holds this run: resuming from its latest checkpoint", out)
-    elif out.exists() and any(out.iterdir()):
+    elif not empty:
         raise RaynlpError(f"output folder {out} is not empty and holds no raynlp run; choose a new run.output")
-    out.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps(_comparable(config), indent=2))
-    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+    try:
+        storage.write_text(run_file, json.dumps(_comparable(config), indent=2))
+        storage.write_text(storage.join(out, "config.yaml"), yaml.safe_dump(config.model_dump(), sort_keys=False))
+    except storage.ERRORS as e:
+        raise _unusable(out, e) from e
     return out
 
 
-def _export(out: Path, result) -> TrainResult:
+def _unusable(out: Path | str, error: Exception) -> RaynlpError:
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return RaynlpError(f"run.output {out} cannot be used: {reason}")
+
+
+def _driver_folder(out: Path | str) -> Path:
+    """Where the driver makes its files: the output folder itself, or for a URI a fresh staging folder in
+    raynlp's cache whose files are uploaded to the URI."""
+    if not storage.is_uri(out):
+        return out
+    local = storage.local_dir("staging", out, tail=0)
+    shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True)
+    return local
+
+
+def _for_workers(config: RecipeConfig, tokenizer_dir: str, out: Path | str, local: Path) -> str:
+    """The tokenizer as Ray Data's packers and the training workers find it on every node (`presets.resolve`
+    there): a raynlp preset name or a URI as given, a tokenizer the driver made at the output URI it was
+    uploaded to, a local folder as an absolute path (on a multi-node cluster, on storage every node mounts)."""
+    from raynlp.presets import portable
+
+    if config.task != "scratch":
+        return portable(config.preset)  # the preset is its own tokenizer
+    if storage.is_uri(out) and Path(tokenizer_dir).is_relative_to(local):
+        return str(storage.join(out, *Path(tokenizer_dir).relative_to(local).parts))
+    return os.path.abspath(tokenizer_dir)
+
+
+def _export(out: Path | str, local: Path, result) -> TrainResult:
     checkpoint = result.checkpoint
     if checkpoint is None:
-        raise RaynlpError(f"training ended without a checkpoint; see the logs under {out / 'ray_train'}")
-    preset = out / "preset"
+        raise RaynlpError("training ended without a checkpoint; see the logs under "
+                          f"{storage.join(out, 'ray_train')}")
     with checkpoint.as_directory() as folder:
-        shutil.rmtree(preset, ignore_errors=True)
-        shutil.copytree(Path(folder) / "preset", preset)
+        shutil.rmtree(local / "preset", ignore_errors=True)
+        shutil.copytree(Path(folder) / "preset", local / "preset")
         history = json.loads((Path(folder) / "history.json").read_text())
-    (out / "metrics.json").write_text(json.dumps(history, indent=2))
-    _plot_curves(history, out / "curves.png")
-    logger.info("exported preset to %s (metrics in %s)", preset, out / "metrics.json")
-    return TrainResult(output=out, preset=preset, metrics=history, checkpoint=checkpoint.path)
+    (local / "metrics.json").write_text(json.dumps(history, indent=2))
+    _plot_curves(history, local / "curves.png")
+    if storage.is_uri(out):
+        for name in ("preset", "metrics.json", "curves.png"):
+            storage.upload(local / name, storage.join(out, name))
+        shutil.rmtree(local)  # staged and uploaded: the URI holds the run
+    preset = storage.join(out, "preset")
+    logger.info("exported preset to %s (metrics in %s)", preset, storage.join(out, "metrics.json"))
+    return TrainResult(output=out, preset=preset, metrics=history, checkpoint=_location(out, checkpoint.path))
+
+
+def _location(out: Path | str, path: str) -> str:
+    """A path inside the filesystem of `out` (as Ray Train gives checkpoints) as a path or a URI."""
+    if not storage.is_uri(out):
+        return path
+    _, root = storage.filesystem(out)
+    return str(storage.join(out, os.path.relpath(path, root)))
 
 
 def _plot_curves(history: list[dict], path: Path) -> None:
@@ -197,11 +255,16 @@ def _check_preset(config: RecipeConfig) -> str | None:
     return preset_dir
 
 
-def _scratch_tokenizer(config: RecipeConfig, train, out: Path) -> str:
-    """A keras-hub tokenizer preset folder for the scratch model: the given vocabulary, or one learned here."""
+def _scratch_tokenizer(config: RecipeConfig, train, out: Path | str, local: Path) -> str:
+    """A keras-hub tokenizer preset folder for the scratch model: the given vocabulary, or one learned here.
+
+    It is made in the driver's folder `local`; for an output URI also uploaded there (and downloaded on resume).
+    """
     import keras_hub
 
-    folder = out / "tokenizer"
+    folder, shared = local / "tokenizer", storage.join(out, "tokenizer")
+    if storage.is_uri(out) and storage.exists(storage.join(shared, "tokenizer.json")):
+        storage.download(shared, folder)
     if (folder / "tokenizer.json").exists():
         return str(folder)
     vocabulary = config.model.vocabulary
@@ -213,8 +276,13 @@ def _scratch_tokenizer(config: RecipeConfig, train, out: Path) -> str:
         if config.data.max_train_rows:
             train = train.limit(config.data.max_train_rows)
         logger.info("learning a %d-token WordPiece vocabulary from the training text", config.model.vocabulary_size)
-        vocabulary = str(save_vocabulary(learn_vocabulary(train, config.model.vocabulary_size), out / "vocabulary.txt"))
+        vocabulary = str(save_vocabulary(learn_vocabulary(train, config.model.vocabulary_size),
+                                         local / "vocabulary.txt"))
+        if storage.is_uri(out):
+            storage.upload(vocabulary, storage.join(out, "vocabulary.txt"))
     elif not os.path.isfile(vocabulary):
         raise RaynlpError(f"model.vocabulary {vocabulary} does not exist; make one with `raynlp vocab`")
     keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True).save_to_preset(str(folder))
+    if storage.is_uri(out):
+        storage.upload(folder, shared)
     return str(folder)

@@ -164,14 +164,16 @@ class _KillInEpoch:
 
 
 def _on_this_node(plan, config):
-    """The plan with the preset folder as this node sees it: the driver's folder of a raynlp preset lies in the
-    driver node's cache, so a worker on another node fetches (or finds in its own cache) the same preset."""
+    """The plan with its folders as this node sees them. The driver's folder of a raynlp preset lies in the
+    driver node's cache, so a worker on another node fetches (or finds in its own cache) the same preset; a
+    preset or tokenizer given as a storage URI (an output on object storage) is downloaded into this node's cache."""
     import dataclasses
 
+    from raynlp._internal.storage import is_uri
     from raynlp.presets import PRESETS, resolve
 
-    if config.preset not in PRESETS or plan.preset_dir is None:
-        return plan  # a local folder: on a multi-node cluster it lies on storage every node mounts
-    local = resolve(config.preset)
-    same_tokenizer = plan.tokenizer_dir == plan.preset_dir
-    return dataclasses.replace(plan, preset_dir=local, tokenizer_dir=local if same_tokenizer else plan.tokenizer_dir)
+    preset_dir = plan.preset_dir
+    if preset_dir is not None and (config.preset in PRESETS or is_uri(config.preset)):
+        preset_dir = resolve(config.preset)
+    # Other local folders: on a multi-node cluster they lie on storage every node mounts.
+    return dataclasses.replace(plan, preset_dir=preset_dir, tokenizer_dir=resolve(plan.tokenizer_dir))

@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from raynlp._internal import storage
 from raynlp.errors import RaynlpError
 from raynlp.train.config import RecipeConfig
 
@@ -65,8 +66,10 @@ def raw_splits(config: RecipeConfig, *, labelled: bool) -> tuple[dict, list[str]
     return splits, list(label_names) if label_names else None
 
 
-def prepare(config: RecipeConfig, splits: dict, tokenizer_dir: str, *, masked_lm: bool, out: Path) -> PreparedData:
-    """Tokenize every raw split into `out/data/<split>` (kept for a resumed run), or check a tokenized one."""
+def prepare(config: RecipeConfig, splits: dict, tokenizer_dir: str, *, masked_lm: bool,
+            out: Path | str) -> PreparedData:
+    """Tokenize every raw split into `out/data/<split>` (kept for a resumed run; `out` may be a storage URI),
+    or check a tokenized one."""
     folders, rows, limited = {}, {}, []
     for split in SPLITS:
         source = splits.get(split)
@@ -74,9 +77,9 @@ def prepare(config: RecipeConfig, splits: dict, tokenizer_dir: str, *, masked_lm
             continue
         if isinstance(source, str):
             check_manifest(source, config, masked_lm=masked_lm)
-            folders[split] = source
+            folders[split] = str(storage.location(source))  # absolute: read by Ray Data tasks
         else:
-            folders[split] = str(out / "data" / split)
+            folders[split] = str(storage.join(out, "data", split))
             _tokenize_into(folders[split], source, config, tokenizer_dir, split=split, masked_lm=masked_lm)
         rows[split] = _manifest(folders[split])["rows"]
         limit = _row_limit(config, split)
@@ -105,7 +108,7 @@ def num_classes(config: RecipeConfig, data: PreparedData) -> int:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    shards = sorted(str(p) for p in Path(data.folders["train"]).glob("*.parquet"))
+    shards = storage.files(data.folders["train"], ".parquet")
     labels = pa.concat_arrays([pq.read_table(s, columns=["label"])["label"].combine_chunks() for s in shards])
     low, high = int(pc.min(labels).as_py()), int(pc.max(labels).as_py())
     if low < 0:
@@ -119,9 +122,15 @@ def num_classes(config: RecipeConfig, data: PreparedData) -> int:
 
 
 def is_tokenized(path: str | None) -> bool:
+    """Whether `path` is a folder (or storage URI) of tokenized shards with their manifest."""
     from raynlp.data.tokenize import MANIFEST
 
-    return bool(path) and "://" not in path and (Path(path) / MANIFEST).exists()
+    if not path:
+        return False
+    try:
+        return storage.exists(storage.join(path, MANIFEST))
+    except storage.ERRORS:
+        return False  # a corpus URI pyarrow cannot open (http://…) is raw text for Ray Data to read
 
 
 def check_manifest(path: str, config: RecipeConfig, *, masked_lm: bool) -> None:
@@ -137,21 +146,19 @@ def check_manifest(path: str, config: RecipeConfig, *, masked_lm: bool) -> None:
 def _manifest(path: str) -> dict:
     from raynlp.data.tokenize import MANIFEST
 
-    return json.loads((Path(path) / MANIFEST).read_text())
+    return json.loads(storage.read_text(storage.join(path, MANIFEST)))
 
 
 def _columns(dataset) -> list[str]:
     if isinstance(dataset, str):
         import pyarrow.parquet as pq
 
-        return pq.read_schema(next(Path(dataset).glob("*.parquet"))).names
+        return pq.read_schema(storage.files(dataset, ".parquet")[0]).names
     return dataset.schema().names
 
 
 def _tokenize_into(folder: str, dataset, config: RecipeConfig, tokenizer_dir: str, *, split: str,
                    masked_lm: bool) -> None:
-    import shutil
-
     from raynlp.data import MaskingConfig, tokenize_dataset, write_tokenized
 
     if is_tokenized(folder):
@@ -174,6 +181,6 @@ def _tokenize_into(folder: str, dataset, config: RecipeConfig, tokenizer_dir: st
     packed = tokenize_dataset(dataset, tokenizer_dir, sequence_length=config.data.sequence_length,
                               text_column="text", masking=masking, num_actors=actors)
     # A partial folder from an interrupted attempt holds no manifest: start it over.
-    shutil.rmtree(folder, ignore_errors=True)
+    storage.delete(folder)
     write_tokenized(packed, folder, preset=tokenizer_dir, sequence_length=config.data.sequence_length,
                     masking=masking)

@@ -13,7 +13,8 @@ class Plan:
     """Facts the driver settles once and hands to every worker."""
 
     preset_dir: str | None  # the backbone to start from (None for scratch)
-    tokenizer_dir: str  # the keras-hub preset folder whose tokenizer made the token ids
+    tokenizer_dir: str  # the preset whose tokenizer made the token ids: a folder on workers (a name or URI until
+    # `loop._on_this_node` resolves it there)
     num_classes: int | None
     label_names: list[str] | None  # from a named data set; None where labels are bare ids
     train_rows: int
