@@ -38,6 +38,7 @@ class DemoSize:
     epochs: int
     sequence_length: int
     pretrain_sequence_length: int
+    workers: int = 2
 
 
 SIZES = {
@@ -46,7 +47,8 @@ SIZES = {
                      sequence_length=64, pretrain_sequence_length=128),
     # The same pipeline in a few minutes: CI keeps it working.
     "tiny": DemoSize(backbone="bert_tiny_en_uncased_scratch", pretrain_rows=32, train_rows=64, test_rows=32,
-                     epochs=1, sequence_length=32, pretrain_sequence_length=32),
+                     epochs=1, sequence_length=32, pretrain_sequence_length=32,
+                     workers=1),  # 2-worker training is tested on its own (tests/train_test.py)
 }
 
 REQUESTS = ["a gem of a film , funny and moving from start to finish .",
@@ -65,7 +67,7 @@ def run_demo(output_dir: str = "runs/demo", address: str | None = None, size: st
     out.mkdir(parents=True)
     ensure_ray(address)
     rows: list[dict] = []
-    common = {"epochs": s.epochs, "workers": 2, "sequence_length": s.sequence_length, "max_train_rows": s.train_rows,
+    common = {"epochs": s.epochs, "workers": s.workers, "sequence_length": s.sequence_length, "max_train_rows": s.train_rows,
               "max_test_rows": s.test_rows, "dataset": "rotten_tomatoes"}
 
     def timed(title: str, fn):
@@ -78,7 +80,7 @@ def run_demo(output_dir: str = "runs/demo", address: str | None = None, size: st
 
     # 1. Domain pretraining on the full movie reviews (their text only).
     pretrained, seconds = timed("Level 5: domain pretraining (masked LM) on movie_reviews", lambda: wf.pretrain(
-        s.backbone, dataset="movie_reviews", output=str(out / "pretrain"), epochs=s.epochs, workers=2,
+        s.backbone, dataset="movie_reviews", output=str(out / "pretrain"), epochs=s.epochs, workers=s.workers,
         sequence_length=s.pretrain_sequence_length, max_train_rows=s.pretrain_rows, max_test_rows=s.pretrain_rows // 4,
         batch_size=8))
     rows.append(_row("pretrain", "Level 5: domain pretraining (masked LM on movie_reviews)", pretrained, seconds,

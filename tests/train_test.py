@@ -108,6 +108,9 @@ def test_pretrain_lowers_masked_lm_loss_and_exports_a_backbone(pretrained):
     assert losses[-1] < losses[0] - 0.5, losses
     assert accuracies[-1] > accuracies[0], accuracies
     assert pretrained.metrics[-1]["val_loss"] < pretrained.metrics[0]["val_loss"]
+    # About ten points within each epoch for the curves, at increasing steps before the epoch's end.
+    steps = [p["global_step"] for m in pretrained.metrics for p in [*m["progress"], m]]
+    assert steps == sorted(set(steps)) and all(len(m["progress"]) >= 5 for m in pretrained.metrics)
     backbone = keras_hub.models.BertBackbone.from_preset(str(pretrained.preset))
     assert backbone.num_layers == 2 and backbone.hidden_dim == 128
 

@@ -217,16 +217,21 @@ def _plot_curves(history: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [h["epoch"] for h in history]
-    keys = [k for k in ("loss", "val_loss", "accuracy", "val_accuracy") if any(k in h for h in history)]
+    # Training metrics along the steps (the points noted within each epoch, then its end); validation metrics at
+    # the end of each epoch. Within an epoch Keras reports running means since the epoch began.
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for key in keys:
-        ax = axes[1] if "accuracy" in key else axes[0]
-        ax.plot(epochs, [h.get(key) for h in history], marker="o", label=key)
+    for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        points = [(p["global_step"], p[key]) for h in history for p in [*h.get("progress", []), h] if key in p]
+        if points:
+            ax = axes[1] if "accuracy" in key else axes[0]
+            ax.plot(*zip(*points), marker="o" if key.startswith("val_") else ".", label=key)
+    ends = [h["global_step"] for h in history]
     for ax, title in zip(axes, ("loss", "accuracy")):
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("step (dotted lines: ends of epochs)")
         ax.set_title(title)
-        if ax.lines:
+        for step in ends:
+            ax.axvline(step, color="#ccc", linestyle=":", linewidth=0.8)
+        if ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

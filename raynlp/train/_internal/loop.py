@@ -91,7 +91,11 @@ def _read_history(checkpoint) -> list[dict]:
 
 
 def _History(info, *, previous: list[dict], global_batch: int, steps: int):
-    """Keeps every epoch's metrics (carried over a resume through the checkpoint) and logs them on rank 0."""
+    """Keeps every epoch's metrics (carried over a resume through the checkpoint) and logs them on rank 0.
+
+    About ten times an epoch it also notes the metrics so far (Keras' running means over the epoch) at that
+    global step: an epoch's entry carries them as `progress`, so that even a one-epoch run has a curve.
+    """
     import json
     import time
 
@@ -105,11 +109,16 @@ def _History(info, *, previous: list[dict], global_batch: int, steps: int):
         def on_epoch_begin(self, epoch, logs=None):
             self.started = time.perf_counter()
             self.epoch = epoch
+            self.progress = []
 
         def on_train_batch_end(self, batch, logs=None):
-            # About ten progress lines an epoch, so that a long epoch is never silent.
+            # About ten progress points an epoch, so that a long epoch is never silent.
             done = batch + 1
-            if not info.is_chief or done % max(steps // 10, 1) or done == steps:
+            if done % max(steps // 10, 1) or done == steps:
+                return
+            self.progress.append({"global_step": self.epoch * steps + done,
+                                  **{k: round(float(v), 5) for k, v in (logs or {}).items()}})
+            if not info.is_chief:
                 return
             seconds = time.perf_counter() - self.started
             rate = done * global_batch / seconds
@@ -121,10 +130,10 @@ def _History(info, *, previous: list[dict], global_batch: int, steps: int):
             seconds = time.perf_counter() - self.started
             entry = {"epoch": epoch + 1, "global_step": int(self.model.optimizer.iterations.numpy()),
                      "seconds": round(seconds, 2), "examples_per_second": round(steps * global_batch / seconds, 1),
-                     **{k: float(v) for k, v in (logs or {}).items()}}
+                     **{k: float(v) for k, v in (logs or {}).items()}, "progress": self.progress}
             self.epochs = [e for e in self.epochs if e["epoch"] < entry["epoch"]] + [entry]
             if info.is_chief:
-                shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("epoch",))
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("epoch", "progress"))
                 print(f"[raynlp] epoch {entry['epoch']}/{self.params.get('epochs')}: {shown}", flush=True)
 
         def write(self, path: str) -> None:
