@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/demo", help="folder for the demo's results (default runs/demo)")
     p.add_argument("--address", help="Ray cluster to join (default: a new local cluster)")
     p.add_argument("--size", choices=["full", "tiny"], default="full",
-                   help="full: real sizes, about 15 minutes on 2 cores (default); tiny: a few dozen rows")
+                   help="full: real sizes, about 17 minutes on 2 cores (default); tiny: a few dozen rows")
     p.set_defaults(run=_demo)
 
     p = commands.add_parser("bench", help="run a benchmark; writes JSON (and a PNG) with ratios to plain keras-hub")
