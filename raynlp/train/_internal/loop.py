@@ -64,6 +64,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     def write_extra(folder: str) -> None:
         os.makedirs(f"{folder}/preset", exist_ok=True)
         recipe.export(model, config, plan, f"{folder}/preset")
+        if config.train.mixed_precision:
+            _as_float32_preset(f"{folder}/preset")
         history.write(f"{folder}/history.json")
 
     callbacks = [
@@ -77,6 +79,30 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.fit(batches("train", plan.steps_per_epoch), steps_per_epoch=plan.steps_per_epoch,
                   epochs=config.train.epochs, initial_epoch=initial_epoch, validation_data=validation,
                   validation_steps=plan.validation_steps, callbacks=callbacks, verbose=0)
+
+
+def _as_float32_preset(folder: str) -> None:
+    """Record a mixed-precision model's dtype policy as float32 in its preset's JSON files.
+
+    The weights are float32 either way, but keras-hub 0.32's `from_preset` cannot read a "mixed_*" policy
+    ("Invalid dtype: mixed_bfloat16"); a float32 preset loads anywhere, and `from_preset(..., dtype=...)` picks
+    half precision again where wanted. The model card keeps the policy it trained with.
+    """
+    import glob
+    import json
+
+    def float32(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy" and str(node.get("config", {}).get("name", "")).startswith("mixed_"):
+                return {**node, "config": {**node["config"], "name": "float32"}}
+            return {k: float32(v) for k, v in node.items()}
+        return [float32(v) for v in node] if isinstance(node, list) else node
+
+    for path in glob.glob(f"{folder}/*.json"):
+        with open(path) as f:
+            tree = json.load(f)
+        with open(path, "w") as f:
+            json.dump(float32(tree), f, indent=4)
 
 
 def _read_history(checkpoint) -> list[dict]:

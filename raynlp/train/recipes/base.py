@@ -55,7 +55,8 @@ class Recipe:
                   num_classes=plan.num_classes if self.labelled else None,
                   label_names=plan.label_names if self.labelled else None,
                   source_preset=config.preset,
-                  extra={"parameters": int(model.count_params()), "trainable_parameters": trainable}).write(folder)
+                  extra={"parameters": int(model.count_params()), "trainable_parameters": trainable,
+                         "trained_dtype_policy": model.dtype_policy.name}).write(folder)
 
 
 def compile_model(model, config: RecipeConfig, plan: Plan, *, weighted: bool = False):
