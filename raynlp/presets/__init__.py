@@ -5,8 +5,8 @@
 
 raynlp's own names resolve to a local keras-hub preset folder under `RAYNLP_HOME/presets`. A folder on storage
 (`s3://bucket/runs/x/preset`, `gs://…`, any URI `pyarrow.fs` opens) is downloaded under `RAYNLP_HOME/remote`
-(again only when its files changed) and resolves to that copy. Every other handle (`kaggle://…`, `hf://…`,
-`modelscope://…`, a built-in keras-hub name, a local folder) is returned unchanged.
+(again only when its files changed) and resolves to that copy; a local folder to its absolute path. Every other
+handle (`kaggle://…`, `hf://…`, `modelscope://…`, a built-in keras-hub name) is returned unchanged.
 """
 
 import json
