@@ -244,39 +244,50 @@ def test_shard_batches_yields_exactly_steps_per_epoch_then_restarts():
     np.testing.assert_array_equal(second_epoch_first[0]["token_ids"], features["token_ids"])
 
 
-def test_shard_cache_replays_the_first_complete_pass_from_memory():
+def test_shard_cache_reads_the_shard_once_whoever_asks_first():
     shard = ListShard(rows=50)
     cache = ShardCache()
     probe = shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=4, cache=cache)
     next(probe)
     probe.close()
-    assert not cache  # a pass abandoned midway is not kept
+    assert shard.passes == 1 and len(cache.batches) == 4  # a probe for one batch reads the whole pass into memory
     batches = shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=4, cache=cache)
     epochs = [[next(batches) for _ in range(4)] for _ in range(3)]
-    assert shard.passes == 2 and len(cache.batches) == 4  # the probe's pass and one full pass; then memory only
+    assert shard.passes == 1  # every epoch after that comes from memory
     for later in epochs[1:]:
         for a, b in zip(epochs[0], later):
             np.testing.assert_array_equal(a[0]["token_ids"], b[0]["token_ids"])
     again = shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=4, cache=cache)
     next(again)
-    assert shard.passes == 2  # a new generator over the same cache does not read the shard either
+    assert shard.passes == 1  # a new generator over the same cache does not read the shard either
 
 
 def test_shuffled_cache_deals_the_same_rows_in_a_new_order_each_epoch():
     shard = ListShard(rows=48)
     shard.rows["token_ids"][:, 0] = np.arange(48)  # a row id
     cache = ShardCache(shuffle_seed=7)
+
+    def row_ids(batches, count):
+        return np.concatenate([next(batches)[0]["token_ids"][:, 0] for _ in range(count)])
+
+    # Probes that take a batch and stop (as `fit` does before its first step) do not move the order on.
+    for _ in range(2):
+        probe = shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=5, cache=cache)
+        next(probe)
+        probe.close()
     batches = shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=5, cache=cache)
     epochs = [[next(batches) for _ in range(5)] for _ in range(3)]
     ids = [np.concatenate([f["token_ids"][:, 0] for f, _ in epoch]) for epoch in epochs]
     labels = [np.concatenate([y for _, y in epoch]) for epoch in epochs]
-    assert sorted(ids[0]) == sorted(ids[1]) == sorted(ids[2])  # the same 40 rows (the last batch is never used)
+    assert np.array_equal(ids[0], np.arange(40))  # the first epoch as read (the last batch is never used)
+    assert sorted(ids[0]) == sorted(ids[1]) == sorted(ids[2])
     assert not np.array_equal(ids[0], ids[1]) and not np.array_equal(ids[1], ids[2])
     by_row = dict(zip(ids[0], labels[0]))
     assert all(by_row[i] == y for i, y in zip(ids[2], labels[2]))  # features and labels stay together
-    replayed = ShardCache(shuffle_seed=7)
-    again = shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=5, cache=replayed)
-    assert np.array_equal(np.concatenate([next(again)[0]["token_ids"][:, 0] for _ in range(10)])[40:], ids[1])
+    # A run resumed at epoch 2 deals epoch 2 as the straight run did (a new cache, read afresh).
+    resumed = ShardCache(shuffle_seed=7, first_epoch=2)
+    again = shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=5, cache=resumed)
+    assert np.array_equal(row_ids(again, 5), ids[2])
 
 
 def test_fit_trains_on_the_batches_in_order(tmp_path):

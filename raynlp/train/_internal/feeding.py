@@ -55,10 +55,10 @@ def shard_batches(
         label_column: the target column, or None for a model that takes features only.
         weight_column: an optional per-row sample weight column (for example masked-LM `mask_weights`).
         steps: batches per epoch, the same on every rank: `steps_per_epoch(rows, batch_size, world_size)`.
-        cache: a `ShardCache` to keep the shard in this worker's memory: the first complete pass fills it and
-            every later pass (of this or any later generator given the same cache) replays it without going
-            back to Ray Data. Each pass over a streaming shard starts a new Ray Data execution, a fixed cost of
-            seconds; worth paying only for a shard larger than memory.
+        cache: a `ShardCache` to keep the shard in this worker's memory: the first pass anyone asks for reads
+            the whole shard into it, and every pass after that (of this or any later generator given the same
+            cache) is dealt from memory. Without one, each pass over a streaming shard starts a new Ray Data
+            execution, a fixed cost of seconds: worth paying only for a shard larger than memory.
 
     Yields:
         `features`, `(features, labels)` or `(features, labels, weights)`, with numpy arrays.
@@ -74,45 +74,54 @@ def shard_batches(
     """
     if steps < 1:
         raise RaynlpError(f"steps must be at least 1, got {steps}")
-    columns = list(feature_columns)
-    epoch = 0
+
+    def one_pass():
+        return _one_pass(shard, batch_size, steps, lambda batch: _to_fit_inputs(
+            batch, list(feature_columns), label_column, weight_column))
+
     while True:
-        if cache:
-            yield from cache.replay()
+        if cache is None:
+            yield from one_pass()
             continue
-        taken, kept = 0, []
-        batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True)
-        for batch in batches:
-            if taken == steps:
-                # Keep reading to the end of the pass: a streaming split moves on to its next epoch only
-                # when every consumer has finished the current one.
-                continue
-            taken += 1
-            item = _to_fit_inputs(batch, columns, label_column, weight_column)
-            if cache is not None:
-                kept.append(item)
-            yield item
-        if taken < steps:
-            raise RaynlpError(
-                f"this worker's data shard ran out after {taken} of {steps} batches of {batch_size} rows in "
-                f"epoch {epoch}: compute steps with steps_per_epoch() from the global row count"
-            )
-        if cache is not None:
-            cache.fill(kept)  # only a complete pass: a generator closed mid-pass leaves the cache empty
-        epoch += 1
+        if not cache:
+            cache.fill(list(one_pass()))  # the only pass that goes to Ray Data
+        yield from cache.replay()
+
+
+def _one_pass(shard: Any, batch_size: int, steps: int, convert: Callable) -> Iterator[Any]:
+    """One pass over `shard`: its first `steps` batches, converted; then the rest of the pass, read and dropped."""
+    taken = 0
+    for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True):
+        if taken == steps:
+            # Keep reading to the end of the pass: a streaming split moves on to its next epoch only
+            # when every consumer has finished the current one.
+            continue
+        taken += 1
+        yield convert(batch)
+    if taken < steps:
+        raise RaynlpError(
+            f"this worker's data shard ran out after {taken} of {steps} batches of {batch_size} rows in a pass: "
+            "compute steps with steps_per_epoch() from the global row count"
+        )
 
 
 class ShardCache:
-    """One worker's shard, kept in memory after its first complete pass, replayed once per later epoch.
+    """One worker's shard, read from Ray Data once and then dealt from memory, one epoch at a time.
 
-    With `shuffle_seed`, each replay deals this worker's rows into batches in a new order (seeded by the seed
-    and the epoch, so a run is repeatable); the step count is unchanged. Without it, batches replay as read.
+    Every pass over a streaming shard is a new Ray Data execution, a fixed cost of seconds, and `fit` makes
+    several before its first step (a probe for shapes, Keras' look at a first batch): with a cache, the first
+    of them reads the whole shard and every later one, of this or any later generator given the same cache,
+    is served from memory.
+
+    With `shuffle_seed`, epoch e > 0 deals this worker's rows into batches in an order seeded by the seed and e
+    (epoch 0 as read): the same order whether the run went straight through or resumed at e. An epoch moves
+    the order on only once all its batches were taken; a pass abandoned midway (a probe) does not.
     """
 
     def __init__(self, shuffle_seed: int | None = None, first_epoch: int = 0):
         self.batches: list = []
         self.shuffle_seed = shuffle_seed
-        self.epoch = first_epoch  # the epoch the first (streamed) pass belongs to
+        self.epoch = first_epoch  # the epoch the next complete pass deals
 
     def __bool__(self) -> bool:
         return bool(self.batches)
@@ -121,14 +130,19 @@ class ShardCache:
         self.batches = list(batches)
 
     def replay(self) -> Iterator[Any]:
-        self.epoch += 1
-        if self.shuffle_seed is None:
+        """This epoch's batches; the epoch counts as done once the last one was taken."""
+        epoch = self.epoch
+        yield from self.dealt(epoch)
+        self.epoch = epoch + 1
+
+    def dealt(self, epoch: int) -> Iterator[Any]:
+        if self.shuffle_seed is None or epoch == 0:
             yield from self.batches
             return
         whole = _join(self.batches)
         size = len(next(iter(self.batches[0][0].values())) if isinstance(self.batches[0], tuple)
                    else next(iter(self.batches[0].values())))
-        order = np.random.default_rng([self.shuffle_seed, self.epoch]).permutation(size * len(self.batches))
+        order = np.random.default_rng([self.shuffle_seed, epoch]).permutation(size * len(self.batches))
         for step in range(len(self.batches)):
             yield _take(whole, order[step * size : (step + 1) * size])
 
