@@ -29,7 +29,7 @@ class DataConfig(_Section):
     max_test_rows: int | None = Field(None, gt=0)
     tokenizer_actors: int = Field(2, ge=1, description="Ray Data actors that tokenize the corpus before training")
     shard_cache: Literal["auto", "memory", "stream"] = Field(
-        "auto", description="memory: each worker keeps its shard in memory after the first epoch; stream: read it "
+        "auto", description="memory: each worker reads its shard once and keeps it in memory; stream: read it "
                             "from storage every epoch (shards larger than memory); auto: memory up to 1 GiB a worker")
 
     @model_validator(mode="after")

@@ -21,7 +21,7 @@ class Plan:
     steps_per_epoch: int
     validation_steps: int | None
     world_size: int
-    cache_shards: bool = True  # workers keep their shards in memory after the first pass
+    cache_shards: bool = True  # workers read their shards once and keep them in memory
 
     def to_dict(self) -> dict:
         return asdict(self)
