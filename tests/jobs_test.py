@@ -73,6 +73,8 @@ def test_submit_a_finetune_job_and_find_its_preset(ray_head, tmp_path, capsys):
     logs = capsys.readouterr().out
     assert code == 0, logs[-3000:]
     assert "job raynlp-finetune-ok SUCCEEDED" in logs and "finetune finished" in logs
+    # The workers' progress reaches the job's log, each line once (a plain print on a Ray Train worker shows twice).
+    assert logs.count("[raynlp] epoch 1/1:") == 1 and logs.count("[raynlp] epoch 1/1 step 1/4:") == 1, logs[-3000:]
     assert (out / "preset" / "task.json").is_file() and (out / "metrics.json").is_file()
 
     assert main(["jobs", "status", "raynlp-finetune-ok", "--address", ray_head]) == 0

@@ -78,7 +78,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if initial_epoch < config.train.epochs:
         model.fit(batches("train", plan.steps_per_epoch), steps_per_epoch=plan.steps_per_epoch,
                   epochs=config.train.epochs, initial_epoch=initial_epoch, validation_data=validation,
-                  validation_steps=plan.validation_steps, callbacks=callbacks, verbose=0)
+                  validation_steps=plan.validation_steps, callbacks=callbacks, verbose=0,
+                  shuffle=False)  # rows are dealt by ShardCache; Keras cannot shuffle a tf.data input
 
 
 def _as_float32_preset(folder: str) -> None:
@@ -148,9 +149,9 @@ def _History(info, *, previous: list[dict], global_batch: int, steps: int):
                 return
             seconds = time.perf_counter() - self.started
             rate = done * global_batch / seconds
-            print(f"[raynlp] epoch {self.epoch + 1}/{self.params.get('epochs')} step {done}/{steps}: "
-                  f"loss {float((logs or {}).get('loss', float('nan'))):.4g}, {rate:.1f} examples/s, "
-                  f"epoch ends in ~{(steps - done) * global_batch / rate:.0f} s", flush=True)
+            _say(f"[raynlp] epoch {self.epoch + 1}/{self.params.get('epochs')} step {done}/{steps}: "
+                 f"loss {float((logs or {}).get('loss', float('nan'))):.4g}, {rate:.1f} examples/s, "
+                 f"epoch ends in ~{(steps - done) * global_batch / rate:.0f} s")
 
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.perf_counter() - self.started
@@ -160,13 +161,24 @@ def _History(info, *, previous: list[dict], global_batch: int, steps: int):
             self.epochs = [e for e in self.epochs if e["epoch"] < entry["epoch"]] + [entry]
             if info.is_chief:
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("epoch", "progress"))
-                print(f"[raynlp] epoch {entry['epoch']}/{self.params.get('epochs')}: {shown}", flush=True)
+                _say(f"[raynlp] epoch {entry['epoch']}/{self.params.get('epochs')}: {shown}")
 
         def write(self, path: str) -> None:
             with open(path, "w") as f:
                 json.dump(self.epochs, f, indent=2)
 
     return History()
+
+
+def _say(line: str) -> None:
+    """One line of progress to the worker's output, which Ray streams to the driver.
+
+    Written to `sys.__stdout__`: Ray Train patches `print` on its workers to log each line *and*, where Ray has
+    wrapped `sys.stdout` (it does), to print it as well, so a plain `print` reaches the driver twice.
+    """
+    import sys
+
+    print(line, file=sys.__stdout__, flush=True)
 
 
 class _KillInEpoch:
