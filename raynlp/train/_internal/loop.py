@@ -79,7 +79,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.fit(batches("train", plan.steps_per_epoch), steps_per_epoch=plan.steps_per_epoch,
                   epochs=config.train.epochs, initial_epoch=initial_epoch, validation_data=validation,
                   validation_steps=plan.validation_steps, callbacks=callbacks, verbose=0,
-                  shuffle=False)  # rows are dealt by ShardCache; Keras cannot shuffle a tf.data input
+                  shuffle=False)  # raynlp deals the rows (train.shuffle); Keras cannot shuffle tf.data
 
 
 def _as_float32_preset(folder: str) -> None:
