@@ -75,9 +75,11 @@ def shard_batches(
     if steps < 1:
         raise RaynlpError(f"steps must be at least 1, got {steps}")
 
+    columns = list(feature_columns)
+
     def one_pass():
-        return _one_pass(shard, batch_size, steps, lambda batch: _to_fit_inputs(
-            batch, list(feature_columns), label_column, weight_column))
+        return _one_pass(shard, batch_size, steps,
+                         lambda batch: _to_fit_inputs(batch, columns, label_column, weight_column))
 
     while True:
         if cache is None:
