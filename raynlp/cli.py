@@ -144,7 +144,7 @@ def _predict(args) -> None:
     from raynlp.inference import predict_dataset
 
     config = _job_config("predict", args, _INFERENCE_FLAGS)
-    if _folder_holds_files(config.output):
+    if not storage.is_empty(config.output):
         raise RaynlpError(f"output folder {config.output} is not empty; choose a new folder or delete it")
     ensure_ray(config.address)
     predictions = predict_dataset(config.data.open(), config.preset, num_actors=config.num_actors,
@@ -154,16 +154,6 @@ def _predict(args) -> None:
     rows = pq.ParquetDataset(output).read(columns=[]).num_rows
     print(f"predicted {rows} rows into Parquet shards in {output} "
           "(columns: text, predicted_label, predicted_name, probabilities, and any input columns)")
-
-
-def _folder_holds_files(path: str) -> bool:
-    """Whether a local folder or a storage URI (s3://, gs://) already holds files."""
-    import pyarrow.fs as pafs
-
-    fs, inner = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), os.path.abspath(path))
-    if fs.get_file_info(inner).type != pafs.FileType.Directory:
-        return False
-    return bool(fs.get_file_info(pafs.FileSelector(inner, recursive=False)))
 
 
 def _serve(args) -> None:

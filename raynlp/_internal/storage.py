@@ -86,9 +86,10 @@ def files(folder: str | Path, suffix: str = "") -> list[str]:
 
 
 def is_empty(folder: str | Path) -> bool:
-    """Whether `folder` is missing or holds nothing."""
+    """Whether `folder` is missing or holds nothing (a file in its place is not empty)."""
     if not is_uri(folder):
-        return not Path(folder).exists() or not any(Path(folder).iterdir())
+        path = Path(folder)
+        return not path.exists() or (path.is_dir() and not any(path.iterdir()))
     import pyarrow.fs
 
     fs, inner = filesystem(folder)

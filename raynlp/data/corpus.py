@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from raynlp._internal import storage
+from raynlp._internal.storage import is_uri
 from raynlp.errors import RaynlpError
 
 logger = logging.getLogger(__name__)
@@ -91,14 +93,10 @@ def read_corpus(
 
 # --- listing ---------------------------------------------------------------------------------------------
 
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
 def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    if _is_uri(path):
+    if is_uri(path):
         try:
-            return pafs.FileSystem.from_uri(path)
+            return storage.filesystem(path)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
             raise RaynlpError(f"cannot open corpus URI {path}: {e}") from e
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
@@ -110,7 +108,7 @@ def _join(path: str, name: str, uri_prefix: str) -> str:
 
 def _list_files(path: str, format: str | None) -> tuple[list[_File], str, list[str]]:
     fs, root = _filesystem(path)
-    prefix = path.split("://", 1)[0] + "://" if _is_uri(path) else ""
+    prefix = path.split("://", 1)[0] + "://" if is_uri(path) else ""
     if any(ch in path for ch in "*?["):
         files = _glob(fs, root, prefix)
         if not files:
@@ -174,8 +172,8 @@ def _files_of_one_format(files: list[str], format: str | None, path: str) -> lis
 # --- checking --------------------------------------------------------------------------------------------
 
 def _open_binary(path: str):
-    if _is_uri(path):
-        fs, inner = pafs.FileSystem.from_uri(path)
+    if is_uri(path):
+        fs, inner = storage.filesystem(path)
         return fs.open_input_stream(inner)
     return open(path, "rb")
 
@@ -192,7 +190,7 @@ def _head_text(path: str) -> str:
 
 def _check_file(file: _File, format: str, text_column: str) -> None:
     if format == "parquet":
-        schema = pq.read_schema(file.path) if not _is_uri(file.path) else pq.ParquetFile(_open_binary(file.path)).schema_arrow
+        schema = pq.read_schema(file.path) if not is_uri(file.path) else pq.ParquetFile(_open_binary(file.path)).schema_arrow
         if text_column not in schema.names:
             raise ValueError(f"has no column {text_column!r} (columns: {', '.join(schema.names)})")
         return
@@ -236,7 +234,7 @@ def _check_files(files: list[_File], format: str, text_column: str, on_bad_file:
 
 def _has_column(path: str, format: str, column: str) -> bool:
     if format == "parquet":
-        return column in (pq.read_schema(path).names if not _is_uri(path)
+        return column in (pq.read_schema(path).names if not is_uri(path)
                           else pq.ParquetFile(_open_binary(path)).schema_arrow.names)
     head = _head_text(path)
     if format == "csv":
@@ -282,7 +280,7 @@ class _FileReader:
 
     def _records(self, path: str, folder_label: int | None) -> Iterator[tuple[str, int | None]]:
         with _open_binary(path) as raw:
-            stream = io.TextIOWrapper(raw if not _is_uri(path) else io.BufferedReader(_Readable(raw)),
+            stream = io.TextIOWrapper(raw if not is_uri(path) else io.BufferedReader(_Readable(raw)),
                                       encoding="utf-8-sig", newline="")
             if self.format == "folders":
                 yield stream.read().strip(), folder_label

@@ -129,6 +129,11 @@ def _History(info, *, previous: list[dict], global_batch: int, steps: int):
     import keras
 
     class History(keras.callbacks.Callback):
+        # Its batch-end hook only reads the logs: Keras may run it on a helper thread, so that the training loop
+        # dispatches the next step without waiting for this one's metrics (a callback that is not async-safe
+        # makes every step wait). Keras waits for the pending hooks before each epoch's end.
+        async_safe = True
+
         def __init__(self):
             super().__init__()
             self.epochs = [dict(e) for e in previous]
