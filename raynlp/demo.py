@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raynlp._internal.cluster import free_port
+from raynlp._internal.storage import is_uri
+from raynlp.errors import RaynlpError
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,10 @@ def run_demo(output_dir: str = "runs/demo", address: str | None = None, size: st
     from raynlp import workflows as wf
     from raynlp._internal.cluster import ensure_ray
 
+    if is_uri(output_dir):
+        # The report links its figures by relative path and opens them with the run's files: a local folder.
+        raise RaynlpError(f"the demo writes its report into a local folder, not {output_dir}; "
+                          "train with `raynlp finetune ... --set run.output=URI` to keep a run in object storage")
     s = SIZES[size]
     out = Path(output_dir)
     shutil.rmtree(out, ignore_errors=True)

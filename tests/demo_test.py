@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
+
 from raynlp.demo import run_demo
+from raynlp.errors import RaynlpError
 
 KEYS = ["pretrain", "finetune_domain", "finetune", "finetune_cached", "fit_frozen_backbone", "scratch"]
 
@@ -40,3 +43,8 @@ def test_tiny_demo_runs_every_workflow_and_reports_numbers_from_the_run(ray_clus
     assert markdown.count("| Level ") == 6 and "Domain pretraining then fine-tuning" in markdown
     assert f"{rows['finetune']['accuracy']:.3f}" in markdown
     assert markdown.count("<img") == 0 and (folder / "report.html").read_text().count("<img") == 6
+
+
+def test_demo_refuses_an_object_storage_output_before_anything_runs():
+    with pytest.raises(RaynlpError, match="local folder, not s3://bucket/demo"):
+        run_demo("s3://bucket/demo", size="tiny")
