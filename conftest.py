@@ -20,7 +20,7 @@ def ray_cluster():
         with on_loopback() as ip:
             ray.init(
                 num_cpus=4,
-                include_dashboard=False,
+                include_dashboard=True,  # as raynlp's own local clusters (raynlp._internal.cluster)
                 log_to_driver=False,
                 runtime_env={"env_vars": {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}},
                 _node_ip_address=ip,

@@ -57,7 +57,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None):
     else:
         # Ray's CPU count is logical: leave room for Ray Data's actors beside the training workers.
         cpus = num_cpus or max(4, os.cpu_count() or 1)
+        # The dashboard serves Ray's State API, through which Ray Train's placement-group cleaner watches the
+        # training controller: without it the cleaner cannot work and logs a warning every second of a run.
         with on_loopback() as ip:
-            ray.init(num_cpus=cpus, include_dashboard=False, runtime_env={"env_vars": WORKER_ENV}, _node_ip_address=ip)
+            ray.init(num_cpus=cpus, include_dashboard=True, runtime_env={"env_vars": WORKER_ENV}, _node_ip_address=ip)
     logger.info("Ray cluster: %s", ray.get_runtime_context().gcs_address)
     return ray

@@ -26,6 +26,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raynlp._internal import storage
+from raynlp._internal.ray_data import read_parquet
 from raynlp._internal.storage import is_uri
 from raynlp.errors import RaynlpError
 
@@ -80,7 +81,7 @@ def read_corpus(
                 f", classes {class_names}" if class_names else "")
     if format == "parquet":
         columns = [text_column] + ([label_column] if labelled else [])
-        dataset = ray.data.read_parquet([f.path for f in files]).select_columns(columns)
+        dataset = read_parquet([f.path for f in files]).select_columns(columns)
         renames = {text_column: "text", label_column: "label"}
         if any(k != v for k, v in renames.items()):
             dataset = dataset.rename_columns({k: v for k, v in renames.items() if k in columns and k != v})

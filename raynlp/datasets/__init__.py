@@ -111,7 +111,7 @@ def read_split(name: str, split: str = "train") -> pa.Table:
 
 def load(name: str) -> dict:
     """Every split of data set `name` as a Ray Dataset with columns `text` (and `label` where labelled)."""
-    import ray.data
+    from raynlp._internal.ray_data import read_parquet
 
     folder = fetch(name)
-    return {split: ray.data.read_parquet(str(folder / f"{split}.parquet")) for split in SPLITS}
+    return {split: read_parquet(str(folder / f"{split}.parquet")) for split in SPLITS}

@@ -37,9 +37,9 @@ class PreparedData:
     limited: tuple[str, ...] = ()  # splits of which only the first `rows` rows are used
 
     def read(self, split: str):
-        import ray.data
+        from raynlp._internal.ray_data import read_parquet
 
-        dataset = ray.data.read_parquet(self.folders[split])
+        dataset = read_parquet(self.folders[split])
         return dataset.limit(self.rows[split]) if split in self.limited else dataset
 
 
