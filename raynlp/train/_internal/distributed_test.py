@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from raynlp.errors import RaynlpError
-from raynlp.train._internal.feeding import ShardCache, as_tf_dataset, shard_batches, steps_per_epoch
+from raynlp.train._internal.feeding import ShardCache, shard_batches, steps_per_epoch
 
 SEED = 1234
 VOCABULARY, SEQUENCE = 200, 16
@@ -134,11 +134,9 @@ def train_worker(config: dict) -> None:
     initial = variables_of(model)
     metadata = restore_from_ray(model, config.get("resume_from"))
     shard = OrderedRows(config["rows"], info.rank, info.world_size)
-    model.fit(
-        as_tf_dataset(  # a keras-hub task's fit takes no generator
-            lambda: shard_batches(shard, batch_size=LOCAL_BATCH, feature_columns=features, label_column="label",
-                                  steps=STEPS)
-        ),
+    keras.Model.fit(  # as the loop does: Keras' own fit takes the generator, also for a keras-hub task
+        model,
+        shard_batches(shard, batch_size=LOCAL_BATCH, feature_columns=features, label_column="label", steps=STEPS),
         steps_per_epoch=STEPS,
         epochs=config["epochs"],
         initial_epoch=metadata["epoch"] if metadata else 0,
@@ -165,10 +163,7 @@ def train_worker(config: dict) -> None:
     initial = variables_of(model)
     shard = ray.train.get_dataset_shard("train")
     history = model.fit(
-        as_tf_dataset(
-            lambda: shard_batches(shard, batch_size=LOCAL_BATCH, feature_columns=DENSE_FEATURES, label_column="label",
-                                  steps=steps)
-        ),
+        shard_batches(shard, batch_size=LOCAL_BATCH, feature_columns=DENSE_FEATURES, label_column="label", steps=steps),
         steps_per_epoch=steps,
         epochs=3,
         verbose=0,
@@ -291,8 +286,8 @@ def test_shuffled_cache_deals_the_same_rows_in_a_new_order_each_epoch():
 
 
 def test_fit_trains_on_the_batches_in_order(tmp_path):
-    """fit over `as_tf_dataset` (and over the bare generator, for a plain Keras model) takes batches 0, 1, 2, ...
-    of each pass, every epoch: the same weights as `train_on_batch` over that sequence by hand."""
+    """fit over the generator takes batches 0, 1, 2, ... of each pass, every epoch: the same weights as
+    `train_on_batch` over that sequence by hand."""
     import keras
 
     rows, steps, epochs = make_rows(40), 4, 2  # 5 batches of 8 per pass: batch 4 is never used
@@ -310,10 +305,8 @@ def test_fit_trains_on_the_batches_in_order(tmp_path):
     for features, labels in [batch for one_pass in passes for batch in itertools.islice(one_pass, steps)]:
         by_hand.train_on_batch(features, labels)
 
-    through_tf_data, through_generator = dense_model(), dense_model()
-    through_tf_data.fit(as_tf_dataset(batches), steps_per_epoch=steps, epochs=epochs, verbose=0)
+    through_generator = dense_model()
     through_generator.fit(batches(), steps_per_epoch=steps, epochs=epochs, verbose=0)
-    assert max_abs_diff(variables_of(through_tf_data), variables_of(by_hand)) < 1e-6
     assert max_abs_diff(variables_of(through_generator), variables_of(by_hand)) < 1e-6
     assert max_abs_diff(variables_of(by_hand), variables_of(dense_model())) > 1e-3
 
@@ -418,9 +411,9 @@ def test_two_workers_match_one_process_and_end_identical(parallel_run):
     keras.utils.set_random_seed(SEED)
     reference = build_classifier()
     assert max_abs_diff(variables_of(reference), initial) == 0.0  # same seed -> same initial weights
-    batches = as_tf_dataset(lambda: shard_batches(OrderedRows(parallel_run["rows"], 0, 1), batch_size=2 * LOCAL_BATCH,
-                                                  feature_columns=FEATURES, label_column="label", steps=STEPS))
-    history = reference.fit(batches, steps_per_epoch=STEPS, epochs=3, verbose=0)
+    batches = shard_batches(OrderedRows(parallel_run["rows"], 0, 1), batch_size=2 * LOCAL_BATCH,
+                            feature_columns=FEATURES, label_column="label", steps=STEPS)
+    history = keras.Model.fit(reference, batches, steps_per_epoch=STEPS, epochs=3, verbose=0)
     moved = max_abs_diff(rank0, initial)
     parallel_diff = max_abs_diff(rank0, variables_of(reference))
     print(f"parallel vs single process: max diff {parallel_diff:.2e}; training moved weights by up to {moved:.2e}")
@@ -446,8 +439,8 @@ def test_two_workers_match_one_process_and_end_identical(parallel_run):
 
 
 def test_ray_data_shards_train_and_ranks_end_identical(parallel_run):
-    """Rows fed through `get_dataset_shard` + `shard_batches` + `as_tf_dataset`: the model learns, and every rank
-    ends the same."""
+    """Rows fed through `get_dataset_shard` + `shard_batches` into fit: the model learns, and every rank ends the
+    same."""
     out = parallel_run["out"]
     rank0 = load_arrays(out / "ray_data_rank0.npz")
     assert max_abs_diff(rank0, load_arrays(out / "ray_data_rank1.npz")) == 0.0

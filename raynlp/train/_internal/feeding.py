@@ -4,10 +4,8 @@ Under data parallelism every train step is a collective: if one rank runs one st
 waits forever for the others. So the number of steps per epoch is fixed up front from the *global* row count
 (`steps_per_epoch`) and every rank yields exactly that many batches per epoch, whatever its shard holds.
 
-A plain `keras.Model` fits the generator directly. A keras-hub task (`BertTextClassifier`, `BertMaskedLM`, ...)
-does not: its `fit` turns `x` into a dataset itself and accepts only arrays, `tf.data` or grain datasets (a
-generator fails with "Attempt to convert a value (<generator object ...>) with an unsupported type"), so give
-it `as_tf_dataset(lambda: shard_batches(...))`.
+`fit` takes the generator itself (Keras' own `fit`, also for keras-hub tasks: see `loop.py`), so batches go from
+the shard to the compiled step as numpy arrays, with no `tf.data` in between.
 """
 
 from __future__ import annotations
@@ -167,30 +165,6 @@ def _take(whole: Any, rows: np.ndarray) -> Any:
 def fits_in_memory(rows: int, bytes_per_row: int, world_size: int, limit_bytes: int = 1 << 30) -> bool:
     """Whether one worker's share of `rows` rows takes at most `limit_bytes` (1 GiB) as numpy arrays."""
     return rows * bytes_per_row / max(world_size, 1) <= limit_bytes
-
-
-def as_tf_dataset(make_batches: Callable[[], Iterator[Any]]) -> Any:
-    """A `tf.data.Dataset` over `make_batches()`, the form of input keras-hub tasks' `fit` accepts.
-
-    Args:
-        make_batches: returns a fresh `shard_batches(...)` generator; called once per iteration of the dataset.
-
-    Every iteration of the dataset starts a fresh generator, i.e. a fresh pass over the shard. That matters:
-    before the first step `fit` may take a batch or two from one iteration to build the model's metrics and
-    loss, drop that iteration and start another; a single shared generator would lose those batches and shift
-    every epoch. `as_tf_dataset` itself reads one batch from a throwaway generator to learn shapes and dtypes.
-    """
-    import tensorflow as tf
-
-    probe = make_batches()
-    first = next(probe)
-    probe.close()
-
-    def spec(array: np.ndarray) -> Any:
-        # The batch axis stays open so that the spec does not depend on the batch size.
-        return tf.TensorSpec(shape=(None, *array.shape[1:]), dtype=tf.as_dtype(array.dtype))
-
-    return tf.data.Dataset.from_generator(make_batches, output_signature=tf.nest.map_structure(spec, first))
 
 
 def _to_fit_inputs(
