@@ -44,8 +44,8 @@ class DemoSize:
 
 
 SIZES = {
-    # 16 min 46 s on 2 CPU cores, timed from a fresh clone (pretraining 140 s, each fine-tune about 175 s,
-    # level 4 119 s, level 6 86 s, five evaluations about 20 s each, serving 17 s).
+    # 11 min 57 s on 2 CPU cores, timed from a fresh clone (pretraining 99 s, each fine-tune about 118 s,
+    # level 4 75 s, level 6 69 s, five evaluations 10-24 s each, then serving).
     "full": DemoSize(backbone=BACKBONE, pretrain_rows=400, train_rows=1600, test_rows=None, epochs=1,
                      sequence_length=64, pretrain_sequence_length=128),
     # The same pipeline in a few minutes: CI keeps it working.
