@@ -108,14 +108,13 @@ def _one_pass(shard: Any, batch_size: int, steps: int, convert: Callable) -> Ite
 class ShardCache:
     """One worker's shard, read from Ray Data once and then dealt from memory, one epoch at a time.
 
-    Every pass over a streaming shard is a new Ray Data execution, a fixed cost of seconds, and `fit` makes
-    several before its first step (a probe for shapes, Keras' look at a first batch): with a cache, the first
-    of them reads the whole shard and every later one, of this or any later generator given the same cache,
-    is served from memory.
+    Every pass over a streaming shard is a new Ray Data execution, a fixed cost of seconds, paid again each
+    epoch: with a cache, the first pass reads the whole shard and every later one, of this or any later
+    generator given the same cache, is served from memory.
 
     With `shuffle_seed`, epoch e > 0 deals this worker's rows into batches in an order seeded by the seed and e
     (epoch 0 as read): the same order whether the run went straight through or resumed at e. An epoch moves
-    the order on only once all its batches were taken; a pass abandoned midway (a probe) does not.
+    the order on only once all its batches were taken; a pass abandoned midway does not.
     """
 
     def __init__(self, shuffle_seed: int | None = None, first_epoch: int = 0):
