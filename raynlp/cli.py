@@ -55,7 +55,8 @@ def _need_name(args) -> str:
 # --- data ------------------------------------------------------------------------------------------------
 
 _CORPUS_FLAGS = {"dataset": "data.dataset", "split": "data.split", "input": "data.input", "format": "data.format",
-                 "text_column": "data.text_column", "skip_bad_files": "data.skip_bad_files"}
+                 "text_column": "data.text_column", "skip_bad_files": "data.skip_bad_files",
+                 "encoding": "data.encoding"}
 
 
 def _flag_values(args, flags: dict[str, str]) -> dict:
@@ -82,13 +83,21 @@ def _tokenize(args) -> None:
     given = _flag_values(args, _CORPUS_FLAGS)
     corpus = config_file.load(CorpusSettings, None, values={k.removeprefix("data."): v for k, v in given.items()})
     ensure_ray(args.address)
-    source = corpus.open()
+    source = corpus.open(shuffle_seed=args.shuffle_seed)
+    names = None
+    if "label" in source.schema().names:
+        from raynlp.data.corpus import class_names
+        from raynlp.data.labels import encode_labels, label_names
+
+        names = label_names(source, known=class_names(corpus.input, corpus.format) if corpus.input else None)
+        source = encode_labels(source, names)
     packed = tokenize_dataset(source, args.preset, sequence_length=args.sequence_length,
                               text_column="text", pair_column=args.pair_column, masking=masking,
                               num_actors=args.num_actors)
     manifest = write_tokenized(packed, args.output, preset=args.preset, sequence_length=args.sequence_length,
-                               masking=masking)
-    print(f"tokenized {manifest['rows']} rows into {manifest['shards']} Parquet shards in {args.output}")
+                               masking=masking, label_names=names)
+    print(f"tokenized {manifest['rows']} rows into {manifest['shards']} Parquet shards in {args.output}"
+          + (f" (labels {', '.join(f'{i} {n}' for i, n in enumerate(names))})" if names else ""))
 
 
 def _vocab(args) -> None:
@@ -271,7 +280,8 @@ def _add_input_flags(p: argparse.ArgumentParser, split: str = "train") -> None:
                    help="corpus format; inferred from the suffix or layout when left out")
     p.add_argument("--text-column", help="column holding the text in csv/jsonl/parquet input (default text)")
     p.add_argument("--skip-bad-files", action="store_true", default=None,
-                   help="leave out empty or unreadable files (counted in a warning) instead of stopping")
+                   help="leave out empty or unreadable files (named and counted in a warning) instead of stopping")
+    p.add_argument("--encoding", help="text encoding of the corpus files (default utf-8), e.g. latin-1")
     p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster)")
 
 
@@ -315,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-rate", type=float, default=0.15, help="masked-LM selection rate (default 0.15)")
     p.add_argument("--max-selections", type=int, default=96, help="masked-LM selections per row (default 96)")
     p.add_argument("--seed", type=int, default=0, help="masking seed (default 0)")
+    p.add_argument("--shuffle-seed", type=int, help="write the rows in a random order seeded by this (for a "
+                                                     "training split read in a sorted order, as class folders are)")
     p.add_argument("--num-actors", type=int, default=2, help="tokenizer actors (default 2)")
     p.set_defaults(run=_tokenize)
 
@@ -446,6 +458,24 @@ def _raynlp_error(error: BaseException) -> RaynlpError | None:
     return None
 
 
+_TRAIN_COMMANDS = ("finetune", "fit", "pretrain", "scratch")
+_CORPUS_COMMANDS = ("tokenize", "vocab", "evaluate", "predict")
+
+
+def _in_this_commands_terms(error: RaynlpError, args) -> RaynlpError:
+    """An unreadable corpus file's error, with the way to go on that this command takes."""
+    from raynlp.data.corpus import CorpusFileError
+
+    error = getattr(error, "cause", error)  # Ray's wrapper of an error raised in a Ray task keeps the original
+    if not isinstance(error, CorpusFileError):
+        return error
+    if args.command in _CORPUS_COMMANDS:
+        return error.suggesting(skip="--skip-bad-files", encoding="--encoding latin-1")
+    if args.command in _TRAIN_COMMANDS:
+        return error.suggesting(skip="--set data.skip_bad_files=true", encoding="--set data.encoding=latin-1")
+    return error
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -456,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         found = _raynlp_error(e)
         if found is None:
             raise
+        found = _in_this_commands_terms(found, args)
         message = str(found).splitlines()[0] if str(found) else type(found).__name__
         print(f"raynlp: error: {message}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ class CorpusSettings(Section):
     input: str | None = Field(None, description="a file, folder, glob, or s3:// / gs:// URI")
     format: Format | None = Field(None, description="inferred from the suffix or the folder layout when left out")
     text_column: str = "text"
+    encoding: str = Field("utf-8", description="text encoding of the corpus files, e.g. latin-1")
     skip_bad_files: bool = Field(False, description="leave out empty or unreadable files instead of stopping")
 
     @model_validator(mode="after")
@@ -24,15 +25,20 @@ class CorpusSettings(Section):
             raise ValueError("give exactly one of data.dataset and data.input")
         return self
 
-    def open(self):
-        """The corpus as a Ray Dataset with a `text` column (and `label` where it has one)."""
+    def open(self, shuffle_seed: int | None = None):
+        """The corpus as a Ray Dataset with a `text` column (and `label` where it has one); with `shuffle_seed`,
+        a corpus read from a path comes in a random order seeded by it (a named data set is stored shuffled)."""
         from raynlp import datasets
-        from raynlp.data.corpus import read_corpus
+        from raynlp.data.corpus import CorpusFileError, read_corpus
 
         if self.dataset:
             return datasets.load(self.dataset)[self.split]
-        return read_corpus(self.input, format=self.format, text_column=self.text_column,
-                           on_bad_file="skip" if self.skip_bad_files else "raise")
+        try:
+            return read_corpus(self.input, format=self.format, text_column=self.text_column,
+                               on_bad_file="skip" if self.skip_bad_files else "raise", encoding=self.encoding,
+                               shuffle_seed=shuffle_seed)
+        except CorpusFileError as e:
+            raise e.suggesting(skip="data.skip_bad_files=true", encoding="data.encoding=latin-1") from None
 
 
 class VocabConfig(Section):

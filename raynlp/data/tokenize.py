@@ -144,8 +144,9 @@ def tokenize_dataset(dataset, preset: str, *, sequence_length: int = 128, text_c
 
 
 def write_tokenized(dataset, output_dir: str, *, preset: str, sequence_length: int,
-                    masking: MaskingConfig | None = None) -> dict:
-    """Write Parquet shards a trainer can stream, plus a manifest saying how they were made.
+                    masking: MaskingConfig | None = None, label_names: list[str] | None = None) -> dict:
+    """Write Parquet shards a trainer can stream, plus a manifest saying how they were made (and, where the
+    labels had names, which name each class id stands for).
 
     The shards keep the input's row order whatever the workers' timing, so that the same config trains on the
     same rows in the same order on every run. `output_dir` may be a storage URI (`s3://bucket/tokens`).
@@ -165,6 +166,7 @@ def write_tokenized(dataset, output_dir: str, *, preset: str, sequence_length: i
         "preset": preset,
         "sequence_length": sequence_length,
         "masking": asdict(masking) if masking else None,
+        "label_names": label_names,
         "rows": sum(pq.read_metadata(shard).num_rows for shard in shards),
         "shards": len(shards),
     }

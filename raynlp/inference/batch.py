@@ -57,12 +57,15 @@ def predict_dataset(dataset, preset: str, *, num_actors: int = 1, batch_size: in
 
 def evaluate(dataset, preset: str, *, num_actors: int = 1, batch_size: int = 32) -> dict:
     """Accuracy, mean cross-entropy and confusion matrix of the classifier over a labelled dataset."""
+    from raynlp.data.labels import encode_labels
     from raynlp.presets import resolve
 
     if "label" not in dataset.schema().names:
         raise RaynlpError("evaluation needs labelled data: the data has no label column")
     labels = _check_loadable(preset)
-    predictions = predict_dataset(dataset, preset, num_actors=num_actors, batch_size=batch_size)
+    # Labels given by name (class folders, string labels) are the classifier's names; integer ids stay.
+    predictions = predict_dataset(encode_labels(dataset, labels), preset, num_actors=num_actors,
+                                  batch_size=batch_size)
     confusion = np.zeros((len(labels), len(labels)), np.int64)
     loss_sum, rows = 0.0, 0
     for batch in predictions.select_columns(["label", "probabilities"]).iter_batches(batch_size=1024,

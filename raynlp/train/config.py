@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from raynlp._internal import config_file
 from raynlp._internal.config_file import Section as _Section
+from raynlp.data.corpus import Format
 
 Task = Literal["finetune", "fit", "pretrain", "scratch"]
 
@@ -21,12 +22,20 @@ class DataConfig(_Section):
 
     dataset: str | None = Field(None, description="a raynlp data set name (`raynlp datasets list`)")
     train: str | None = Field(None, description="training corpus: path, glob, URI, or a `raynlp tokenize` folder")
-    test: str | None = Field(None, description="evaluation corpus, same kinds as `train`")
-    format: Literal["lines", "paragraphs", "jsonl", "csv", "parquet", "folders"] | None = None
+    validation: str | None = Field(None, description="corpus validated on after every epoch, same kinds as `train` "
+                                                     "(default: data.validation_fraction, else the test split)")
+    validation_fraction: float | None = Field(None, gt=0, lt=1, description="carve this share of the training rows "
+                                                                           "out as the validation split (seeded)")
+    test: str | None = Field(None, description="evaluation corpus, same kinds as `train`: reported once at the end "
+                                               "when a validation split is given, else validated on every epoch")
+    format: Format | None = None
     text_column: str = "text"
+    encoding: str = Field("utf-8", description="text encoding of the corpus files, e.g. latin-1")
+    skip_bad_files: bool = Field(False, description="leave out empty or unreadable corpus files (named in the log) "
+                                                    "instead of stopping")
     sequence_length: int = Field(128, ge=8, le=4096)
     max_train_rows: int | None = Field(None, gt=0, description="use only this many training rows (small runs)")
-    max_test_rows: int | None = Field(None, gt=0)
+    max_test_rows: int | None = Field(None, gt=0, description="use only this many rows of the test and validation splits")
     tokenizer_actors: int = Field(2, ge=1, description="Ray Data actors that tokenize the corpus before training")
     shard_cache: Literal["auto", "memory", "stream"] = Field(
         "auto", description="memory: each worker reads its shard once and keeps it in memory; stream: read it "
@@ -36,6 +45,11 @@ class DataConfig(_Section):
     def _one_source(self):
         if (self.dataset is None) == (self.train is None):
             raise ValueError("give exactly one of data.dataset and data.train")
+        if self.validation is not None and self.validation_fraction is not None:
+            raise ValueError("give at most one of data.validation and data.validation_fraction")
+        if self.dataset is not None and self.validation is not None:
+            raise ValueError("data.validation is a path beside data.train; with data.dataset use "
+                             "data.validation_fraction")
         return self
 
 
@@ -77,8 +91,9 @@ class TrainSettings(_Section):
     batch_size: int = Field(16, ge=1, description="per worker; the global batch is batch_size × num_workers")
     seed: int = 0
     mixed_precision: bool = False
-    shuffle: bool = Field(True, description="deal each worker's rows into batches in a new order every epoch after "
-                                            "the first (shards kept in memory; seeded by train.seed)")
+    shuffle: bool = Field(True, description="rows in a random order seeded by train.seed: a corpus read from a path "
+                                            "is shuffled on its way to the tokenized shards, and every epoch after "
+                                            "the first deals each worker's rows in a new order")
     steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (small runs)")
 
 

@@ -70,17 +70,21 @@ def train(config: RecipeConfig, *, _loop_extra: dict | None = None) -> TrainResu
     tokenizer_dir = preset_dir or _scratch_tokenizer(config, splits["train"], out, local)
     tokenizer = _for_workers(config, tokenizer_dir, out, local)
     data = prepare.prepare(config, splits, tokenizer, masked_lm=recipe.masked_lm, out=out)
-    num_classes = prepare.num_classes(config, data) if recipe.labelled else None
+    num_classes = prepare.num_classes(config, data, label_names) if recipe.labelled else None
 
     # 2. The same number of steps on every rank, worked out from the global row counts.
     world, batch_size = config.scaling.num_workers, config.train.batch_size
     steps = steps_per_epoch(data.rows["train"], batch_size, world)
     if config.train.steps_per_epoch:
         steps = min(steps, config.train.steps_per_epoch)
-    validation_steps = data.rows.get("test", 0) // (batch_size * world) or None
-    if "test" in data.rows and validation_steps is None:
-        logger.warning("the test split (%d rows) is smaller than one global batch of %d: no validation",
-                       data.rows["test"], batch_size * world)
+    validation_split = "validation" if "validation" in data.rows else "test"
+    if validation_split == "test" and "test" in data.rows:
+        logger.info("no validation split given (data.validation or data.validation_fraction): validating on the "
+                    "test split after every epoch")
+    validation_steps, test_steps = (_evaluation_steps(data.rows, split, batch_size * world)
+                                    for split in (validation_split, "test"))
+    if validation_split == "test":
+        test_steps = None  # reported every epoch as the validation metrics already
     cache = config.data.shard_cache
     if cache == "auto":
         # int64 columns of sequence_length values: token_ids, segment_ids, padding_mask (+ masked-LM columns).
@@ -88,7 +92,8 @@ def train(config: RecipeConfig, *, _loop_extra: dict | None = None) -> TrainResu
         cache = "memory" if fits_in_memory(sum(data.rows.values()), row_bytes, world) else "stream"
     plan = Plan(preset_dir=preset_dir, tokenizer_dir=tokenizer, num_classes=num_classes,
                 label_names=label_names, train_rows=data.rows["train"], steps_per_epoch=steps,
-                validation_steps=validation_steps, world_size=world, cache_shards=cache == "memory")
+                validation_split=validation_split, validation_steps=validation_steps, test_steps=test_steps,
+                world_size=world, cache_shards=cache == "memory")
     logger.info("%s: %d training rows, %d workers × batch %d = global batch %d, %d steps per epoch, shards %s, "
                 "output %s", config.task, plan.train_rows, world, batch_size, world * batch_size, steps,
                 "kept in memory" if plan.cache_shards else "streamed every epoch", out)
@@ -112,6 +117,17 @@ def train(config: RecipeConfig, *, _loop_extra: dict | None = None) -> TrainResu
     if result.error:
         raise result.error
     return _export(out, local, result)
+
+
+def _evaluation_steps(rows: dict[str, int], split: str, global_batch: int) -> int | None:
+    """Steps to evaluate `split` in (whole global batches: every rank takes the same number), or None."""
+    if split not in rows:
+        return None
+    steps = rows[split] // global_batch
+    if not steps:
+        logger.warning("the %s split (%d rows) is smaller than one global batch of %d: not evaluated",
+                       split, rows[split], global_batch)
+    return steps or None
 
 
 def _in_order(options):
@@ -198,6 +214,9 @@ def _export(out: Path | str, local: Path, result) -> TrainResult:
         for name in ("preset", "metrics.json", "curves.png"):
             storage.upload(local / name, storage.join(out, name))
         shutil.rmtree(local)  # staged and uploaded: the URI holds the run
+    tested = {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("test_")}
+    if tested:
+        logger.info("test split, after the last epoch: %s", ", ".join(f"{k} {v:.4g}" for k, v in tested.items()))
     preset = storage.join(out, "preset")
     logger.info("exported preset to %s (metrics in %s)", preset, storage.join(out, "metrics.json"))
     return TrainResult(output=out, preset=preset, metrics=history, checkpoint=_location(out, checkpoint.path))

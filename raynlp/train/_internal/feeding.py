@@ -42,6 +42,9 @@ def shard_batches(
     weight_column: str | None = None,
     steps: int,
     cache: ShardCache | None = None,
+    shuffle_seed: int | None = None,
+    rank: int = 0,
+    first_epoch: int = 0,
 ) -> Iterator[Any]:
     """An endless generator of training batches over `shard`, for `fit(generator, steps_per_epoch=steps)`.
 
@@ -57,6 +60,12 @@ def shard_batches(
             the whole shard into it, and every pass after that (of this or any later generator given the same
             cache) is dealt from memory. Without one, each pass over a streaming shard starts a new Ray Data
             execution, a fixed cost of seconds: worth paying only for a shard larger than memory.
+        shuffle_seed: for a streamed shard (no cache), deal every epoch after the first through a shuffle
+            buffer of `STREAM_SHUFFLE_BATCHES` batches, seeded by (shuffle_seed, epoch, rank): memory stays
+            bounded, and the same epoch deals the same batches whether the run went straight or resumed there.
+            (A cache shuffles its own rows: `ShardCache`.)
+        rank: this worker's rank, for the shuffle seed.
+        first_epoch: the epoch the first pass deals (a resumed run starts later).
 
     Yields:
         `features`, `(features, labels)` or `(features, labels, weights)`, with numpy arrays.
@@ -75,23 +84,37 @@ def shard_batches(
 
     columns = list(feature_columns)
 
-    def one_pass():
+    def one_pass(shuffle: dict | None = None):
         return _one_pass(shard, batch_size, steps,
-                         lambda batch: _to_fit_inputs(batch, columns, label_column, weight_column))
+                         lambda batch: _to_fit_inputs(batch, columns, label_column, weight_column), shuffle or {})
 
+    epoch = first_epoch
     while True:
         if cache is None:
-            yield from one_pass()
+            yield from one_pass(stream_shuffle(shuffle_seed, epoch, rank, batch_size))
+            epoch += 1  # a pass abandoned midway never gets here
             continue
         if not cache:
             cache.fill(list(one_pass()))  # the only pass that goes to Ray Data
         yield from cache.replay()
 
 
-def _one_pass(shard: Any, batch_size: int, steps: int, convert: Callable) -> Iterator[Any]:
+STREAM_SHUFFLE_BATCHES = 64
+
+
+def stream_shuffle(seed: int | None, epoch: int, rank: int, batch_size: int) -> dict:
+    """`iter_batches` options that shuffle a streamed epoch: none for the first epoch (the shards were
+    shuffled when written) or without a seed; else a buffer of STREAM_SHUFFLE_BATCHES batches of rows."""
+    if seed is None or epoch == 0:
+        return {}
+    return {"local_shuffle_buffer_size": STREAM_SHUFFLE_BATCHES * batch_size,
+            "local_shuffle_seed": int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])}
+
+
+def _one_pass(shard: Any, batch_size: int, steps: int, convert: Callable, shuffle: dict) -> Iterator[Any]:
     """One pass over `shard`: its first `steps` batches, converted; then the rest of the pass, read and dropped."""
     taken = 0
-    for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True):
+    for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True, **shuffle):
         if taken == steps:
             # Keep reading to the end of the pass: a streaming split moves on to its next epoch only
             # when every consumer has finished the current one.

@@ -46,18 +46,23 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     def batches(split: str, steps: int):
         shard = ray.train.get_dataset_shard(split)
-        # Shared by every pass over the split: filled by the first, then replayed (training rows reshuffled).
+        # Training rows are dealt in a new order every epoch after the first (the first is the shards' own,
+        # shuffled when they were written): from memory, or through a seeded buffer for a streamed shard.
         shuffle_seed = config.train.seed if split == "train" and config.train.shuffle else None
         cache = ShardCache(shuffle_seed, first_epoch=initial_epoch) if plan.cache_shards else None
         return shard_batches(shard, batch_size=batch_size, feature_columns=recipe.feature_columns,
                              label_column=recipe.label_column, weight_column=recipe.weight_column, steps=steps,
-                             cache=cache)
+                             cache=cache, shuffle_seed=None if cache else shuffle_seed, rank=info.rank,
+                             first_epoch=initial_epoch)
 
-    validation = batches("test", plan.validation_steps) if plan.validation_steps else None
+    validation = batches(plan.validation_split, plan.validation_steps) if plan.validation_steps else None
+    test = batches("test", plan.test_steps) if plan.test_steps else None
 
     # 4. Fit; each epoch ends with a report to Ray Train and, from rank 0, a checkpoint holding the preset.
     history = _History(info, previous=_read_history(checkpoint),
-                       global_batch=batch_size * info.world_size, steps=plan.steps_per_epoch)
+                       global_batch=batch_size * info.world_size, steps=plan.steps_per_epoch,
+                       test=(lambda: keras.Model.evaluate(model, test, steps=plan.test_steps, return_dict=True,
+                                                          verbose=0)) if test else None)
 
     def write_extra(folder: str) -> None:
         os.makedirs(f"{folder}/preset", exist_ok=True)
@@ -118,11 +123,13 @@ def _read_history(checkpoint) -> list[dict]:
         return json.load(open(path)) if os.path.exists(path) else []
 
 
-def _History(info, *, previous: list[dict], global_batch: int, steps: int):
+def _History(info, *, previous: list[dict], global_batch: int, steps: int, test=None):
     """Keeps every epoch's metrics (carried over a resume through the checkpoint) and logs them on rank 0.
 
     About ten times an epoch it also notes the metrics so far (Keras' running means over the epoch) at that
     global step: an epoch's entry carries them as `progress`, so that even a one-epoch run has a curve.
+    `test`, where a test split stands apart from validation, evaluates it: after the last epoch, every rank
+    together, its metrics kept in that epoch's entry as `test_*` (so in its checkpoint and `metrics.json`).
     """
     import json
     import time
@@ -161,9 +168,11 @@ def _History(info, *, previous: list[dict], global_batch: int, steps: int):
 
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.perf_counter() - self.started
+            tested = test() if test is not None and epoch + 1 == self.params.get("epochs") else {}
             entry = {"epoch": epoch + 1, "global_step": int(self.model.optimizer.iterations.numpy()),
                      "seconds": round(seconds, 2), "examples_per_second": round(steps * global_batch / seconds, 1),
-                     **{k: float(v) for k, v in (logs or {}).items()}, "progress": self.progress}
+                     **{k: float(v) for k, v in (logs or {}).items()},
+                     **{f"test_{k}": float(v) for k, v in tested.items()}, "progress": self.progress}
             self.epochs = [e for e in self.epochs if e["epoch"] < entry["epoch"]] + [entry]
             if info.is_chief:
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("epoch", "progress"))

@@ -24,7 +24,7 @@ from raynlp.train.config import RecipeConfig
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 SMALL_SPLIT_ROWS = 20_000
 
 
@@ -44,26 +44,110 @@ class PreparedData:
 
 
 def raw_splits(config: RecipeConfig, *, labelled: bool) -> tuple[dict, list[str] | None]:
-    """The configured train and test data (raw text, or `raynlp tokenize` folders) and the label names."""
+    """The configured splits (raw text as Ray Datasets, or `raynlp tokenize` folders) and the label names.
+
+    A training corpus read from a path comes shuffled (seeded by `train.seed`, unless `train.shuffle` is off);
+    the other splits keep their order, so that reports stay comparable. Names (class folders, string labels)
+    become ids by sorted name, and a validation or test split holding a label the training data lacks is
+    refused here, before anything is tokenized.
+    """
     from raynlp import datasets
-    from raynlp.data import read_corpus
 
     d = config.data
     if d.dataset:
-        splits, label_names = datasets.load(d.dataset), datasets.get_spec(d.dataset).label_names
+        # Stored in a seeded random order already (raynlp.datasets), with integer labels.
+        splits, names = dict(datasets.load(d.dataset)), datasets.get_spec(d.dataset).label_names
+        names = list(names) if names else None
     else:
-        def read(path):
-            if path is None or is_tokenized(path):
-                return path  # read when prepared: a tokenized folder needs no Ray Data pass now
-            return read_corpus(path, format=d.format, text_column=d.text_column)
-
-        splits, label_names = {"train": read(d.train), "test": read(d.test)}, None
-    train = splits["train"]
-    columns = _columns(train)
+        seed = config.train.seed if config.train.shuffle else None
+        splits = {split: _read(config, path, shuffle_seed=seed if split == "train" else None)
+                  for split, path in (("train", d.train), ("validation", d.validation), ("test", d.test))
+                  if path is not None}
+        names = None
+    if d.validation_fraction:
+        if isinstance(splits["train"], str):
+            raise RaynlpError("data.validation_fraction carves raw training text; with a tokenized data.train give "
+                              "data.validation (a folder tokenized the same way)")
+        splits["validation"] = _carve(splits["train"], d.validation_fraction, config.train.seed, keep=True)
+        splits["train"] = _carve(splits["train"], d.validation_fraction, config.train.seed, keep=False)
+    columns = _columns(splits["train"])
     if labelled and "label" not in columns:
         raise RaynlpError(f"task {config.task} needs labelled data, but the training data has no label column "
                           f"(columns: {', '.join(columns)}); use class folders, a label column, or task pretrain")
-    return splits, list(label_names) if label_names else None
+    if not labelled:
+        return {k: v if isinstance(v, str) else v.select_columns(["text"]) for k, v in splits.items()}, None
+    if not d.dataset:
+        splits, names = _encode_labels(config, splits)
+    return splits, names
+
+
+def _read(config: RecipeConfig, path: str, *, shuffle_seed: int | None):
+    """A split's raw text as a Ray Dataset, or a tokenized folder's path as it is (read when prepared)."""
+    from raynlp.data.corpus import CorpusFileError, read_corpus
+
+    if is_tokenized(path):
+        return path
+    d = config.data
+    try:
+        return read_corpus(path, format=d.format, text_column=d.text_column, encoding=d.encoding,
+                           on_bad_file="skip" if d.skip_bad_files else "raise", shuffle_seed=shuffle_seed)
+    except CorpusFileError as e:
+        raise e.suggesting(skip="data.skip_bad_files=true", encoding="data.encoding=latin-1") from None
+
+
+def _carve(dataset, fraction: float, seed: int, *, keep: bool):
+    """The rows whose text hashes (with `seed`) into the first `fraction` of the range (`keep`), or the others.
+
+    A row's side depends on its text alone: streaming, the same split on every run, and a text repeated in the
+    corpus never lands on both sides.
+    """
+    return dataset.map_batches(_carved_rows, fn_kwargs={"fraction": fraction, "seed": seed, "keep": keep},
+                               batch_format="pyarrow")
+
+
+def _carved_rows(batch, *, fraction: float, seed: int, keep: bool):
+    import zlib
+
+    import pyarrow as pa
+
+    salt = f"{seed}\x00".encode()
+    chosen = [zlib.crc32(salt + str(t).encode()) < fraction * 2**32 for t in batch["text"].to_pylist()]
+    return batch.filter(pa.array(chosen) if keep else pa.array([not c for c in chosen]))
+
+
+def _encode_labels(config: RecipeConfig, splits: dict) -> tuple[dict, list[str] | None]:
+    """Names → ids by the training split's sorted names; tokenized folders carry their names in the manifest."""
+    from raynlp.data.corpus import class_names, files_with_label
+    from raynlp.data.labels import encode_labels, label_names, unseen_labels
+
+    d = config.data
+    paths = {"train": d.train, "validation": d.validation, "test": d.test}
+
+    def names_of(split):
+        source = splits[split]
+        if isinstance(source, str):
+            return _manifest(source).get("label_names")
+        known = class_names(paths[split], d.format) if split in paths and paths[split] else None
+        return label_names(source, known=known)
+
+    names = names_of("train")
+    for split in [s for s in splits if s != "train"]:
+        other = names_of(split)
+        if isinstance(splits[split], str) or isinstance(splits["train"], str):
+            if other != names:
+                raise RaynlpError(f"the {split} folder {paths[split]} was tokenized with labels {other}, the training "
+                                  f"data with {names}; tokenize both from corpora with the same labels")
+            continue
+        for label in unseen_labels(names, other)[:1]:
+            where = (f"{paths[split]}/{label}" if class_names(paths[split], d.format) else
+                     ", ".join(files_with_label(paths[split], label, d.format, text_column=d.text_column,
+                                                encoding=d.encoding)) or paths[split]) if paths.get(split) else split
+            raise RaynlpError(f"the {split} split holds label {label!r} ({where}), which the training data never has "
+                              f"(its labels: {', '.join(names)}); remove those rows or add training rows labelled so")
+    encoded = {k: v if isinstance(v, str) else encode_labels(v, names) for k, v in splits.items()}
+    if names:
+        logger.info("labels by name: %s", ", ".join(f"{i} {n}" for i, n in enumerate(names)))
+    return encoded, names
 
 
 def prepare(config: RecipeConfig, splits: dict, tokenizer_dir: str, *, masked_lm: bool,
@@ -90,35 +174,48 @@ def prepare(config: RecipeConfig, splits: dict, tokenizer_dir: str, *, masked_lm
 
 
 def _known_rows(config: RecipeConfig, split: str) -> int | None:
-    """Rows of a named data set's split, from its registry entry (None for other corpora: unknown until read)."""
+    """At most how many rows a named data set's split holds, from its cache's record (a validation split is
+    carved out of train); None for other corpora: unknown until read."""
     if not config.data.dataset:
         return None
     from raynlp import datasets
 
-    return datasets.split_rows(config.data.dataset, split)
+    return datasets.split_rows(config.data.dataset, "test" if split == "test" else "train")
 
 
 def _row_limit(config: RecipeConfig, split: str) -> int | None:
     return config.data.max_train_rows if split == "train" else config.data.max_test_rows
 
 
-def num_classes(config: RecipeConfig, data: PreparedData) -> int:
-    """Classes to train: `model.num_classes`, checked against the labels seen, or inferred from them."""
+def num_classes(config: RecipeConfig, data: PreparedData, label_names: list[str] | None) -> int:
+    """Classes to train: `model.num_classes`, checked against the labels seen, or inferred from them. The
+    other splits may hold no class id the training data lacks."""
+    seen = {split: _label_range(folder) for split, folder in data.folders.items()}
+    low, high = seen["train"]
+    if low < 0:
+        raise RaynlpError(f"labels must be class ids 0..n-1; the training data holds label {low}")
+    classes = len(label_names) if label_names else high + 1
+    wanted = config.model.num_classes
+    if wanted is not None and wanted < classes:
+        raise RaynlpError(f"model.num_classes is {wanted}, but the training data holds label "
+                          f"{label_names[-1] if label_names else high} ({classes} classes); raise model.num_classes "
+                          "or fix the labels")
+    for split, (other_low, other_high) in seen.items():
+        if split != "train" and (other_low < 0 or other_high > high):
+            bad = other_low if other_low < 0 else other_high
+            raise RaynlpError(f"the {split} split holds label {bad}, which the training data never has (labels "
+                              f"{low}..{high}); remove those rows or add training rows with that label")
+    return wanted or max(classes, 2)
+
+
+def _label_range(folder: str) -> tuple[int, int]:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    shards = storage.files(data.folders["train"], ".parquet")
+    shards = storage.files(folder, ".parquet")
     labels = pa.concat_arrays([pq.read_table(s, columns=["label"])["label"].combine_chunks() for s in shards])
-    low, high = int(pc.min(labels).as_py()), int(pc.max(labels).as_py())
-    if low < 0:
-        raise RaynlpError(f"labels must be class ids 0..n-1; the training data holds label {low}")
-    seen = high + 1
-    wanted = config.model.num_classes
-    if wanted is not None and wanted < seen:
-        raise RaynlpError(f"model.num_classes is {wanted}, but the training data holds label {high} "
-                          f"({seen} classes); raise model.num_classes or fix the labels")
-    return wanted or max(seen, 2)
+    return int(pc.min(labels).as_py()), int(pc.max(labels).as_py())
 
 
 def is_tokenized(path: str | None) -> bool:

@@ -16,11 +16,13 @@ class Plan:
     tokenizer_dir: str  # the preset whose tokenizer made the token ids: a folder on workers (a name or URI until
     # `loop._on_this_node` resolves it there)
     num_classes: int | None
-    label_names: list[str] | None  # from a named data set; None where labels are bare ids
+    label_names: list[str] | None  # class names (a data set's, class folders, string labels); None for bare ids
     train_rows: int
     steps_per_epoch: int
     validation_steps: int | None
     world_size: int
+    validation_split: str = "test"  # the split validated on after every epoch
+    test_steps: int | None = None  # a test split apart from validation: evaluated once, after the last epoch
     cache_shards: bool = True  # workers read their shards once and keep them in memory
 
     def to_dict(self) -> dict:
