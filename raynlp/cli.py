@@ -74,6 +74,7 @@ def _job_config(task: str, args, flags: dict[str, str]):
 def _tokenize(args) -> None:
     from raynlp._internal.cluster import ensure_ray
     from raynlp.data import MaskingConfig, tokenize_dataset, write_tokenized
+    from raynlp.data.labels import as_label_ids
 
     masking = MaskingConfig(selection_rate=args.mask_rate, max_selections=args.max_selections,
                             seed=args.seed) if args.mlm else None
@@ -83,14 +84,7 @@ def _tokenize(args) -> None:
     given = _flag_values(args, _CORPUS_FLAGS)
     corpus = config_file.load(CorpusSettings, None, values={k.removeprefix("data."): v for k, v in given.items()})
     ensure_ray(args.address)
-    source = corpus.open(shuffle_seed=args.shuffle_seed)
-    names = None
-    if "label" in source.schema().names:
-        from raynlp.data.corpus import class_names
-        from raynlp.data.labels import encode_labels, label_names
-
-        names = label_names(source, known=class_names(corpus.input, corpus.format) if corpus.input else None)
-        source = encode_labels(source, names)
+    source, names = as_label_ids(corpus.open(shuffle_seed=args.shuffle_seed), corpus.class_names())
     packed = tokenize_dataset(source, args.preset, sequence_length=args.sequence_length,
                               text_column="text", pair_column=args.pair_column, masking=masking,
                               num_actors=args.num_actors)

@@ -22,6 +22,8 @@ from pathlib import Path
 # Keyword → config field, for the settings people change most.
 SHORTCUTS = {
     "dataset": "data.dataset", "train": "data.train", "test": "data.test", "sequence_length": "data.sequence_length",
+    "validation": "data.validation", "validation_fraction": "data.validation_fraction", "encoding": "data.encoding",
+    "skip_bad_files": "data.skip_bad_files",
     "max_train_rows": "data.max_train_rows", "max_test_rows": "data.max_test_rows",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "steps_per_epoch": "train.steps_per_epoch",
     "learning_rate": "optimizer.learning_rate", "workers": "scaling.num_workers", "use_gpu": "scaling.use_gpu",
@@ -74,20 +76,25 @@ def _corpus(dataset, input, split):
     from raynlp.data.config import CorpusSettings
 
     values = {"dataset": dataset, "input": input, "split": split}
-    return config_file.load(CorpusSettings, None, values={k: v for k, v in values.items() if v is not None}).open()
+    return config_file.load(CorpusSettings, None, values={k: v for k, v in values.items() if v is not None})
 
 
 def tokenize(preset: str, output: str, *, dataset: str | None = None, input: str | None = None, split: str = "train",
-             sequence_length: int = 128, masked_lm: bool = False, num_actors: int = 2) -> dict:
-    """Level 3: tokenize a corpus once into Parquet shards that training then reads (`train=output`)."""
+             sequence_length: int = 128, masked_lm: bool = False, num_actors: int = 2,
+             shuffle_seed: int | None = None) -> dict:
+    """Level 3: tokenize a corpus once into Parquet shards that training then reads (`train=output`).
+    `shuffle_seed`: write the rows in a seeded random order (a training split read in sorted order)."""
     from raynlp._internal.cluster import ensure_ray
     from raynlp.data import MaskingConfig, tokenize_dataset, write_tokenized
+    from raynlp.data.labels import as_label_ids
 
     ensure_ray()
     masking = MaskingConfig() if masked_lm else None
-    packed = tokenize_dataset(_corpus(dataset, input, split), preset, sequence_length=sequence_length,
-                              masking=masking, num_actors=num_actors)
-    return write_tokenized(packed, output, preset=preset, sequence_length=sequence_length, masking=masking)
+    corpus = _corpus(dataset, input, split)
+    source, names = as_label_ids(corpus.open(shuffle_seed=shuffle_seed), corpus.class_names())
+    packed = tokenize_dataset(source, preset, sequence_length=sequence_length, masking=masking, num_actors=num_actors)
+    return write_tokenized(packed, output, preset=preset, sequence_length=sequence_length, masking=masking,
+                           label_names=names)
 
 
 def vocab(size: int, output: str, *, dataset: str | None = None, input: str | None = None,
@@ -97,7 +104,7 @@ def vocab(size: int, output: str, *, dataset: str | None = None, input: str | No
     from raynlp.data import learn_vocabulary, save_vocabulary
 
     ensure_ray()
-    return save_vocabulary(learn_vocabulary(_corpus(dataset, input, split), size), output)
+    return save_vocabulary(learn_vocabulary(_corpus(dataset, input, split).open(), size), output)
 
 
 def classify(preset: str, texts: list[str]) -> list[dict]:
@@ -117,7 +124,7 @@ def evaluate(preset: str, *, dataset: str | None = None, input: str | None = Non
     from raynlp.inference import evaluate as evaluate_dataset
 
     ensure_ray()
-    corpus = _corpus(dataset, input, split)
+    corpus = _corpus(dataset, input, split).open()
     if max_rows:
         corpus = corpus.limit(max_rows)
     return evaluate_dataset(corpus, preset, num_actors=num_actors, batch_size=batch_size)

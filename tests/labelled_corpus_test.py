@@ -159,3 +159,67 @@ def test_a_test_label_the_training_data_lacks_is_refused_in_one_line(ray_cluster
     assert status == 2 and len(error) == 1
     assert "the test split holds label 'meh'" in error[0] and str(tmp_path / "test.jsonl") in error[0]
     assert not (tmp_path / "run" / "data").exists()  # refused before anything was tokenized
+
+
+# --- the batches workers are dealt -------------------------------------------------------------------------
+
+def write_class_folders(root: Path, rows: list[tuple[str, int]], names=("neg", "pos")) -> Path:
+    """The IMDB layout: one document per file, `root/<class>/<n>.txt`, written class by class."""
+    for n, (text, label) in enumerate(sorted(rows, key=lambda r: r[1])):
+        folder = root / names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{n:05d}.txt").write_text(text)
+    return root
+
+
+def deal(folder: str, *, workers: int, batch_size: int, epochs: int, seed: int | None) -> list[list[list[int]]]:
+    """The labels of every batch each worker is dealt, epoch by epoch, from a tokenized training folder,
+    streamed (no cache) through the same split and feeding the trainer uses: [epoch][rank] → batches."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray.train import DataConfig
+
+    from raynlp._internal.ray_data import read_parquet
+    from raynlp.train._internal.feeding import shard_batches, steps_per_epoch
+    from raynlp.train.trainer import _in_order
+
+    dataset = read_parquet(folder)
+    dataset.context.execution_options = _in_order(DataConfig.default_ingest_options())
+    steps = steps_per_epoch(dataset.count(), batch_size, workers)
+    shards = dataset.streaming_split(workers, equal=True)
+
+    def worker(rank):
+        batches = shard_batches(shards[rank], batch_size=batch_size, feature_columns=["token_ids"],
+                                label_column="label", steps=steps, shuffle_seed=seed, rank=rank)
+        return [[next(batches)[1].tolist() for _ in range(steps)] for _ in range(epochs)]
+
+    with ThreadPoolExecutor(workers) as pool:  # a streaming split's consumers read side by side
+        dealt = list(pool.map(worker, range(workers)))
+    return [[dealt[rank][epoch] for rank in range(workers)] for epoch in range(epochs)]
+
+
+def prepared(root: Path, out: Path, seed: int) -> str:
+    """The training split of a class-folder corpus, tokenized into shards the way `train` does it."""
+    from raynlp.presets import resolve
+    from raynlp.train._internal import prepare
+
+    cfg = load_config(CONFIGS / "finetune.yaml", [
+        f"run.output={out}", "preset=bert_tiny_en_uncased_scratch", "data.dataset=null", f"data.train={root}",
+        "data.sequence_length=16", "data.shard_cache=stream", f"train.seed={seed}"])
+    splits, names = prepare.raw_splits(cfg, labelled=True)
+    assert names == ["neg", "pos"]
+    return prepare.prepare(cfg, splits, resolve(cfg.preset), masked_lm=False, out=out).folders["train"]
+
+
+def test_streamed_batches_mix_classes_in_every_epoch_and_follow_the_seed(ray_cluster, tmp_path):
+    root = write_class_folders(tmp_path / "corpus", rows_of("train", 640))
+    runs = {name: deal(prepared(root, tmp_path / name, seed), workers=2, batch_size=16, epochs=2, seed=seed)
+            for name, seed in [("first", 0), ("again", 0), ("other", 1)]}
+    first = runs["first"]
+    for epoch in first:
+        for batches in epoch:
+            assert all(0 < sum(batch) < len(batch) for batch in batches)  # both classes in every batch
+    assert set(first[0][0][0] + first[0][1][0]) == {0, 1}  # the first global batch: rank 0's and rank 1's
+    assert first == runs["again"]  # same seed: the same batches, epoch by epoch
+    assert first[0] != runs["other"][0] and first[1] != runs["other"][1]  # another seed: other batches
+    assert first[0] != first[1]  # the second epoch is dealt in a new order

@@ -23,6 +23,9 @@ def finetune(out: Path, *overrides: str):
     (["scaling.use_gpus=true"], "config field scaling.use_gpus: Extra inputs are not permitted"),
     (["data.dataset=null"], "give exactly one of data.dataset and data.train"),
     (["task=fit"], "task fit needs model.builder"),
+    (["data.validation_fraction=0.1", "data.dataset=null", "data.train=x", "data.validation=y"],
+     "give at most one of data.validation and data.validation_fraction"),
+    (["data.validation_fraction=1.5"], "config field data.validation_fraction: Input should be less than 1"),
 ])
 def test_wrong_configs_name_the_field(overrides, message, tmp_path):
     with pytest.raises(RaynlpError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -69,3 +72,24 @@ def test_more_labels_than_num_classes_is_refused(ray_cluster, tmp_path):
     corpus.write_text("text,label\n" + "".join(f"review number {i},{i % 3}\n" for i in range(60)))
     with pytest.raises(RaynlpError, match="model.num_classes is 2, but the training data holds label 2"):
         train(finetune(tmp_path / "run", "data.dataset=null", f"data.train={corpus}", "model.num_classes=2"))
+
+
+@pytest.mark.parametrize("command, suggested", [
+    (["tokenize", "--preset", "bert_tiny_en_uncased_scratch", "--output", "{out}", "--input", "{file}"],
+     "(give its encoding (--encoding latin-1) or --skip-bad-files to leave such files out)"),
+    (["evaluate", "--preset", "{out}", "--input", "{file}"],
+     "(give its encoding (--encoding latin-1) or --skip-bad-files to leave such files out)"),
+    (["finetune", "--config", str(CONFIGS / "finetune.yaml"), "--set", "run.output={out}", "--set", "data.dataset=null",
+      "--set", "data.train={file}"],
+     "(give its encoding (--set data.encoding=latin-1) or --set data.skip_bad_files=true to leave such files out)"),
+])
+def test_an_unreadable_file_is_named_with_the_options_of_the_command_that_failed(
+        ray_cluster, tmp_path, capsys, command, suggested):
+    from raynlp.cli import main
+
+    (tmp_path / "corpus").mkdir()
+    bad = tmp_path / "corpus" / "old.csv"
+    bad.write_bytes("text,label\ncafé,1\n".encode("latin-1"))
+    status = main([part.format(out=tmp_path / "out", file=bad) for part in command])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert status == 2 and error == f"raynlp: error: corpus file {bad} is not UTF-8 text (byte 0xe9 at offset 14) {suggested}"

@@ -25,6 +25,12 @@ class CorpusSettings(Section):
             raise ValueError("give exactly one of data.dataset and data.input")
         return self
 
+    def class_names(self) -> list[str] | None:
+        """The class-folder names of a class-folder corpus (a listing), else None."""
+        from raynlp.data.corpus import class_names
+
+        return class_names(self.input, self.format) if self.input else None
+
     def open(self, shuffle_seed: int | None = None):
         """The corpus as a Ray Dataset with a `text` column (and `label` where it has one); with `shuffle_seed`,
         a corpus read from a path comes in a random order seeded by it (a named data set is stored shuffled)."""

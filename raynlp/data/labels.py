@@ -41,6 +41,15 @@ def label_names(dataset, known: list[str] | None = None) -> list[str] | None:
     return None if all(_INTEGER.fullmatch(n) for n in names) else names
 
 
+def as_label_ids(dataset, class_names: list[str] | None = None):
+    """`(dataset with class-id labels, the names they stand for or None)`; a dataset without labels as it is.
+    `class_names`: a class-folder corpus's names (`corpus.class_names`), which saves a pass over the data."""
+    if "label" not in dataset.schema().names:
+        return dataset, None
+    names = label_names(dataset, known=class_names)
+    return encode_labels(dataset, names), names
+
+
 def unseen_labels(names: list[str] | None, other: list[str] | None) -> list[str]:
     """The names `other` holds that `names` has not (none where either is a set of integer ids)."""
     if names is None or other is None:

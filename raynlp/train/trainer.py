@@ -85,6 +85,9 @@ def train(config: RecipeConfig, *, _loop_extra: dict | None = None) -> TrainResu
                                     for split in (validation_split, "test"))
     if validation_split == "test":
         test_steps = None  # reported every epoch as the validation metrics already
+    elif "test" in data.rows:
+        logger.info("validating on the validation split (%d rows) after every epoch; the test split (%d rows) is "
+                    "evaluated once, after the last epoch", data.rows["validation"], data.rows["test"])
     cache = config.data.shard_cache
     if cache == "auto":
         # int64 columns of sequence_length values: token_ids, segment_ids, padding_mask (+ masked-LM columns).
