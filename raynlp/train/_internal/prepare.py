@@ -127,11 +127,18 @@ def _encode_labels(config: RecipeConfig, splits: dict) -> tuple[dict, list[str] 
         source = splits[split]
         if isinstance(source, str):
             return _manifest(source).get("label_names")
-        known = class_names(paths[split], d.format) if split in paths and paths[split] else None
-        return label_names(source, known=known)
+        return label_names(source, known=class_names(paths[split], d.format) if paths[split] else None)
+
+    def where(split, label):
+        """The class folder or the files a label comes from."""
+        path = paths[split]
+        if class_names(path, d.format):
+            return f"{path}/{label}"
+        return ", ".join(files_with_label(path, label, d.format, text_column=d.text_column, encoding=d.encoding))
 
     names = names_of("train")
-    for split in [s for s in splits if s != "train"]:
+    # A validation split carved out of train holds only training labels.
+    for split in [s for s in splits if s != "train" and not (s == "validation" and d.validation_fraction)]:
         other = names_of(split)
         if isinstance(splits[split], str) or isinstance(splits["train"], str):
             if other != names:
@@ -139,11 +146,9 @@ def _encode_labels(config: RecipeConfig, splits: dict) -> tuple[dict, list[str] 
                                   f"data with {names}; tokenize both from corpora with the same labels")
             continue
         for label in unseen_labels(names, other)[:1]:
-            where = (f"{paths[split]}/{label}" if class_names(paths[split], d.format) else
-                     ", ".join(files_with_label(paths[split], label, d.format, text_column=d.text_column,
-                                                encoding=d.encoding)) or paths[split]) if paths.get(split) else split
-            raise RaynlpError(f"the {split} split holds label {label!r} ({where}), which the training data never has "
-                              f"(its labels: {', '.join(names)}); remove those rows or add training rows labelled so")
+            raise RaynlpError(f"the {split} split holds label {label!r} ({where(split, label)}), which the training "
+                              f"data never has (its labels: {', '.join(names)}); remove those rows or add training "
+                              "rows labelled so")
     encoded = {k: v if isinstance(v, str) else encode_labels(v, names) for k, v in splits.items()}
     if names:
         logger.info("labels by name: %s", ", ".join(f"{i} {n}" for i, n in enumerate(names)))
