@@ -452,20 +452,22 @@ def _raynlp_error(error: BaseException) -> RaynlpError | None:
     return None
 
 
-_TRAIN_COMMANDS = ("finetune", "fit", "pretrain", "scratch")
 _CORPUS_COMMANDS = ("tokenize", "vocab", "evaluate", "predict")
 
 
 def _in_this_commands_terms(error: RaynlpError, args) -> RaynlpError:
     """An unreadable corpus file's error, with the way to go on that this command takes."""
+    from typing import get_args
+
     from raynlp.data.corpus import CorpusFileError
+    from raynlp.train.config import Task
 
     error = getattr(error, "cause", error)  # Ray's wrapper of an error raised in a Ray task keeps the original
     if not isinstance(error, CorpusFileError):
         return error
     if args.command in _CORPUS_COMMANDS:
         return error.suggesting(skip="--skip-bad-files", encoding="--encoding latin-1")
-    if args.command in _TRAIN_COMMANDS:
+    if args.command in get_args(Task):
         return error.suggesting(skip="--set data.skip_bad_files=true", encoding="--set data.encoding=latin-1")
     return error
 
