@@ -4,8 +4,10 @@ import os
 
 import pytest
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from raynlp._internal.cluster import WORKER_ENV
+
+for _name, _value in WORKER_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 
 @pytest.fixture(scope="session")
@@ -19,10 +21,11 @@ def ray_cluster():
         # CPUs are logical: leave room for Ray Data's actors beside any training workers.
         with on_loopback() as ip:
             ray.init(
+                address="local",  # a cluster of its own, whatever Ray's record of a `ray start` head says
                 num_cpus=4,
                 include_dashboard=True,  # as raynlp's own local clusters (raynlp._internal.cluster)
                 log_to_driver=False,
-                runtime_env={"env_vars": {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}},
+                runtime_env={"env_vars": WORKER_ENV},
                 _node_ip_address=ip,
             )
     yield ray

@@ -10,10 +10,11 @@ import logging
 import os
 import sys
 
+from raynlp._internal.cluster import ADDRESS_HELP, WORKER_ENV
 from raynlp.errors import RaynlpError
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+for _name, _value in WORKER_ENV.items():  # this process too: it may import Keras
+    os.environ.setdefault(_name, _value)
 
 logger = logging.getLogger("raynlp")
 
@@ -66,115 +67,57 @@ def _flag_values(args, flags: dict[str, str]) -> dict:
 
 def _job_config(task: str, args, flags: dict[str, str]):
     """`--config FILE`, then `--set` overrides, then the dedicated flags: validated before anything starts."""
-    from raynlp.jobs.tasks import load_task_config
+    from raynlp.tasks import load_task_config
 
     return load_task_config(task, args.config, args.set, _flag_values(args, {**_CORPUS_FLAGS, **flags}))
 
 
 def _tokenize(args) -> None:
-    from raynlp._internal.cluster import ensure_ray
-    from raynlp.data import MaskingConfig, tokenize_dataset, write_tokenized
-    from raynlp.data.labels import as_label_ids
-
-    masking = MaskingConfig(selection_rate=args.mask_rate, max_selections=args.max_selections,
-                            seed=args.seed) if args.mlm else None
     from raynlp._internal import config_file
-    from raynlp.data.config import CorpusSettings
+    from raynlp._internal.cluster import ensure_ray
+    from raynlp.data import tokenize_dataset, write_tokenized
+    from raynlp.data.config import CorpusSettings, MaskingSettings
+    from raynlp.data.labels import as_label_ids
 
     given = _flag_values(args, _CORPUS_FLAGS)
     corpus = config_file.load(CorpusSettings, None, values={k.removeprefix("data."): v for k, v in given.items()})
+    masking = config_file.load(MaskingSettings, None, values=_flag_values(
+        args, {"mask_rate": "selection_rate", "max_selections": "max_selections"})) if args.mlm else None
     ensure_ray(args.address)
     source, names = as_label_ids(corpus.open(shuffle_seed=args.shuffle_seed), corpus.class_names())
     packed = tokenize_dataset(source, args.preset, sequence_length=args.sequence_length,
-                              text_column="text", pair_column=args.pair_column, masking=masking,
+                              text_column="text", pair_column=args.pair_column, masking=masking, mask_seed=args.seed,
                               num_actors=args.num_actors)
     manifest = write_tokenized(packed, args.output, preset=args.preset, sequence_length=args.sequence_length,
-                               masking=masking, label_names=names)
+                               masking=masking, mask_seed=args.seed, label_names=names)
     print(f"tokenized {manifest['rows']} rows into {manifest['shards']} Parquet shards in {args.output}"
           + (f" (labels {', '.join(f'{i} {n}' for i, n in enumerate(names))})" if names else ""))
 
 
-def _vocab(args) -> None:
-    from raynlp._internal.cluster import ensure_ray
-    from raynlp.data import learn_vocabulary, save_vocabulary
+def _run_task(args) -> None:
+    """A task of `raynlp.tasks`: its config from the flags, run, and its summary printed."""
+    from raynlp.tasks import TASKS
 
-    config = _job_config("vocab", args, {"size": "size", "output": "output", "lowercase": "lowercase",
-                                         "strip_accents": "strip_accents", "address": "address"})
-    ensure_ray(config.address)
-    vocabulary = learn_vocabulary(config.data.open(), config.size, lowercase=config.lowercase,
-                                  strip_accents=config.strip_accents)
-    path = save_vocabulary(vocabulary, config.output)
-    print(f"learned {len(vocabulary)} WordPiece tokens into {path}")
-
-
-def _train(args) -> None:
-    from raynlp._internal import storage
-    from raynlp.train.trainer import train
-
-    config = _job_config(args.command, args, {})
-    result = train(config)
-    final = result.final
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float))
-    print(f"{config.task} finished: {shown}\npreset: {result.preset}\n"
-          f"metrics: {storage.join(result.output, 'metrics.json')}")
-
-
-_INFERENCE_FLAGS = {"preset": "preset", "num_actors": "num_actors", "batch_size": "batch_size", "output": "output",
-                    "address": "address"}
-
-
-def _evaluate(args) -> None:
-    from raynlp._internal.cluster import ensure_ray
-    from raynlp.inference import evaluate
-
-    config = _job_config("evaluate", args, _INFERENCE_FLAGS)
-    ensure_ray(config.address)
-    report = evaluate(config.data.open(), config.preset, num_actors=config.num_actors, batch_size=config.batch_size)
-    text = json.dumps(report, indent=2)
-    if config.output:
-        os.makedirs(os.path.dirname(os.path.abspath(config.output)), exist_ok=True)
-        with open(config.output, "w") as f:
-            f.write(text)
-        logger.info("evaluation written to %s", config.output)
-    print(text)
-
-
-def _predict(args) -> None:
-    import pyarrow.parquet as pq
-
-    from raynlp._internal import storage
-    from raynlp._internal.cluster import ensure_ray
-    from raynlp.inference import predict_dataset
-
-    config = _job_config("predict", args, _INFERENCE_FLAGS)
-    if not storage.is_empty(config.output):
-        raise RaynlpError(f"output folder {config.output} is not empty; choose a new folder or delete it")
-    ensure_ray(config.address)
-    predictions = predict_dataset(config.data.open(), config.preset, num_actors=config.num_actors,
-                                  batch_size=config.batch_size)
-    output = str(storage.location(config.output))  # absolute: Ray Data's write tasks run elsewhere
-    predictions.write_parquet(output)
-    rows = pq.ParquetDataset(output).read(columns=[]).num_rows
-    print(f"predicted {rows} rows into Parquet shards in {output} "
-          "(columns: text, predicted_label, predicted_name, probabilities, and any input columns)")
+    task = TASKS[args.command]
+    config = _job_config(args.command, args, args.flags)
+    print(task.summary(config, task.run(config)))
 
 
 def _serve(args) -> None:
     import time
 
-    from raynlp.serve import export, start, stop
+    from raynlp.serve import export, stop
+    from raynlp.tasks import TASKS
 
-    config = _job_config("serve", args, {"preset": "preset", "host": "http.host", "port": "http.port",
-                                         "address": "address"})
+    config = _job_config("serve", args, args.flags)
     if args.export:
         path = export(config, args.export)
         print(f"wrote the Serve config to {path}\n  deploy it with: serve deploy {path}")
         return
     if args.detach and not (config.address or os.environ.get("RAY_ADDRESS")):
         raise RaynlpError("--detach leaves the app on a running cluster: give --address or RAY_ADDRESS")
-    url = start(config)
-    print(f"serving {config.preset} at {url}  (POST /v1/classify, GET /v1/model, GET /healthz)\n"
-          f"  try: raynlp classify --url {url} \"a gem of a film\"")
+    serve = TASKS["serve"]
+    print(serve.summary(config, serve.run(config)))
     if args.detach:
         return
     print("Ctrl-C stops the server", flush=True)
@@ -266,24 +209,69 @@ def _add_config_flags(p: argparse.ArgumentParser, example: str) -> None:
 
 
 def _add_input_flags(p: argparse.ArgumentParser, split: str = "train") -> None:
+    from raynlp.data.corpus import FORMATS
+
     src = p.add_argument_group("input (one of; or data.input / data.dataset in --config)")
     src.add_argument("--input", help="a corpus: file, folder (class folders or text files), glob, s3:// or gs:// URI")
     src.add_argument("--dataset", help="a raynlp data set name (see `raynlp datasets list`)")
     p.add_argument("--split", choices=["train", "test"], help=f"split of --dataset (default {split})")
-    p.add_argument("--format", choices=["lines", "paragraphs", "jsonl", "csv", "parquet", "folders"],
+    p.add_argument("--format", choices=FORMATS,
                    help="corpus format; inferred from the suffix or layout when left out")
     p.add_argument("--text-column", help="column holding the text in csv/jsonl/parquet input (default text)")
     p.add_argument("--skip-bad-files", action="store_true", default=None,
                    help="leave out empty or unreadable files (named and counted in a warning) instead of stopping")
     p.add_argument("--encoding", help="text encoding of the corpus files (default utf-8), e.g. latin-1")
-    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster)")
+    p.add_argument("--address", help=ADDRESS_HELP)
 
 
-def _add_inference_flags(p: argparse.ArgumentParser) -> None:
+# The flags of each task beyond --config/--set, as dest → config field; a training task takes only those two.
+
+def _add_training_flags(p: argparse.ArgumentParser) -> dict[str, str]:
+    _add_config_flags(p, "train.epochs=3 --set scaling.num_workers=4")
+    return {}
+
+
+def _add_vocab_flags(p: argparse.ArgumentParser) -> dict[str, str]:
+    _add_input_flags(p)
+    _add_config_flags(p, "size=8000")
+    p.add_argument("--size", type=int, help="vocabulary size, reserved tokens included")
+    p.add_argument("--output", help="vocabulary file to write, one token per line")
+    p.add_argument("--cased", dest="lowercase", action="store_false", default=None,
+                   help="keep case (default: lowercase)")
+    p.add_argument("--strip-accents", action="store_true", default=None, help="strip accents before learning")
+    return {"size": "size", "output": "output", "lowercase": "lowercase", "strip_accents": "strip_accents",
+            "address": "address"}
+
+
+def _add_inference_flags(p: argparse.ArgumentParser, *, split: str, output: str) -> dict[str, str]:
+    _add_input_flags(p, split=split)
+    p.add_argument("--output", help=output)
     _add_config_flags(p, "num_actors=2")
     p.add_argument("--preset", help="classifier folder, e.g. runs/finetune/preset")
     p.add_argument("--num-actors", type=int, help="inference actors (default 1)")
     p.add_argument("--batch-size", type=int, help="rows per predict call (default 32)")
+    return {"preset": "preset", "num_actors": "num_actors", "batch_size": "batch_size", "output": "output",
+            "address": "address"}
+
+
+def _add_serve_flags(p: argparse.ArgumentParser) -> dict[str, str]:
+    p.add_argument("--preset", help="classifier folder to serve (or preset: in the config)")
+    _add_config_flags(p, "batching.max_batch_size=16")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 accepts calls from outside)")
+    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    p.add_argument("--address", help=ADDRESS_HELP)
+    p.add_argument("--export", metavar="FILE", help="write the Serve config file and exit")
+    p.add_argument("--detach", action="store_true",
+                   help="deploy onto a running cluster and exit, leaving the app up (needs --address or RAY_ADDRESS)")
+    return {"preset": "preset", "host": "http.host", "port": "http.port", "address": "address"}
+
+
+_TASK_FLAGS = {
+    "vocab": _add_vocab_flags,
+    "evaluate": lambda p: _add_inference_flags(p, split="test", output="also write the JSON report to this file"),
+    "predict": lambda p: _add_inference_flags(p, split="train", output="new folder for the Parquet shards"),
+    "serve": _add_serve_flags,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,76 +304,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequence-length", type=int, default=128, help="packed length (default 128)")
     p.add_argument("--pair-column", help="second text column, for sentence pairs")
     p.add_argument("--mlm", action="store_true", help="also apply masked-LM masking (for pretraining)")
-    p.add_argument("--mask-rate", type=float, default=0.15, help="masked-LM selection rate (default 0.15)")
-    p.add_argument("--max-selections", type=int, default=96, help="masked-LM selections per row (default 96)")
+    from raynlp.data.config import MaskingSettings
+
+    masking = MaskingSettings.model_fields
+    p.add_argument("--mask-rate", type=float,
+                   help=f"masked-LM selection rate (default {masking['selection_rate'].default})")
+    p.add_argument("--max-selections", type=int,
+                   help=f"masked-LM selections per row (default {masking['max_selections'].default})")
     p.add_argument("--seed", type=int, default=0, help="masking seed (default 0)")
     p.add_argument("--shuffle-seed", type=int, help="write the rows in a random order seeded by this (for a "
                                                      "training split read in a sorted order, as class folders are)")
     p.add_argument("--num-actors", type=int, default=2, help="tokenizer actors (default 2)")
     p.set_defaults(run=_tokenize)
 
-    p = commands.add_parser(
-        "vocab", help="learn a WordPiece vocabulary from a corpus, counting words on Ray Data",
-        description="Words are counted per block on Ray Data, the counts merged, then keras-hub's WordPiece "
-                    "learner builds the vocabulary (equal to keras_hub.tokenizers.compute_word_piece_vocabulary).")
-    _add_input_flags(p)
-    _add_config_flags(p, "size=8000")
-    p.add_argument("--size", type=int, help="vocabulary size, reserved tokens included")
-    p.add_argument("--output", help="vocabulary file to write, one token per line")
-    p.add_argument("--cased", dest="lowercase", action="store_false", default=None,
-                   help="keep case (default: lowercase)")
-    p.add_argument("--strip-accents", action="store_true", default=None, help="strip accents before learning")
-    p.set_defaults(run=_vocab)
+    from raynlp.tasks import TASKS
 
-    for task, what in [
-        ("finetune", "fine-tune a preset's backbone as a text classifier (guide levels 2 and 3)"),
-        ("fit", "train a user model built around a preset's backbone (guide level 4)"),
-        ("pretrain", "masked-LM pretraining of a backbone, from scratch or continued (guide level 5)"),
-        ("scratch", "learn a vocabulary and train a small transformer from scratch (guide level 6)"),
-    ]:
-        p = commands.add_parser(
-            task, help=what,
-            description=f"{what[0].upper()}{what[1:]}, data-parallel on Ray Train. The config is validated before "
-                        "Ray starts; the output folder gets preset/, metrics.json, curves.png and checkpoints. "
-                        "Running the same config into the same output folder again resumes it.")
-        _add_config_flags(p, "train.epochs=3 --set scaling.num_workers=4")
-        p.set_defaults(run=_train)
-
-    p = commands.add_parser(
-        "evaluate", help="accuracy, loss and confusion matrix of a trained classifier over a labelled corpus",
-        description="Run a classifier folder (a training run's preset/) over labelled text on a Ray Data actor "
-                    "pool and report accuracy, mean cross-entropy, per-class precision/recall and the confusion "
-                    "matrix as JSON.")
-    _add_input_flags(p, split="test")
-    p.add_argument("--output", help="also write the JSON report to this file")
-    _add_inference_flags(p)
-    p.set_defaults(run=_evaluate)
-
-    p = commands.add_parser(
-        "predict", help="classify a corpus with a trained classifier into Parquet (batch inference)",
-        description="Run a classifier folder over a corpus of any size on a Ray Data actor pool and write Parquet "
-                    "shards with the predicted label, its name and the class probabilities of every row.")
-    _add_input_flags(p)
-    p.add_argument("--output", help="new folder for the Parquet shards")
-    _add_inference_flags(p)
-    p.set_defaults(run=_predict)
-
-    p = commands.add_parser(
-        "serve", help="serve a classifier over HTTP on Ray Serve: batched, autoscaled",
-        description="Run a classifier folder (a training run's preset/) as a Ray Serve app with a FastAPI ingress: "
-                    "POST /v1/classify {\"texts\": [...]}, GET /v1/model, GET /healthz. Texts from concurrent "
-                    "requests are batched; replicas scale with the load. Binds 127.0.0.1 unless --host says "
-                    "otherwise. With --export, writes the app as a Serve config file (for `serve deploy` and a "
-                    "KubeRay RayService) and starts nothing.")
-    p.add_argument("--preset", help="classifier folder to serve (or preset: in the config)")
-    _add_config_flags(p, "batching.max_batch_size=16")
-    p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 accepts calls from outside)")
-    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
-    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster)")
-    p.add_argument("--export", metavar="FILE", help="write the Serve config file and exit")
-    p.add_argument("--detach", action="store_true",
-                   help="deploy onto a running cluster and exit, leaving the app up (needs --address or RAY_ADDRESS)")
-    p.set_defaults(run=_serve)
+    for task in TASKS.values():
+        p = commands.add_parser(task.name, help=task.help, description=task.description)
+        flags = _TASK_FLAGS.get(task.name, _add_training_flags)(p)
+        p.set_defaults(run=_serve if task.name == "serve" else _run_task, flags=flags)
 
     p = commands.add_parser(
         "classify", help="classify texts with a running raynlp server",
@@ -424,9 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "frozen backbone, a vocabulary + transformer from scratch, batch evaluation of each, and the "
                     "best served on Ray Serve; writes report.md / report.html with the figures of this run.")
     p.add_argument("--output", default="runs/demo", help="folder for the demo's results (default runs/demo)")
-    p.add_argument("--address", help="Ray cluster to join (default: a new local cluster)")
+    p.add_argument("--address", help=ADDRESS_HELP)
     p.add_argument("--size", choices=["full", "tiny"], default="full",
-                   help="full: real sizes, about 17 minutes on 2 cores (default); tiny: a few dozen rows")
+                   help="full: real sizes, the figures README quotes (default); tiny: a few dozen rows")
     p.set_defaults(run=_demo)
 
     p = commands.add_parser("bench", help="run a benchmark; writes JSON (and a PNG) with ratios to plain keras-hub")
@@ -452,22 +389,17 @@ def _raynlp_error(error: BaseException) -> RaynlpError | None:
     return None
 
 
-_CORPUS_COMMANDS = ("tokenize", "vocab", "evaluate", "predict")
-
-
 def _in_this_commands_terms(error: RaynlpError, args) -> RaynlpError:
     """An unreadable corpus file's error, with the way to go on that this command takes."""
-    from typing import get_args
-
     from raynlp.data.corpus import CorpusFileError
-    from raynlp.train.config import Task
+    from raynlp.train.recipes import RECIPES
 
     error = getattr(error, "cause", error)  # Ray's wrapper of an error raised in a Ray task keeps the original
     if not isinstance(error, CorpusFileError):
         return error
-    if args.command in _CORPUS_COMMANDS:
+    if hasattr(args, "skip_bad_files"):  # a command with the corpus flags
         return error.suggesting(skip="--skip-bad-files", encoding="--encoding latin-1")
-    if args.command in get_args(Task):
+    if args.command in RECIPES:
         return error.suggesting(skip="--set data.skip_bad_files=true", encoding="--set data.encoding=latin-1")
     return error
 

@@ -44,11 +44,10 @@ class DemoSize:
 
 
 SIZES = {
-    # 11 min 57 s on 2 CPU cores, timed from a fresh clone (pretraining 99 s, each fine-tune about 118 s,
-    # level 4 75 s, level 6 69 s, five evaluations 10-24 s each, then serving).
+    # What `make demo` runs (README gives its time on 2 CPU cores).
     "full": DemoSize(backbone=BACKBONE, pretrain_rows=400, train_rows=1600, test_rows=None, epochs=1,
                      sequence_length=64, pretrain_sequence_length=128),
-    # The same pipeline in a few minutes: CI keeps it working.
+    # The same pipeline on a few dozen rows: CI keeps it working.
     "tiny": DemoSize(backbone="bert_tiny_en_uncased_scratch", pretrain_rows=32, train_rows=64, test_rows=32,
                      epochs=1, sequence_length=32, pretrain_sequence_length=32,
                      workers=1),  # 2-worker training is tested on its own (tests/train_test.py)

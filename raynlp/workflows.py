@@ -11,6 +11,7 @@
     >>> wf.finetune(bb.preset, dataset="rotten_tomatoes")                                  # ... then fine-tune it
     >>> wf.scratch(dataset="rotten_tomatoes")                                             # level 6
     >>> url = wf.serve(ft.preset)                                                         # online
+    >>> wf.run("finetune", config="configs/finetune.yaml", epochs=3)                     # any task, by name
 
 Each function builds the same typed config as the CLI and the YAML files (keyword shortcuts below, or any field
 as `overrides=["optimizer.learning_rate=1e-4"]`, or a whole `config="configs/X.yaml"` underneath), validates it,
@@ -33,9 +34,17 @@ SHORTCUTS = {
 }
 
 
+def run(task: str, *, config: str | Path | None = None, overrides: list[str] | None = None, **fields):
+    """Any task of `raynlp.tasks` (every training recipe among them) from keyword shortcuts, overrides or a
+    config file; returns what its runner returns (a `TrainResult` for training)."""
+    from raynlp.tasks import task as named
+
+    return named(task).run(_config(task, config, overrides, fields))
+
+
 def _config(task: str, config: str | Path | None, overrides: list[str] | None, fields: dict):
     from raynlp.errors import RaynlpError
-    from raynlp.jobs.tasks import load_task_config
+    from raynlp.tasks import load_task_config
 
     unknown = sorted(set(fields) - set(SHORTCUTS) - {"preset"})
     if unknown:
@@ -45,30 +54,24 @@ def _config(task: str, config: str | Path | None, overrides: list[str] | None, f
     return load_task_config(task, config, overrides, values)
 
 
-def _train(task: str, config, overrides, fields):
-    from raynlp.train import train
-
-    return train(_config(task, config, overrides, fields))
-
-
 def finetune(preset: str, *, config=None, overrides=None, **fields):
     """Levels 2 and 3: fine-tune `preset` as a `BertTextClassifier`; returns a `TrainResult` (`.preset`, `.metrics`)."""
-    return _train("finetune", config, overrides, {"preset": preset, "output": "runs/finetune", **fields})
+    return run("finetune", config=config, overrides=overrides, preset=preset, **{"output": "runs/finetune", **fields})
 
 
 def fit(builder: str, preset: str, *, config=None, overrides=None, **fields):
     """Level 4: train the model `builder` ('package.module:function') makes around `preset`'s backbone."""
-    return _train("fit", config, overrides, {"preset": preset, "builder": builder, "output": "runs/fit", **fields})
+    return run("fit", config=config, overrides=overrides, preset=preset, builder=builder, **{"output": "runs/fit", **fields})
 
 
 def pretrain(preset: str, *, config=None, overrides=None, **fields):
     """Level 5: masked-LM pretraining of `preset`'s backbone (continued, or from a random-init architecture)."""
-    return _train("pretrain", config, overrides, {"preset": preset, "output": "runs/pretrain", **fields})
+    return run("pretrain", config=config, overrides=overrides, preset=preset, **{"output": "runs/pretrain", **fields})
 
 
 def scratch(*, config=None, overrides=None, **fields):
     """Level 6: a vocabulary learned from the training text (or `vocabulary=FILE`) and a small transformer."""
-    return _train("scratch", config, overrides, {"output": "runs/scratch", **fields})
+    return run("scratch", config=config, overrides=overrides, **{"output": "runs/scratch", **fields})
 
 
 def _corpus(dataset, input, split):
@@ -85,11 +88,11 @@ def tokenize(preset: str, output: str, *, dataset: str | None = None, input: str
     """Level 3: tokenize a corpus once into Parquet shards that training then reads (`train=output`).
     `shuffle_seed`: write the rows in a seeded random order (a training split read in sorted order)."""
     from raynlp._internal.cluster import ensure_ray
-    from raynlp.data import MaskingConfig, tokenize_dataset, write_tokenized
+    from raynlp.data import MaskingSettings, tokenize_dataset, write_tokenized
     from raynlp.data.labels import as_label_ids
 
     ensure_ray()
-    masking = MaskingConfig() if masked_lm else None
+    masking = MaskingSettings() if masked_lm else None
     corpus = _corpus(dataset, input, split)
     source, names = as_label_ids(corpus.open(shuffle_seed=shuffle_seed), corpus.class_names())
     packed = tokenize_dataset(source, preset, sequence_length=sequence_length, masking=masking, num_actors=num_actors)
@@ -132,7 +135,7 @@ def evaluate(preset: str, *, dataset: str | None = None, input: str | None = Non
 
 def serve(preset: str, *, port: int = 8000, config=None, overrides=None, **values) -> str:
     """Serve `preset` on Ray Serve in the background of this process; returns its URL (see `raynlp.serve.Client`)."""
-    from raynlp.jobs.tasks import load_task_config
     from raynlp.serve import start
+    from raynlp.tasks import load_task_config
 
     return start(load_task_config("serve", config, overrides, {"preset": preset, "http.port": port, **values}))

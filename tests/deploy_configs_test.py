@@ -10,7 +10,7 @@ import ray
 import yaml
 
 from raynlp.cli import main
-from raynlp.jobs.tasks import load_task_config
+from raynlp.tasks import load_task_config, task_of
 
 CLUSTER = Path("cluster")
 KUBERAY = CLUSTER / "kuberay"
@@ -46,7 +46,7 @@ def gpus_of(group: dict) -> int:
 
 
 def ray_commands(entrypoint: str) -> list[list[str]]:
-    """The `python jobs/<task>.py ...` commands of an entrypoint (inside `bash -c "..."` and `&&` chains)."""
+    """The `python jobs/run.py ...` commands of an entrypoint (inside `bash -c "..."` and `&&` chains)."""
     words = shlex.split(entrypoint)
     if words[:2] == ["bash", "-c"]:
         words = shlex.split(words[2])
@@ -108,12 +108,12 @@ def test_rayjob_runs_valid_configs_that_fit_the_cluster_it_targets():
     (gpu_group,) = cluster["spec"]["workerGroupSpecs"]
     gpus_available = gpu_group["maxReplicas"] * gpus_of(gpu_group)
     commands = ray_commands(job["spec"]["entrypoint"])
-    assert [Path(c[0]).name for c in commands] == ["pretrain.py", "finetune.py"]
+    assert [c[0] for c in commands] == ["jobs/run.py", "jobs/run.py"]
     outputs = {}
     for args in commands:
         script, config_path, sets = parse_job(args)
         assert Path(script).is_file() and Path(config_path).is_file()
-        config = load_task_config(Path(script).stem, config_path, sets)
+        config = load_task_config(task_of(config_path), config_path, sets)
         assert config.scaling.use_gpu and config.scaling.num_workers <= gpus_available
         assert config.run.output.startswith("/mnt/raynlp/")  # on the shared volume
         outputs[config.task] = config

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -25,10 +26,12 @@ def processes_under(folder: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """`ray start --head --block` on 127.0.0.1 with its own temp dir; yields the dashboard URL."""
+    """`ray start --head --block` on 127.0.0.1 with its own temp dir (`<RAY_TMPDIR>/ray`, as Ray names it);
+    yields its dashboard `url` and `temp` dir."""
     from raynlp.jobs.submit import client
 
-    temp = tmp_path_factory.mktemp("head")
+    temp = tmp_path_factory.mktemp("head") / "ray"
+    temp.mkdir()
     dashboard = free_port()
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "KERAS_BACKEND": "jax",
@@ -53,7 +56,7 @@ def ray_head(tmp_path_factory):
             if head.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"ray head did not come up: {(temp / 'head.log').read_text()[-2000:]}") from None
             time.sleep(1)
-    yield url
+    yield SimpleNamespace(url=url, temp=temp)
     head.send_signal(signal.SIGTERM)
     head.wait(timeout=60)
     deadline = time.monotonic() + 30
@@ -67,7 +70,7 @@ def ray_head(tmp_path_factory):
 
 def test_submit_a_finetune_job_and_find_its_preset(ray_head, tmp_path, capsys):
     out = tmp_path / "finetune"
-    code = main(["submit", "--address", ray_head, "--config", "configs/finetune.yaml", "--wait",
+    code = main(["submit", "--address", ray_head.url, "--config", "configs/finetune.yaml", "--wait",
                  *sum((["--set", s] for s in [*TINY_FINETUNE, f"run.output={out}"]), []),
                  "--job-id", "raynlp-finetune-ok"])
     logs = capsys.readouterr().out
@@ -77,29 +80,61 @@ def test_submit_a_finetune_job_and_find_its_preset(ray_head, tmp_path, capsys):
     assert logs.count("[raynlp] epoch 1/1:") == 1 and logs.count("[raynlp] epoch 1/1 step 1/4:") == 1, logs[-3000:]
     assert (out / "preset" / "task.json").is_file() and (out / "metrics.json").is_file()
 
-    assert main(["jobs", "status", "raynlp-finetune-ok", "--address", ray_head]) == 0
+    assert main(["jobs", "status", "raynlp-finetune-ok", "--address", ray_head.url]) == 0
     assert "SUCCEEDED" in capsys.readouterr().out
-    assert main(["jobs", "logs", "raynlp-finetune-ok", "--address", ray_head]) == 0
+    assert main(["jobs", "logs", "raynlp-finetune-ok", "--address", ray_head.url]) == 0
     assert f"preset: {out / 'preset'}" in capsys.readouterr().out
 
 
 def test_a_failing_job_reports_failure_and_its_error(ray_head, tmp_path, capsys):
-    code = main(["submit", "--address", ray_head, "--config", "configs/finetune.yaml", "--wait",
+    code = main(["submit", "--address", ray_head.url, "--config", "configs/finetune.yaml", "--wait",
                  "--set", "preset=/nowhere/preset", "--set", f"run.output={tmp_path / 'x'}",
                  "--job-id", "raynlp-finetune-bad"])
     logs = capsys.readouterr().out
     assert code == 1
     assert "raynlp: error: preset folder '/nowhere/preset' does not exist" in logs
     assert "job raynlp-finetune-bad FAILED" in logs
-    assert main(["jobs", "status", "raynlp-finetune-bad", "--address", ray_head]) == 1
-    assert main(["jobs", "list", "--address", ray_head]) == 0
+    assert main(["jobs", "status", "raynlp-finetune-bad", "--address", ray_head.url]) == 1
+    assert main(["jobs", "list", "--address", ray_head.url]) == 0
     listing = capsys.readouterr().out
     assert "raynlp-finetune-ok" in listing and "raynlp-finetune-bad" in listing and "FAILED" in listing
 
 
 def test_a_wrong_config_is_refused_before_anything_is_submitted(ray_head, capsys):
-    assert main(["submit", "--address", ray_head, "--config", "configs/finetune.yaml",
+    assert main(["submit", "--address", ray_head.url, "--config", "configs/finetune.yaml",
                  "--set", "train.batch_size=0"]) == 2
     assert "config field train.batch_size" in capsys.readouterr().err
-    assert main(["jobs", "list", "--address", ray_head]) == 0
+    assert main(["jobs", "list", "--address", ray_head.url]) == 0
     assert "batch_size=0" not in capsys.readouterr().out
+
+
+def test_commands_join_the_head_ray_start_runs_and_pass_over_a_stale_record(ray_head, tmp_path):
+    """No --address, no RAY_ADDRESS: a command joins the head `ray start --head` runs on this machine (Ray's record
+    of it under RAY_TMPDIR), and with a record of a head that is gone it starts a cluster of its own."""
+    import tempfile
+
+    from raynlp._internal.cluster import running_local_head
+
+    def vocab(ray_tmpdir: str, output: str):
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        return subprocess.run([str(Path(sys.executable).parent / "raynlp"), "vocab", "--dataset", "rotten_tomatoes",
+                               "--size", "300", "--output", str(tmp_path / output)],
+                              env={**env, "RAY_TMPDIR": ray_tmpdir}, capture_output=True, text=True, timeout=300)
+
+    head = (ray_head.temp / "ray_current_cluster").read_text().strip()
+    joined = vocab(str(ray_head.temp.parent), "joined.txt")
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    assert f"joined the Ray cluster at {head} (the local one `ray start` runs" in joined.stderr, joined.stderr[-3000:]
+
+    stale = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # short: Ray's socket paths live under it
+    (stale / "ray").mkdir()
+    (stale / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
+    os.environ["RAY_TMPDIR"], saved = str(stale), os.environ.get("RAY_TMPDIR")
+    try:
+        assert running_local_head() is None
+    finally:
+        os.environ.pop("RAY_TMPDIR") if saved is None else os.environ.update(RAY_TMPDIR=saved)
+    fresh = vocab(str(stale), "fresh.txt")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "that is gone: starting a new one" in fresh.stderr and "started a local Ray cluster" in fresh.stderr
+    assert (tmp_path / "joined.txt").read_text() == (tmp_path / "fresh.txt").read_text()

@@ -88,7 +88,7 @@ def test_a_latin_1_corpus_with_a_broken_file_trains_with_a_validation_split_carv
     entry = result.metrics[-1]
     # Validated on the carved-out rows every epoch, the test split reported once at the end.
     assert {"val_loss", "val_accuracy", "test_loss", "test_accuracy"} <= set(entry)
-    manifests = {split: json.loads((result.output / "data" / split / "raynlp_tokenized.json").read_text())
+    manifests = {split: json.loads((result.output / "data" / split / "_raynlp_tokenized.json").read_text())
                  for split in ("train", "validation", "test")}
     rows = {split: m["rows"] for split, m in manifests.items()}
     assert rows["train"] + rows["validation"] == 960 and 0.1 < rows["validation"] / 960 < 0.3 and rows["test"] == 96

@@ -145,7 +145,7 @@ def test_a_run_on_object_storage_exports_there_loads_from_there_and_resumes_ther
     for name in ["raynlp_run.json", "config.yaml", "metrics.json", "curves.png", "preset/config.json",
                  "preset/task.json", "preset/model.weights.h5", "preset/task.weights.h5", "preset/tokenizer.json",
                  "preset/assets/tokenizer/vocabulary.txt", "preset/raynlp_model.json",
-                 "data/train/raynlp_tokenized.json", "data/test/raynlp_tokenized.json"]:
+                 "data/train/_raynlp_tokenized.json", "data/test/_raynlp_tokenized.json"]:
         assert name in files, name
     assert any(f.startswith("data/train/") and f.endswith(".parquet") for f in files)
     checkpoints = {f.split("/")[1] for f in files if f.startswith("ray_train/checkpoint_") and f.count("/") > 1}

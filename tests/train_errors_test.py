@@ -18,7 +18,7 @@ def finetune(out: Path, *overrides: str):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["task=distill"], "config field task: Input should be 'finetune', 'fit', 'pretrain' or 'scratch'"),
+    (["task=distill"], "config field task: no recipe 'distill'; recipes: finetune, fit, pretrain, scratch"),
     (["train.batch_size=-1"], "config field train.batch_size: Input should be greater than or equal to 1"),
     (["scaling.use_gpus=true"], "config field scaling.use_gpus: Extra inputs are not permitted"),
     (["data.dataset=null"], "give exactly one of data.dataset and data.train"),
@@ -51,9 +51,9 @@ def test_unknown_preset_and_too_long_sequences_are_refused_before_the_output_is_
 
 
 def test_an_output_folder_holding_another_run_is_refused(tmp_path):
-    from raynlp.train.trainer import _claim_output
+    from raynlp.train._internal.run_folder import RunFolder
 
-    _claim_output(finetune(tmp_path / "run"))
+    RunFolder.claim(finetune(tmp_path / "run"))
     with pytest.raises(RaynlpError, match="holds another run"):
         train(finetune(tmp_path / "run", "optimizer.learning_rate=0.1"))
     (tmp_path / "other").mkdir()

@@ -161,7 +161,11 @@ def test_finetune_from_the_pretrained_backbone_and_cached_tokens_survives_a_kill
     """Levels 5 → 3 chained, and fault tolerance: rank 1 ends its own process halfway through the second epoch;
     Ray Train restarts the group, which resumes from the first epoch's checkpoint. Then the same command with
     one more epoch, into the same folder, resumes the finished run instead of starting over."""
-    from raynlp.train._internal.loop import KILL_HOOK
+    import functools
+
+    import keras
+
+    from raynlp.train._internal.callbacks import KillInEpoch
 
     def config(epochs: int):
         return recipe("finetune", tmp_path / "run", f"preset={pretrained.preset}", "data.dataset=null",
@@ -169,13 +173,25 @@ def test_finetune_from_the_pretrained_backbone_and_cached_tokens_survives_a_kill
                       "data.max_train_rows=640", "data.max_test_rows=64", "data.sequence_length=32",
                       "optimizer.learning_rate=1e-3", f"train.epochs={epochs}")
 
+    starts = tmp_path / "starts.txt"
+
+    class RecordStart(keras.callbacks.Callback):  # defined here, so the workers get it by value
+        def on_train_begin(self, logs=None):
+            import ray.train
+
+            with open(starts, "a") as f:
+                f.write(f"{ray.train.get_context().get_world_rank()} {int(self.model.optimizer.iterations.numpy())}\n")
+
     marker = tmp_path / "killed"
-    result = train(config(3), _loop_extra={KILL_HOOK: (1, 1, str(marker))})
+    result = train(config(3), callbacks=[functools.partial(KillInEpoch, rank=1, epoch=1, marker=str(marker)),
+                                         RecordStart])
     assert marker.exists(), "the test hook did not fire"
     assert not (result.output / "data").exists()  # trained from the cached tokens, nothing tokenized again
     steps = 640 // (16 * 2)
-    # One entry per epoch, each epoch's step count where an uninterrupted run would be: the restarted group
-    # went on from epoch 1's checkpoint rather than from step 0.
+    # Each attempt's first step, per rank: the first from 0, the restarted group from the end of epoch 1 (a
+    # restart from scratch would start at 0 again).
+    started = sorted(tuple(map(int, line.split())) for line in starts.read_text().splitlines())
+    assert started == [(0, 0), (0, steps), (1, 0), (1, steps)], started
     assert [(m["epoch"], m["global_step"]) for m in result.metrics] == [(1, steps), (2, 2 * steps), (3, 3 * steps)]
     assert result.metrics[-1]["loss"] < result.metrics[0]["loss"] and "val_accuracy" in result.metrics[-1]
 

@@ -7,8 +7,13 @@ import socket
 
 logger = logging.getLogger(__name__)
 
-# Keras fixes its backend at import, and Ray workers may import it while unpickling: set it for every worker.
+# Set in every Ray worker and job: Keras fixes its backend at import (and workers may import it while unpickling);
+# TensorFlow's start-up chatter would hide the logs.
 WORKER_ENV = {"KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "jax"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+# Which cluster a command runs on, as `ensure_ray` chooses it: for every --address flag and `address` field.
+ADDRESS_HELP = ("Ray cluster to join (default: RAY_ADDRESS, else the local cluster `ray start` runs on this machine, "
+                "else a new local cluster for this command)")
 
 # A local cluster binds the loopback address only, never the machine's routable IP.
 LOOPBACK = "127.0.0.1"
@@ -44,22 +49,52 @@ def on_loopback():
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None):
-    """Join `address` (or `RAY_ADDRESS`) when given; else start a local cluster on 127.0.0.1."""
+    """The Ray cluster a command runs on, in this order: `address` (or `RAY_ADDRESS`) when given; the local
+    cluster `ray start` runs on this machine, when its record points at a live head; else a new local cluster on
+    127.0.0.1, which ends with the command. A record of a head that is gone is passed over (Ray's own
+    `ray.init()` fails on it)."""
     import ray
 
     if ray.is_initialized():
         return ray
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
+    given = address or os.environ.get("RAY_ADDRESS")
+    joined = given or running_local_head()
+    if joined:
         # Inside a Ray job the job's runtime env (working_dir, env vars) applies too: merge ours into it.
         os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
-        ray.init(address=address, runtime_env={"env_vars": WORKER_ENV})
+        # address=None for the recorded head: Ray then joins it as `ray.init()` does, with this machine's auth
+        # token (a `ray start` head has token authentication on), which it sends for an explicit address only
+        # in RAY_AUTH_MODE=token.
+        with on_loopback() if joined.startswith(LOOPBACK) else contextlib.nullcontext():
+            ray.init(address=given, runtime_env={"env_vars": WORKER_ENV})
+        logger.info("joined the Ray cluster at %s%s", joined, "" if given else
+                    " (the local one `ray start` runs; give --address or RAY_ADDRESS for another)")
     else:
         # Ray's CPU count is logical: leave room for Ray Data's actors beside the training workers.
         cpus = num_cpus or max(4, os.cpu_count() or 1)
         # The dashboard serves Ray's State API, through which Ray Train's placement-group cleaner watches the
         # training controller: without it the cleaner cannot work and logs a warning every second of a run.
+        # address="local": a new cluster, whatever Ray's record of an earlier one says.
         with on_loopback() as ip:
-            ray.init(num_cpus=cpus, include_dashboard=True, runtime_env={"env_vars": WORKER_ENV}, _node_ip_address=ip)
-    logger.info("Ray cluster: %s", ray.get_runtime_context().gcs_address)
+            ray.init(address="local", num_cpus=cpus, include_dashboard=True, runtime_env={"env_vars": WORKER_ENV},
+                     _node_ip_address=ip)
+        logger.info("started a local Ray cluster for this command (%d CPUs): %s", cpus,
+                    ray.get_runtime_context().gcs_address)
     return ray
+
+
+def running_local_head() -> str | None:
+    """The address of the head `ray start --head` runs on this machine (Ray's record of the last one started,
+    under RAY_TMPDIR or /tmp), if it still answers; None when there is none or it is gone."""
+    from ray._private.utils import read_ray_address
+
+    recorded = read_ray_address()
+    if not recorded:
+        return None
+    host, _, port = recorded.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except (OSError, ValueError):
+        logger.info("Ray's record names a local cluster at %s that is gone: starting a new one", recorded)
+        return None
+    return recorded

@@ -45,14 +45,14 @@ def load(schema: type[Config], path: str | Path | None, overrides: list[str] | N
     from dedicated CLI flags, taken as they are), and validate against `schema`."""
     tree: dict = dict(defaults)
     if path is not None:
-        tree.update(_read_yaml(Path(path)))
+        tree.update(read_yaml(Path(path)))
     apply_overrides(tree, overrides or [])
     for dotted, value in (values or {}).items():
         _set(tree, dotted, value)
     return validate(schema, tree)
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise RaynlpError(f"config file {path} does not exist; see configs/ for examples")
     try:

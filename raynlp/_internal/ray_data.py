@@ -8,8 +8,7 @@ def read_parquet(paths: str | list[str]):
 
     Ray 2.60 reads Parquet through a new datasource by default, whose listing step starts a pool of
     footer-reading actors, each a new worker process, for every execution of the dataset. On a small node that is
-    a fixed cost of seconds per pass (64 rows from one local file: 4–9 s on 2 cores, against 0.1–1.6 s here),
-    paid by every tokenization, every training split and every evaluation. The first reader gives the same rows in
+    a fixed cost of seconds per pass, paid by every tokenization, every training split and every evaluation. The first reader gives the same rows in
     the same order. The choice is made when the dataset is planned, so it holds wherever the dataset executes.
     """
     import ray.data

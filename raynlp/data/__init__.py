@@ -1,9 +1,10 @@
 """Data at scale: corpora as Ray Datasets, fast tokenization on actor pools, vocabulary learning."""
 
+from raynlp.data.config import MaskingSettings
 from raynlp.data.corpus import read_corpus
-from raynlp.data.tokenize import MaskingConfig, tokenize_dataset, write_tokenized
+from raynlp.data.tokenize import tokenize_dataset, write_tokenized
 
-__all__ = ["MaskingConfig", "learn_vocabulary", "read_corpus", "save_vocabulary", "tokenize_dataset",
+__all__ = ["MaskingSettings", "learn_vocabulary", "read_corpus", "save_vocabulary", "tokenize_dataset",
            "write_tokenized"]
 
 

@@ -1,9 +1,11 @@
-"""Typed configs for data jobs: where a corpus comes from (shared by every job that reads one), and `vocab`."""
+"""Typed configs for data jobs: where a corpus comes from (shared by every job that reads one), masked-LM masking,
+and `vocab`."""
 
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from raynlp._internal.cluster import ADDRESS_HELP
 from raynlp._internal.config_file import Section
 from raynlp.data.corpus import Format
 
@@ -47,6 +49,21 @@ class CorpusSettings(Section):
             raise e.suggesting(skip="data.skip_bad_files=true", encoding="data.encoding=latin-1") from None
 
 
+class MaskingSettings(Section):
+    """Masked-LM masking, as keras-hub's `MaskedLMMaskGenerator` with the defaults of `BertMaskedLMPreprocessor`."""
+
+    selection_rate: float = Field(0.15, gt=0, le=1, description="share of the tokens selected as labels")
+    max_selections: int = Field(96, ge=1, description="at most this many selected positions a row")
+    mask_token_rate: float = Field(0.8, ge=0, le=1, description="share of the selections replaced by [MASK]")
+    random_token_rate: float = Field(0.1, ge=0, le=1, description="share replaced by a random token")
+
+    @model_validator(mode="after")
+    def _rates(self):
+        if self.mask_token_rate + self.random_token_rate > 1:
+            raise ValueError("masking mask_token_rate and random_token_rate add up to more than 1")
+        return self
+
+
 class VocabConfig(Section):
     """`raynlp vocab`: learn a WordPiece vocabulary from a corpus (the guide's level 6)."""
 
@@ -56,4 +73,4 @@ class VocabConfig(Section):
     output: str = Field(description="vocabulary file to write, one token per line")
     lowercase: bool = True
     strip_accents: bool = False
-    address: str | None = Field(None, description="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
+    address: str | None = Field(None, description=ADDRESS_HELP)

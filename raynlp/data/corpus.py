@@ -33,7 +33,7 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -48,7 +48,7 @@ from raynlp.errors import RaynlpError
 logger = logging.getLogger(__name__)
 
 Format = Literal["lines", "paragraphs", "jsonl", "csv", "parquet", "folders"]
-FORMATS: tuple[str, ...] = ("lines", "paragraphs", "jsonl", "csv", "parquet", "folders")
+FORMATS: tuple[str, ...] = get_args(Format)
 _FORMAT_BY_SUFFIX = {".txt": "lines", ".text": "lines", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv",
                      ".parquet": "parquet"}
 _HEAD_BYTES = 1 << 16

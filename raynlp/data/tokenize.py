@@ -12,35 +12,19 @@ features / labels / sample weights of keras-hub's `BertMaskedLMPreprocessor`.
 import json
 import logging
 import zlib
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from raynlp.data.config import MaskingSettings
 from raynlp.errors import RaynlpError
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "raynlp_tokenized.json"
-
-
-@dataclass(frozen=True)
-class MaskingConfig:
-    """keras-hub's `MaskedLMMaskGenerator` settings, with the defaults of `BertMaskedLMPreprocessor`."""
-
-    selection_rate: float = 0.15
-    max_selections: int = 96
-    mask_token_rate: float = 0.8
-    random_token_rate: float = 0.1
-    seed: int = 0
-
-    def __post_init__(self):
-        if not 0 < self.selection_rate <= 1:
-            raise RaynlpError(f"masking selection_rate must be in (0, 1], not {self.selection_rate}")
-        if self.max_selections < 1:
-            raise RaynlpError(f"masking max_selections must be at least 1, not {self.max_selections}")
-        if self.mask_token_rate < 0 or self.random_token_rate < 0 or self.mask_token_rate + self.random_token_rate > 1:
-            raise RaynlpError("masking mask_token_rate and random_token_rate must be ≥ 0 and add up to at most 1")
+# The columns every packed row has (the inputs of keras-hub's BERT models); masked-LM rows add MASKED_LM_FEATURES.
+PACKED_FEATURES = ("token_ids", "segment_ids", "padding_mask")
+# A leading underscore: Parquet readers (pyarrow, pandas, Spark, DuckDB) skip the file, so the folder stays a data set.
+MANIFEST = "_raynlp_tokenized.json"
 
 
 class BertPacker:
@@ -51,13 +35,13 @@ class BertPacker:
     """
 
     def __init__(self, preset: str, sequence_length: int, text_column: str = "text",
-                 pair_column: str | None = None, masking: MaskingConfig | None = None):
+                 pair_column: str | None = None, masking: MaskingSettings | None = None, mask_seed: int = 0):
         from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
         from raynlp.presets import resolve
 
         self.tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(resolve(preset))
         self.sequence_length = sequence_length
-        self.text_column, self.pair_column, self.masking = text_column, pair_column, masking
+        self.text_column, self.pair_column, self.masking, self.mask_seed = text_column, pair_column, masking, mask_seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = batch[self.text_column]
@@ -86,7 +70,7 @@ class BertPacker:
             max_selections=m.max_selections,
             mask_token_rate=m.mask_token_rate,
             random_token_rate=m.random_token_rate,
-            rng=np.random.default_rng([m.seed, batch_seed]),
+            rng=np.random.default_rng([self.mask_seed, batch_seed]),
         )
 
 
@@ -109,8 +93,8 @@ def _pack_in_task(batch: dict[str, np.ndarray], **settings) -> dict[str, np.ndar
 
 
 def tokenize_dataset(dataset, preset: str, *, sequence_length: int = 128, text_column: str = "text",
-                     pair_column: str | None = None, masking: MaskingConfig | None = None,
-                     num_actors: int = 2, batch_size: int = 512):
+                     pair_column: str | None = None, masking: MaskingSettings | None = None,
+                     mask_seed: int = 0, num_actors: int = 2, batch_size: int = 512):
     """`dataset` with its text replaced by packed token arrays, computed by `num_actors` Ray actors.
 
     `num_actors=0` packs in Ray tasks instead, each worker process building the tokenizer once: no actor pool
@@ -131,7 +115,7 @@ def tokenize_dataset(dataset, preset: str, *, sequence_length: int = 128, text_c
         if column not in names:
             raise RaynlpError(f"the data set has no column {column!r} (columns: {', '.join(names)})")
     settings = dict(preset=portable(preset), sequence_length=sequence_length, text_column=text_column,
-                    pair_column=pair_column, masking=masking)
+                    pair_column=pair_column, masking=masking, mask_seed=mask_seed)
     if num_actors == 0:
         return dataset.map_batches(_pack_in_task, fn_kwargs=settings, batch_size=batch_size, batch_format="numpy")
     return dataset.map_batches(
@@ -144,7 +128,7 @@ def tokenize_dataset(dataset, preset: str, *, sequence_length: int = 128, text_c
 
 
 def write_tokenized(dataset, output_dir: str, *, preset: str, sequence_length: int,
-                    masking: MaskingConfig | None = None, label_names: list[str] | None = None) -> dict:
+                    masking: MaskingSettings | None = None, mask_seed: int = 0, label_names: list[str] | None = None) -> dict:
     """Write Parquet shards a trainer can stream, plus a manifest saying how they were made (and, where the
     labels had names, which name each class id stands for).
 
@@ -165,7 +149,7 @@ def write_tokenized(dataset, output_dir: str, *, preset: str, sequence_length: i
     manifest = {
         "preset": preset,
         "sequence_length": sequence_length,
-        "masking": asdict(masking) if masking else None,
+        "masking": {**masking.model_dump(), "seed": mask_seed} if masking else None,
         "label_names": label_names,
         "rows": sum(pq.read_metadata(shard).num_rows for shard in shards),
         "shards": len(shards),

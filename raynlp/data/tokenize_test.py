@@ -6,8 +6,9 @@ import pytest
 
 from raynlp import datasets
 from raynlp.cli import main
-from raynlp.data import MaskingConfig, tokenize_dataset, write_tokenized
+from raynlp.data import MaskingSettings, tokenize_dataset, write_tokenized
 from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
+from raynlp.data.tokenize import MANIFEST
 from raynlp.errors import RaynlpError
 from raynlp.presets import resolve
 
@@ -65,11 +66,13 @@ def test_masked_lm_on_ray_data_keeps_the_contract(ray_cluster, preset_dir):
 
     texts = datasets.read_split("movie_reviews", "test")["text"].to_pylist()[:200]
     source = ray.data.from_items([{"text": t, "row": i} for i, t in enumerate(texts)], override_num_blocks=4)
-    masking = MaskingConfig(max_selections=20, seed=3)
-    masked = tokenize_dataset(source, PRESET, sequence_length=128, masking=masking, num_actors=1, batch_size=50)
+    masking, seed = MaskingSettings(max_selections=20), 3
+    masked = tokenize_dataset(source, PRESET, sequence_length=128, masking=masking, mask_seed=seed, num_actors=1,
+                              batch_size=50)
     batch = masked.sort("row").take_batch(len(texts), batch_format="numpy")
     # Packed in tasks instead of an actor, the masks come out the same: they are seeded by each batch's content.
-    in_tasks = tokenize_dataset(source, PRESET, sequence_length=128, masking=masking, num_actors=0, batch_size=50)
+    in_tasks = tokenize_dataset(source, PRESET, sequence_length=128, masking=masking, mask_seed=seed,
+                                num_actors=0, batch_size=50)
     for key, value in in_tasks.sort("row").take_batch(len(texts), batch_format="numpy").items():
         np.testing.assert_array_equal(value, batch[key])
     tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir)
@@ -113,9 +116,11 @@ def test_tokenize_cli_writes_shards_and_manifest(ray_cluster, tmp_path, capsys):
     out = tmp_path / "rt"
     assert main(["tokenize", "--preset", PRESET, "--dataset", "rotten_tomatoes", "--split", "test",
                  "--output", str(out), "--sequence-length", "32", "--mlm", "--max-selections", "5"]) == 0
-    manifest = json.loads((out / "raynlp_tokenized.json").read_text())
+    manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["rows"] == 800 and manifest["masking"]["max_selections"] == 5
-    table = pq.read_table(next(out.glob("*.parquet")))
+    # The folder is a plain Parquet data set: any Parquet reader takes it whole, raynlp's manifest beside the shards.
+    table = pq.read_table(out)
+    assert table.num_rows == 800
     assert {"token_ids", "segment_ids", "padding_mask", "label", "mask_positions", "mask_ids",
             "mask_weights"} <= set(table.column_names)
     assert "800 rows" in capsys.readouterr().out

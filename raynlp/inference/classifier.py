@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from raynlp.data.tokenize import PACKED_FEATURES
 from raynlp.errors import RaynlpError
 
 logger = logging.getLogger(__name__)
-
-PACKED_FEATURES = ("token_ids", "segment_ids", "padding_mask")
 
 
 def batch_buckets(max_batch_size: int) -> list[int]:

@@ -4,6 +4,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from raynlp._internal.cluster import ADDRESS_HELP
 from raynlp._internal.config_file import Section
 from raynlp.data.config import CorpusSettings
 
@@ -14,7 +15,7 @@ class _InferenceConfig(Section):
     data: CorpusSettings
     num_actors: int = Field(1, ge=1, description="inference actors")
     batch_size: int = Field(32, ge=1, description="rows per predict call")
-    address: str | None = Field(None, description="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
+    address: str | None = Field(None, description=ADDRESS_HELP)
 
 
 class EvaluateConfig(_InferenceConfig):

@@ -3,7 +3,7 @@
     >>> job = submit("configs/finetune.yaml", address="http://head:8265", overrides=["scaling.num_workers=8"])
     >>> follow(job)          # streams the job's logs, returns its final status
 
-A job is `python jobs/<task>.py --config FILE [--set ...]`, run on the cluster in a copy of the working
+A job is `python jobs/run.py --config FILE [--set ...]` (the file names its task), run on the cluster in a copy of the working
 directory (the repository: `raynlp/`, `jobs/`, `configs/`), so the cluster runs this very code. The config is
 checked here against its task's schema before anything is submitted.
 """
@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from raynlp._internal.cluster import WORKER_ENV
 from raynlp.errors import RaynlpError
 
 logger = logging.getLogger(__name__)
@@ -23,8 +24,6 @@ logger = logging.getLogger(__name__)
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Never uploaded with the working directory: environments, run outputs, caches (Ray also honours .gitignore).
 EXCLUDES = [".venv", "venv", "runs", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache"]
-# Set for every job: Keras picks its backend at import, and TensorFlow's start-up chatter hides the logs.
-JOB_ENV = {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 @dataclass(frozen=True)
@@ -58,19 +57,22 @@ def _auth_headers() -> dict:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def entrypoint(task: str, config: str, overrides: list[str]) -> str:
+ENTRYPOINT = "jobs/run.py"
+
+
+def entrypoint(config: str, overrides: list[str]) -> str:
     sets = "".join(f" --set {shlex.quote(item)}" for item in overrides)
-    return f"python jobs/{task}.py --config {shlex.quote(config)}{sets}"
+    return f"python {ENTRYPOINT} --config {shlex.quote(config)}{sets}"
 
 
 def runtime_env(working_dir: str | Path = ".", env: dict[str, str] | None = None) -> dict:
-    return {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": {**JOB_ENV, **(env or {})}}
+    return {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": {**WORKER_ENV, **(env or {})}}
 
 
 def submit(config: str | Path, *, address: str | None = None, overrides: list[str] | None = None,
            working_dir: str | Path = ".", env: dict[str, str] | None = None, job_id: str | None = None) -> Job:
     """Check `config` here, then submit the job that runs it. Returns at once; see `follow`."""
-    from raynlp.jobs.tasks import load_task_config, task_of
+    from raynlp.tasks import load_task_config, task_of
 
     overrides = list(overrides or [])
     task = task_of(config)
@@ -81,11 +83,11 @@ def submit(config: str | Path, *, address: str | None = None, overrides: list[st
     except ValueError:
         raise RaynlpError(f"config {config} lies outside the working directory {root}, which is what the cluster "
                           "gets; put it under the working directory") from None
-    if not (root / "jobs" / f"{task}.py").is_file():
-        raise RaynlpError(f"{root} has no jobs/{task}.py: run raynlp submit from the raynlp repository "
+    if not (root / ENTRYPOINT).is_file():
+        raise RaynlpError(f"{root} has no {ENTRYPOINT}: run raynlp submit from the raynlp repository "
                           "(or give --working-dir)")
     jobs = client(address)
-    command = entrypoint(task, relative.as_posix(), overrides)
+    command = entrypoint(relative.as_posix(), overrides)
     submitted = _submit_when_ready(jobs, entrypoint=command, runtime_env=runtime_env(root, env),
                                    submission_id=job_id,
                                    metadata={"raynlp_task": task, "raynlp_config": relative.as_posix()})

@@ -5,7 +5,6 @@ assets/tokenizer/vocabulary.txt) that `keras_hub.models.*.from_preset(folder)` l
 """
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from raynlp._internal.pypi import PypiFile
 
@@ -68,6 +67,3 @@ PRESETS: dict[str, PresetSpec] = {
     ]
 }
 
-
-def preset_dir(root: Path, name: str) -> Path:
-    return root / name

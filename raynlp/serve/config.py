@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from raynlp._internal import config_file
+from raynlp._internal.cluster import ADDRESS_HELP
 from raynlp._internal.config_file import Section
 
 
@@ -73,7 +74,7 @@ class ServeConfig(Section):
     limits: LimitSettings = LimitSettings()
     http: HttpSettings = HttpSettings()
     access_log: bool = Field(False, description="log every request in the replica (costs CPU at high request rates)")
-    address: str | None = Field(None, description="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
+    address: str | None = Field(None, description=ADDRESS_HELP)
 
     @model_validator(mode="after")
     def _batch_fits(self):

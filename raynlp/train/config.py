@@ -8,16 +8,17 @@ A config is checked completely before any Ray resource is taken; an error names 
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from raynlp._internal import config_file
+from raynlp._internal.cluster import ADDRESS_HELP
 from raynlp._internal.config_file import Section as _Section
+from raynlp.data.config import MaskingSettings
 from raynlp.data.corpus import Format
+from raynlp.train.recipes import RECIPES
 
-Task = Literal["finetune", "fit", "pretrain", "scratch"]
 
-
-class DataConfig(_Section):
+class DataSettings(_Section):
     """Where the text comes from and how it is tokenized."""
 
     dataset: str | None = Field(None, description="a raynlp data set name (`raynlp datasets list`)")
@@ -53,16 +54,7 @@ class DataConfig(_Section):
         return self
 
 
-class MaskingSettings(_Section):
-    """Masked-LM masking, as keras-hub's `MaskedLMMaskGenerator` (pretraining only)."""
-
-    selection_rate: float = Field(0.15, gt=0, le=1)
-    max_selections: int = Field(32, ge=1)
-    mask_token_rate: float = Field(0.8, ge=0, le=1)
-    random_token_rate: float = Field(0.1, ge=0, le=1)
-
-
-class ModelConfig(_Section):
+class ModelSettings(_Section):
     num_classes: int | None = Field(None, ge=2, description="classes; inferred from the labels when left out")
     dropout: float = Field(0.1, ge=0, lt=1)
     builder: str | None = Field(None, description="`fit` only: 'package.module:function' returning a keras.Model")
@@ -76,7 +68,7 @@ class ModelConfig(_Section):
     masking: MaskingSettings = MaskingSettings()
 
 
-class OptimizerConfig(_Section):
+class OptimizerSettings(_Section):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     learning_rate: float = Field(5e-5, gt=0, le=1)
     weight_decay: float = Field(0.01, ge=0)
@@ -109,30 +101,30 @@ class RunSettings(_Section):
                                                 "pyarrow opens); on a multi-node cluster, a URI or a path every node "
                                                 "mounts")
     max_failures: int = Field(2, ge=0, description="worker failures to recover from before giving up")
-    address: str | None = Field(None, description="Ray cluster to join (default: RAY_ADDRESS, else a local one)")
+    address: str | None = Field(None, description=ADDRESS_HELP)
 
 
 class RecipeConfig(_Section):
-    task: Task
+    task: str = Field(description="the recipe: a name in raynlp.train.recipes.RECIPES")
     preset: str | None = Field(None, description="keras-hub preset: raynlp name, keras-hub handle or folder")
-    data: DataConfig
-    model: ModelConfig = ModelConfig()
-    optimizer: OptimizerConfig = OptimizerConfig()
+    data: DataSettings
+    model: ModelSettings = ModelSettings()
+    optimizer: OptimizerSettings = OptimizerSettings()
     train: TrainSettings = TrainSettings()
     scaling: ScalingSettings = ScalingSettings()
     run: RunSettings = RunSettings()
 
+    @field_validator("task")
+    @classmethod
+    def _a_recipe(cls, task: str) -> str:
+        if task not in RECIPES:
+            raise ValueError(f"no recipe {task!r}; recipes: {', '.join(RECIPES)}")
+        return task
+
     @model_validator(mode="after")
     def _task_needs(self):
-        if self.task != "scratch" and not self.preset:
-            raise ValueError(f"task {self.task} needs a preset")
-        if self.task == "fit" and not self.model.builder:
-            raise ValueError("task fit needs model.builder ('package.module:function')")
+        RECIPES[self.task].check(self)
         return self
-
-
-def parse_config(tree: dict) -> RecipeConfig:
-    return config_file.validate(RecipeConfig, tree)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **defaults) -> RecipeConfig:

@@ -261,7 +261,7 @@ def _columns(dataset) -> list[str]:
 
 def _tokenize_into(folder: str, dataset, config: RecipeConfig, tokenizer_dir: str, *, split: str,
                    masked_lm: bool) -> None:
-    from raynlp.data import MaskingConfig, tokenize_dataset, write_tokenized
+    from raynlp.data import tokenize_dataset, write_tokenized
 
     if is_tokenized(folder):
         logger.info("%s split already tokenized in %s (resuming run)", split, folder)
@@ -269,20 +269,16 @@ def _tokenize_into(folder: str, dataset, config: RecipeConfig, tokenizer_dir: st
     limit = _row_limit(config, split)
     if limit:
         dataset = dataset.limit(limit)
-    masking = None
-    if masked_lm:
-        m = config.model.masking
-        masking = MaskingConfig(selection_rate=m.selection_rate, max_selections=m.max_selections,
-                                mask_token_rate=m.mask_token_rate, random_token_rate=m.random_token_rate,
-                                seed=config.train.seed)
+    masking = config.model.masking if masked_lm else None
     rows = limit or _known_rows(config, split)
     # A small split is packed in a few Ray tasks: starting an actor pool would take longer than the work.
     actors = 0 if rows is not None and rows <= SMALL_SPLIT_ROWS else config.data.tokenizer_actors
     logger.info("tokenizing the %s split into %s (%s)", split, folder,
                 f"{actors} actors" if actors else "Ray tasks: a small split")
     packed = tokenize_dataset(dataset, tokenizer_dir, sequence_length=config.data.sequence_length,
-                              text_column="text", masking=masking, num_actors=actors)
+                              text_column="text", masking=masking, mask_seed=config.train.seed,
+                              num_actors=actors)
     # A partial folder from an interrupted attempt holds no manifest: start it over.
     storage.delete(folder)
     write_tokenized(packed, folder, preset=tokenizer_dir, sequence_length=config.data.sequence_length,
-                    masking=masking)
+                    masking=masking, mask_seed=config.train.seed)

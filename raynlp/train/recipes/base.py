@@ -1,11 +1,16 @@
 """What every recipe provides, and the facts the driver works out before training starts."""
 
+from __future__ import annotations
+
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from raynlp.train.config import RecipeConfig
+from raynlp.data.tokenize import PACKED_FEATURES
 
-PACKED_FEATURES = ("token_ids", "segment_ids", "padding_mask")
+if TYPE_CHECKING:  # the config validates `task` against RECIPES: a recipe only names it
+    from raynlp.train._internal.run_folder import RunFolder
+    from raynlp.train.config import RecipeConfig
 
 
 @dataclass(frozen=True)
@@ -30,11 +35,27 @@ class Plan:
 
 
 class Recipe:
+    """One workflow: its one-line summary (the CLI's help), the data it takes, its model, its export."""
+
+    summary: str = ""
     labelled: bool = True
     masked_lm: bool = False
+    needs_preset: bool = True  # starts from a preset's backbone and tokenizer
     feature_columns: tuple[str, ...] = PACKED_FEATURES
     label_column: str | None = "label"
     weight_column: str | None = None
+
+    def check(self, config: RecipeConfig) -> None:
+        """Refuse a config this recipe cannot run: a ValueError, which the config's validation reports."""
+        if self.needs_preset and not config.preset:
+            raise ValueError(f"task {config.task} needs a preset")
+
+    def tokenizer(self, config: RecipeConfig, train, run: RunFolder) -> str:
+        """The tokenizer preset the corpus is packed with, as Ray Data's packers and the training workers find
+        it on every node: the preset's own, unless the recipe makes one (`train`: the raw training split)."""
+        from raynlp.presets import portable
+
+        return portable(config.preset)
 
     def build(self, config: RecipeConfig, plan: Plan):
         """The compiled keras.Model, identical on every rank (built after the shared seed is set)."""

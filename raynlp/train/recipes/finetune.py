@@ -4,6 +4,8 @@ from raynlp.train.recipes.base import Plan, Recipe, compile_model
 
 
 class FinetuneRecipe(Recipe):
+    summary = "fine-tune a preset's backbone as a text classifier (guide levels 2 and 3)"
+
     def build(self, config, plan: Plan):
         import keras_hub
 

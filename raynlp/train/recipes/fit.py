@@ -25,6 +25,13 @@ def load_builder(path: str):
 
 
 class FitRecipe(Recipe):
+    summary = "train a user model built around a preset's backbone (guide level 4)"
+
+    def check(self, config) -> None:
+        super().check(config)
+        if not config.model.builder:
+            raise ValueError("task fit needs model.builder ('package.module:function')")
+
     def build(self, config, plan: Plan):
         import keras_hub
 

@@ -5,10 +5,12 @@ The masking is done in Ray Data; the model sees `token_ids` with [MASK]s, predic
 weights, tokenizer) that `finetune` takes as its `preset`.
 """
 
-from raynlp.train.recipes.base import PACKED_FEATURES, Plan, Recipe, compile_model
+from raynlp.data.tokenize import PACKED_FEATURES
+from raynlp.train.recipes.base import Plan, Recipe, compile_model
 
 
 class PretrainRecipe(Recipe):
+    summary = "masked-LM pretraining of a backbone, from scratch or continued (guide level 5)"
     labelled = False
     masked_lm = True
     feature_columns = (*PACKED_FEATURES, "mask_positions")

@@ -5,7 +5,13 @@
 Only `token_ids` and `padding_mask` are used. The export is `model.keras` beside the learned tokenizer.
 """
 
+import logging
+import os
+
+from raynlp.errors import RaynlpError
 from raynlp.train.recipes.base import Plan, Recipe, compile_model
+
+logger = logging.getLogger(__name__)
 
 
 def build_scratch_classifier(*, vocabulary_size: int, sequence_length: int, hidden_dim: int, num_layers: int,
@@ -27,7 +33,36 @@ def build_scratch_classifier(*, vocabulary_size: int, sequence_length: int, hidd
 
 
 class ScratchRecipe(Recipe):
+    summary = "learn a vocabulary and train a small transformer from scratch (guide level 6)"
+    needs_preset = False
     feature_columns = ("token_ids", "padding_mask")
+
+    def tokenizer(self, config, train, run) -> str:
+        """`model.vocabulary`, or one learned from the training text, as a keras-hub tokenizer preset saved in the
+        run (`tokenizer/`; a learned vocabulary also as `vocabulary.txt`). A resumed run keeps its own."""
+        import keras_hub
+
+        made = run.fetch("tokenizer")
+        if made is not None and (made / "tokenizer.json").exists():
+            return run.for_workers("tokenizer")
+        vocabulary = config.model.vocabulary
+        if vocabulary is None:
+            from raynlp.data import learn_vocabulary, save_vocabulary
+
+            if isinstance(train, str):
+                raise RaynlpError("task scratch learns its vocabulary from raw text; give model.vocabulary with "
+                                  "tokenized data")
+            if config.data.max_train_rows:
+                train = train.limit(config.data.max_train_rows)
+            logger.info("learning a %d-token WordPiece vocabulary from the training text", config.model.vocabulary_size)
+            vocabulary = str(save_vocabulary(learn_vocabulary(train, config.model.vocabulary_size),
+                                             run.staged("vocabulary.txt")))
+            run.publish("vocabulary.txt")
+        elif not os.path.isfile(vocabulary):
+            raise RaynlpError(f"model.vocabulary {vocabulary} does not exist; make one with `raynlp vocab`")
+        keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True).save_to_preset(str(run.staged("tokenizer")))
+        run.publish("tokenizer")
+        return run.for_workers("tokenizer")
 
     def build(self, config, plan: Plan):
         from raynlp.data.fast_tokenizer import FastWordPieceTokenizer

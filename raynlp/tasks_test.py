@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from raynlp.errors import RaynlpError
-from raynlp.jobs.tasks import TASKS, load_task_config, task_of
+from raynlp.tasks import TASKS, load_task_config, task_of
 
 CONFIGS = sorted(Path("configs").glob("*.yaml"))
 
@@ -45,3 +45,42 @@ def test_run_outputs_may_be_storage_uris():
     # Opening the bucket is the trainer's job (tests/object_storage_test.py): the config only carries the URI.
     config = load_task_config("finetune", "configs/finetune.yaml", ["run.output=s3://bucket/runs/x"])
     assert config.run.output == "s3://bucket/runs/x"
+
+
+def test_a_job_runs_the_task_its_config_names():
+    from raynlp.tasks import job_command
+
+    assert job_command(["--config", "configs/finetune.yaml", "--set", "train.epochs=1"]) == [
+        "finetune", "--config", "configs/finetune.yaml", "--set", "train.epochs=1"]
+    assert job_command(["--config", "configs/serve.yaml"]) == ["serve", "--config", "configs/serve.yaml", "--detach"]
+    assert job_command(["vocab", "--config", "configs/vocab.yaml"])[0] == "vocab"
+    with pytest.raises(RaynlpError, match="a job needs --config FILE"):
+        job_command(["--set", "x=1"])
+
+
+def test_a_new_recipe_is_one_class_and_one_registry_row():
+    """Registered before raynlp reads the table, a toy recipe is a config task, a CLI command with its help, a
+    workflow and a job: nothing else names the training tasks."""
+    import subprocess
+    import sys
+
+    script = """
+import raynlp.train.recipes as recipes
+from raynlp.train.recipes.finetune import FinetuneRecipe
+
+class Toy(FinetuneRecipe):
+    summary = "a toy recipe for the registry test"
+
+recipes.RECIPES["toy"] = Toy()
+from raynlp import cli, workflows
+from raynlp.tasks import TASKS, job_command, load_task_config
+
+config = load_task_config("toy", None, ["preset=bert_tiny_en_uncased_scratch", "data.dataset=rotten_tomatoes"])
+assert config.task == "toy" and TASKS["toy"].help == Toy.summary
+assert "toy" in cli.build_parser().format_help() and Toy.summary in cli.build_parser().format_help()
+assert workflows._config("toy", None, [], {"preset": "p", "dataset": "d"}).task == "toy"
+assert job_command(["toy", "--config", "x.yaml"])[0] == "toy"
+print("ok")
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.stdout.strip() == "ok", run.stderr[-2000:]
