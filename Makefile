@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast lint clean
 
 # The venv is built once and re-installed only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -17,11 +17,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/raynlp demo
 
+# The whole suite (what CI runs).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Unit and co-located tests: no Ray Train run, Serve app, Ray job, benchmark or demo.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
 lint: $(STAMP)
-	$(BIN)/ruff check raynlp tests jobs
+	$(BIN)/ruff check raynlp tests jobs conftest.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -10,9 +10,43 @@ for _name, _value in WORKER_ENV.items():
     os.environ.setdefault(_name, _value)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def s3_server():
+    """A real S3-compatible server (moto) on 127.0.0.1 for the whole session, started before any Ray cluster
+    (a test's own included): pyarrow (so Ray Data and Ray Train) reaches it through `AWS_ENDPOINT_URL`, set here in this process,
+    whose environment the cluster's workers inherit. Yields that environment."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from raynlp._internal.cluster import LOOPBACK, free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL": f"http://{LOOPBACK}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection((LOOPBACK, port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "moto server did not start"
+                time.sleep(0.2)
+        os.environ.update(env)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """A real local Ray cluster on 127.0.0.1, shared by every test that asks for it."""
+def ray_cluster(s3_server):
+    """A real local Ray cluster on 127.0.0.1, shared by every test that asks for it; its workers reach the
+    session's S3 server."""
     import ray
 
     from raynlp._internal.cluster import on_loopback

@@ -10,6 +10,7 @@ from raynlp.errors import RaynlpError
 KEYS = ["pretrain", "finetune_domain", "finetune", "finetune_cached", "fit_frozen_backbone", "scratch"]
 
 
+@pytest.mark.slow
 def test_tiny_demo_runs_every_workflow_and_reports_numbers_from_the_run(ray_cluster, tmp_path, monkeypatch):
     # A relative output folder, as `make demo` gives (runs/demo): Ray's workers, actors and replicas do not share
     # the driver's working directory, so every path handed to them must have been made absolute.

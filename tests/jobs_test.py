@@ -14,9 +14,12 @@ import pytest
 from raynlp._internal.cluster import free_port
 from raynlp.cli import main
 
-TINY_FINETUNE = ["preset=bert_tiny_en_uncased_scratch", "data.max_train_rows=64", "data.max_test_rows=32",
-                 "data.sequence_length=32", "data.tokenizer_actors=1", "train.epochs=1", "train.batch_size=16",
-                 "scaling.num_workers=1"]
+pytestmark = pytest.mark.slow  # a ray start head and Ray jobs
+
+# Mixed precision rides on the job's run: bfloat16 compute on CPU (float16 with loss scaling on GPU), float32 weights.
+TINY_FINETUNE = ["preset=bert_tiny_en_uncased_scratch", "data.max_train_rows=128", "data.max_test_rows=32",
+                 "data.sequence_length=32", "data.tokenizer_actors=1", "train.epochs=2", "train.batch_size=16",
+                 "scaling.num_workers=1", "optimizer.learning_rate=1e-3", "train.mixed_precision=true"]
 
 
 def processes_under(folder: Path) -> list[str]:
@@ -77,13 +80,32 @@ def test_submit_a_finetune_job_and_find_its_preset(ray_head, tmp_path, capsys):
     assert code == 0, logs[-3000:]
     assert "job raynlp-finetune-ok SUCCEEDED" in logs and "finetune finished" in logs
     # The workers' progress reaches the job's log, each line once (a plain print on a Ray Train worker shows twice).
-    assert logs.count("[raynlp] epoch 1/1:") == 1 and logs.count("[raynlp] epoch 1/1 step 1/4:") == 1, logs[-3000:]
+    assert logs.count("[raynlp] epoch 1/2:") == 1 and logs.count("[raynlp] epoch 1/2 step 1/8:") == 1, logs[-3000:]
     assert (out / "preset" / "task.json").is_file() and (out / "metrics.json").is_file()
+    _trained_in_mixed_precision_and_exported_in_float32(out)
 
     assert main(["jobs", "status", "raynlp-finetune-ok", "--address", ray_head.url]) == 0
     assert "SUCCEEDED" in capsys.readouterr().out
     assert main(["jobs", "logs", "raynlp-finetune-ok", "--address", ray_head.url]) == 0
     assert f"preset: {out / 'preset'}" in capsys.readouterr().out
+
+
+def _trained_in_mixed_precision_and_exported_in_float32(out: Path) -> None:
+    import json
+
+    import keras
+    import keras_hub
+    import numpy as np
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(np.isfinite(m["loss"]) for m in metrics) and metrics[-1]["loss"] < metrics[0]["loss"], metrics
+    card = json.loads((out / "preset" / "raynlp_model.json").read_text())
+    assert card["extra"]["trained_dtype_policy"] == "mixed_bfloat16"
+    # Exported as a plain float32 preset: keras-hub cannot load a "mixed_*" policy from a preset.
+    classifier = keras_hub.models.BertTextClassifier.from_preset(str(out / "preset"))
+    assert classifier.dtype_policy.name == "float32" and {w.dtype for w in classifier.weights} == {"float32"}
+    assert np.isfinite(np.asarray(classifier.predict(["a fine film .", "dull ."], verbose=0))).all()
+    keras.backend.clear_session()
 
 
 def test_a_failing_job_reports_failure_and_its_error(ray_head, tmp_path, capsys):

@@ -19,6 +19,8 @@ from raynlp.cli import main
 from raynlp.data.corpus import CorpusFileError
 from raynlp.train import load_config, train
 
+pytestmark = pytest.mark.slow  # a Ray Train run and a Serve app
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 NAMES = {0: "rotten", 1: "fresh"}  # sorted, "fresh" is class 0: names decide the ids, not the source's ids
 

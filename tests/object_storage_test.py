@@ -7,9 +7,9 @@ refused before Ray starts. pyarrow, and so Ray Data and Ray Train, reach the ser
 """
 
 import json
+import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from raynlp._internal import storage
-from raynlp._internal.cluster import LOOPBACK, free_port
 from raynlp.errors import RaynlpError
 from raynlp.train import load_config, train
 
@@ -31,34 +30,12 @@ REVIEWS = [("a gem of a film, warm and funny", 1), ("dull, long and pointless", 
 
 
 @pytest.fixture(scope="module")
-def s3():
-    """The environment that points pyarrow at a fresh moto server holding an empty bucket; set in this process
-    too while the module's tests run."""
+def s3(s3_server):
+    """The session's S3 server (conftest.py) holding an empty bucket, and the environment that reaches it."""
     import pyarrow.fs
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://{LOOPBACK}:{port}"
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection((LOOPBACK, port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "moto server did not start"
-                time.sleep(0.2)
-        pyarrow.fs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True).create_dir(BUCKET)
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in env.items():
-                patch.setenv(name, value)
-            yield env
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    pyarrow.fs.S3FileSystem(endpoint_override=s3_server["AWS_ENDPOINT_URL"], allow_bucket_creation=True).create_dir(BUCKET)
+    return s3_server
 
 
 def raynlp(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -136,11 +113,15 @@ def test_a_folder_in_a_bucket_resolves_to_a_local_copy_that_follows_changes(s3, 
         resolve(f"s3://{BUCKET}/copies/missing")
 
 
-def test_a_run_on_object_storage_exports_there_loads_from_there_and_resumes_there(s3, tmp_path):
+@pytest.mark.slow
+def test_a_run_on_object_storage_exports_there_loads_from_there_and_resumes_there(s3, ray_cluster, tmp_path, caplog):
+    from raynlp.tasks import TASKS
+
+    caplog.set_level(logging.INFO, logger="raynlp")
     out = f"s3://{BUCKET}/run"
-    first = finetune(s3, out, "train.epochs=1")
-    assert first.returncode == 0, failure(first)
-    assert f"preset: {out}/preset\nmetrics: {out}/metrics.json" in first.stdout
+    first_config = load_config(REPO / "configs" / "finetune.yaml", [*TINY, "train.epochs=1", f"run.output={out}"])
+    first = train(first_config)  # on the session's cluster, whose workers reach the bucket
+    assert f"preset: {out}/preset\nmetrics: {out}/metrics.json" in TASKS["finetune"].summary(first_config, first)
     files = listing(out)
     for name in ["raynlp_run.json", "config.yaml", "metrics.json", "curves.png", "preset/config.json",
                  "preset/task.json", "preset/model.weights.h5", "preset/task.weights.h5", "preset/tokenizer.json",
@@ -152,6 +133,7 @@ def test_a_run_on_object_storage_exports_there_loads_from_there_and_resumes_ther
     assert len(checkpoints) == 1 and f"ray_train/{checkpoints.pop()}/optimizer_variables.npz" in files
     (epoch_1,) = json.loads(storage.read_text(f"{out}/metrics.json"))
     assert epoch_1["epoch"] == 1 and epoch_1["global_step"] == 64 // 16
+    assert not storage.local_dir("staging", out, tail=0).exists()  # staged, uploaded, cleaned up
 
     # Any process loads the export from its URI: `raynlp evaluate` on a fresh Ray cluster, its actors included.
     preset, reviews = f"{out}/preset", tmp_path / "reviews.jsonl"
@@ -166,10 +148,9 @@ def test_a_run_on_object_storage_exports_there_loads_from_there_and_resumes_ther
     finally:
         shutil.rmtree(storage.local_dir("remote", preset, tail=0), ignore_errors=True)
 
-    # The same command, one more epoch: it resumes from the checkpoint in the bucket and keeps the tokenized data.
-    resumed = finetune(s3, out, "train.epochs=2")
-    assert resumed.returncode == 0, failure(resumed)
-    assert "train split already tokenized in s3://" in resumed.stderr
+    # The same config, one more epoch: it resumes from the checkpoint in the bucket and keeps the tokenized data.
+    train(load_config(REPO / "configs" / "finetune.yaml", [*TINY, "train.epochs=2", f"run.output={out}"]))
+    assert "train split already tokenized in s3://" in caplog.text
     history = json.loads(storage.read_text(f"{out}/metrics.json"))
     assert [e["epoch"] for e in history] == [1, 2]
     assert history[0] == epoch_1 and history[1]["global_step"] == 2 * epoch_1["global_step"]

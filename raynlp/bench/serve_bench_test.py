@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from raynlp.bench.serve_bench import run_serve_bench
+
+pytestmark = pytest.mark.slow  # a benchmark
 
 
 def test_serve_bench_writes_figures_for_every_target(ray_cluster, tmp_path):

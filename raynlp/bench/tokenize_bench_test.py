@@ -8,6 +8,8 @@ import raynlp.bench
 from raynlp.cli import main
 from raynlp.errors import RaynlpError
 
+pytestmark = pytest.mark.slow  # a benchmark
+
 WAYS = ["keras_hub_preprocessor_1_process", "raynlp_1_process", "raynlp_ray_data_1_actor", "raynlp_ray_data_2_actors"]
 ROWS = 200
 

@@ -13,6 +13,8 @@ import pytest
 
 from raynlp.bench.train_bench import run_train_bench
 
+pytestmark = pytest.mark.slow  # a benchmark
+
 
 @pytest.fixture(scope="module")
 def report(ray_cluster, tmp_path_factory):
@@ -30,8 +32,9 @@ def test_every_way_trained_the_same_steps_and_reports_throughput(report):
         assert len(figures["epoch_losses"]) == data["epochs"] and all(loss > 0 for loss in figures["epoch_losses"])
     plain, raynlp = data["results"]["keras_hub_fit_1_process"], data["results"]["raynlp_1_worker"]
     in_ray = data["results"]["keras_hub_fit_in_ray_task"]
-    assert raynlp["epoch_losses"] == pytest.approx(plain["epoch_losses"], abs=1e-3)  # the same training, step by step
-    assert in_ray["epoch_losses"] == pytest.approx(plain["epoch_losses"], abs=1e-3)
+    # The same training, step by step: the losses equal to four decimals, as the report rounds them (README says so).
+    assert raynlp["epoch_losses"] == plain["epoch_losses"]
+    assert in_ray["epoch_losses"] == plain["epoch_losses"]
     for baseline, ratios in [(plain, data["ratio_to_keras_hub_fit"]), (in_ray, data["ratio_to_keras_hub_fit_in_ray_task"])]:
         for way, ratio in ratios.items():
             expected = data["results"][way]["examples_per_second"] / baseline["examples_per_second"]

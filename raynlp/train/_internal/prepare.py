@@ -47,7 +47,8 @@ def raw_splits(config: RecipeConfig, *, labelled: bool) -> tuple[dict, list[str]
     """The configured splits (raw text as Ray Datasets, or `raynlp tokenize` folders) and the label names.
 
     A training corpus read from a path comes shuffled (seeded by `train.seed`, unless `train.shuffle` is off);
-    the other splits keep their order, so that reports stay comparable. Names (class folders, string labels)
+    the other splits keep their order, so that reports stay comparable, unless `data.max_test_rows` cuts them:
+    the cut is then a seeded sample, not the first rows (of a class-folder corpus, the first class alone). Names (class folders, string labels)
     become ids by sorted name, and a validation or test split holding a label the training data lacks is
     refused here, before anything is tokenized.
     """
@@ -60,7 +61,8 @@ def raw_splits(config: RecipeConfig, *, labelled: bool) -> tuple[dict, list[str]
         names = list(names) if names else None
     else:
         seed = config.train.seed if config.train.shuffle else None
-        splits = {split: _read(config, path, shuffle_seed=seed if split == "train" else None)
+        sample = config.train.seed if d.max_test_rows else None
+        splits = {split: _read(config, path, shuffle_seed=seed if split == "train" else sample)
                   for split, path in (("train", d.train), ("validation", d.validation), ("test", d.test))
                   if path is not None}
         names = None

@@ -33,9 +33,6 @@ class RunFolder:
         self.root: Path | str = storage.location(output)
         self.remote = storage.is_uri(self.root)
         self.local: Path = storage.local_dir("staging", self.root, tail=0) if self.remote else self.root
-        if self.remote:
-            shutil.rmtree(self.local, ignore_errors=True)
-            self.local.mkdir(parents=True)
 
     @classmethod
     def claim(cls, config) -> RunFolder:
@@ -60,6 +57,9 @@ class RunFolder:
             storage.write_text(run.join("config.yaml"), yaml.safe_dump(config.model_dump(), sort_keys=False))
         except storage.ERRORS as e:
             raise run._unusable(e) from e
+        if run.remote:  # a fresh staging folder for what the driver makes
+            shutil.rmtree(run.local, ignore_errors=True)
+            run.local.mkdir(parents=True)
         return run
 
     def join(self, *names: str) -> Path | str:
