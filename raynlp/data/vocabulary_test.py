@@ -91,6 +91,7 @@ def learned_vocabularies(ray_cluster, sentences, keras_hub_vocabularies) -> dict
     }
 
 
+@pytest.mark.slow  # keras-hub's learner on 4,000 sentences, three times: half a minute
 @pytest.mark.parametrize("setting", list(PARITY_SETTINGS))
 def test_vocabulary_equals_keras_hub_on_real_text(ray_cluster, setting, learned_vocabularies, keras_hub_vocabularies):
     learned = learned_vocabularies[setting]
@@ -124,6 +125,7 @@ def test_word_counts_equal_keras_hub_on_real_text(ray_cluster, sentences, strip_
     assert any(not word.isascii() for word, _ in ours)  # the TensorFlow path was taken too
 
 
+@pytest.mark.slow  # uses the parity run's vocabularies
 def test_saved_vocabulary_loads_in_keras_hub_tokenizer(learned_vocabularies, tmp_path):
     import keras_hub
 
