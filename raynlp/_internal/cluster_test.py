@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from raynlp._internal.cluster import LOOPBACK
 
 
@@ -27,6 +29,7 @@ def test_jax_coordinator_address_is_on_loopback(ray_cluster):
     assert host == LOOPBACK and 0 < int(port) < 65536
 
 
+@pytest.mark.slow  # a Ray cluster of its own, in a process of its own
 def test_ensure_ray_starts_a_local_cluster_on_loopback():
     # A process of its own: the tests' session cluster must stay as it is.
     script = (

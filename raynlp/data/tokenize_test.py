@@ -24,7 +24,10 @@ def _texts(name):
     return [t for split in ("train", "test") for t in datasets.read_split(name, split)["text"].to_pylist()]
 
 
-@pytest.mark.parametrize("name, sequence_length", [("rotten_tomatoes", 128), ("movie_reviews", 512)])
+@pytest.mark.parametrize("name, sequence_length", [
+    ("rotten_tomatoes", 128),
+    pytest.param("movie_reviews", 512, marks=pytest.mark.slow),  # keras-hub's preprocessor over 1,500 full reviews
+])
 def test_packed_arrays_equal_keras_hub_on_real_text(preset_dir, name, sequence_length):
     import keras_hub
 
@@ -61,6 +64,7 @@ def test_ray_data_pipeline_equals_one_process(ray_cluster, preset_dir, num_actor
     np.testing.assert_array_equal(batch["label"], np.arange(len(texts)) % 2)
 
 
+@pytest.mark.slow  # an actor pool and a task pool over 200 full reviews, then keras-hub's contract row by row
 def test_masked_lm_on_ray_data_keeps_the_contract(ray_cluster, preset_dir):
     import ray.data
 
