@@ -1,1 +1,1 @@
-"""Jobs on a Ray cluster: every task by its config, and submitting them through the Ray Job API."""
+"""Jobs on a Ray cluster: submitting any task of `raynlp.tasks` through the Ray Job API, and following it."""
