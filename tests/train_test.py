@@ -1,4 +1,6 @@
-"""End to end on a real local Ray cluster: the four training levels of the guide, on real text, with 2 workers.
+"""End to end on a real local Ray cluster, with 2 workers: fine-tuning from a user's class folders, pretraining,
+fine-tuning from cached tokens through a killed worker and a resume (levels 4 and 6, and the demo's chain of all
+six, run in tests/demo_test.py).
 
 Sizes are small so that the suite stays fast on 2 CPU cores; what each test asserts would fail if training
 did not learn, if the export did not hold the trained weights, or if a resumed run started over.
@@ -29,13 +31,12 @@ def recipe(name: str, out: Path, *overrides: str):
 
 @pytest.fixture(scope="module")
 def finetuned(ray_cluster, tmp_path_factory):
-    """The shipped fine-tuning recipe at a test budget: MiniLM, 2 workers, two epochs of Rotten Tomatoes, laid out
+    """The shipped fine-tuning recipe at a test budget: MiniLM, 2 workers, one epoch of Rotten Tomatoes, laid out
     as the guide lays out IMDB: `train/neg/*.txt`, `train/pos/*.txt`, one sentence per file, files written class
     by class (as a user's folders list).
 
-    Two epochs, because one is not enough for 0.80: plain keras-hub `fit` in one process on the mixed data set at
-    this budget's first epoch scored 0.785-0.796 over four settings and seeds, and after the second 0.810-0.821
-    (three runs). Read in listing order (sorted by class), the same run sat at chance.
+    Plain keras-hub `fit` in one process on the mixed data set scored 0.785-0.796 after this budget's epoch (four
+    settings and seeds); read in listing order (sorted by class), the same run sat at chance.
     """
     from labelled_corpus_test import write_class_folders
 
@@ -43,8 +44,8 @@ def finetuned(ray_cluster, tmp_path_factory):
     for split in ("train", "test"):
         table = datasets.read_split("rotten_tomatoes", split)
         write_class_folders(root / split, list(zip(table["text"].to_pylist(), table["label"].to_pylist())))
-    # Validated on 256 test rows after each epoch (the run's curves); the tests below evaluate all 800.
-    config = recipe("finetune", tmp_path_factory.mktemp("finetune") / "run", "train.epochs=2",
+    # Validated on 256 test rows after the epoch (the run's curves); the tests below evaluate all 800.
+    config = recipe("finetune", tmp_path_factory.mktemp("finetune") / "run", "train.epochs=1",
                     "data.sequence_length=48", "optimizer.learning_rate=1e-4", "data.dataset=null",
                     f"data.train={root / 'train'}", f"data.test={root / 'test'}", "data.max_test_rows=256")
     return config, train(config), root
@@ -58,7 +59,7 @@ def test_finetune_minilm_learns_rotten_tomatoes_from_class_folders_with_two_work
 
     config, result, root = finetuned
     assert config.scaling.num_workers == 2
-    assert [m["global_step"] for m in result.metrics] == [3200 // (16 * 2), 2 * 3200 // (16 * 2)]
+    assert [m["global_step"] for m in result.metrics] == [3200 // (16 * 2)]
     assert all(m["examples_per_second"] > 0 for m in result.metrics)
     # The tokenized training rows are mixed: the label changes about every other row (it would change once,
     # were the folders read in listing order), and the first global batch, as the two workers are dealt it,
@@ -72,10 +73,11 @@ def test_finetune_minilm_learns_rotten_tomatoes_from_class_folders_with_two_work
     # The 256 rows validated on are a sample of the test folders, not the first class folder's files.
     validated = pq.read_table(str(result.output / "data" / "test"), columns=["label"])["label"].to_pylist()
     assert len(validated) == 256 and 0.35 < sum(validated) / 256 < 0.65
-    # The bar the mixed data set reaches at this budget; the named data set's integer labels are the same ids.
+    # Near what the mixed data set reaches at this budget (chance, had the folders been read class by class); the
+    # named data set's integer labels are the same ids.
     from_folders = evaluate(read_corpus(root / "test"), str(result.preset))
     assert from_folders["rows"] == 800 and from_folders["labels"] == ["neg", "pos"]
-    assert from_folders["accuracy"] >= 0.80, from_folders
+    assert from_folders["accuracy"] >= 0.76, from_folders
     named = evaluate(datasets.load("rotten_tomatoes")["test"], str(result.preset), num_actors=1)
     assert named["accuracy"] == from_folders["accuracy"]  # the same 800 rows
     for name in ("metrics.json", "curves.png", "config.yaml"):
@@ -190,24 +192,3 @@ def test_finetune_from_the_pretrained_backbone_and_cached_tokens_survives_a_kill
     again = train(config(4))
     assert again.metrics[:3] == result.metrics  # epochs 1-3 carried over, not trained again
     assert (again.metrics[3]["epoch"], again.metrics[3]["global_step"]) == (4, 4 * steps)
-
-
-def test_level_4_custom_model_on_a_frozen_backbone_beats_chance(ray_cluster, tmp_path):
-    config = recipe("fit_frozen_backbone", tmp_path / "fit", "data.max_train_rows=960", "data.max_test_rows=320",
-                    "data.sequence_length=40", "train.epochs=2")
-    result = train(config)
-    classifier = TextClassifier.load(str(result.preset))
-    assert classifier.labels == ["negative", "positive"]
-    trainable = sum(int(np.prod(w.shape)) for w in classifier.model.trainable_weights)
-    assert 0 < trainable < classifier.model.count_params() / 4  # the backbone stayed frozen
-    assert evaluate(datasets.load("rotten_tomatoes")["test"], str(result.preset))["accuracy"] >= 0.65
-
-
-def test_level_6_vocabulary_and_transformer_from_scratch_beat_chance(ray_cluster, tmp_path):
-    config = recipe("scratch", tmp_path / "scratch", "model.vocabulary_size=3000", "data.sequence_length=48",
-                    "train.epochs=5")
-    result = train(config)
-    vocabulary = (result.output / "vocabulary.txt").read_text().splitlines()
-    assert 1000 <= len(vocabulary) <= 3000 and "[MASK]" in vocabulary  # the learner stops short on small text
-    assert result.metrics[-1]["accuracy"] > result.metrics[0]["accuracy"]
-    assert evaluate(datasets.load("rotten_tomatoes")["test"], str(result.preset))["accuracy"] >= 0.60

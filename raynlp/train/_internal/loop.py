@@ -15,6 +15,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import keras
     import ray.train
 
+    from raynlp._internal.compilation_cache import use_compilation_cache
     from raynlp.train._internal.callbacks import History
     from raynlp.train._internal.checkpoint import ReportCallback, restore_from_ray
     from raynlp.train._internal.distributed import setup_data_parallel
@@ -26,7 +27,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     plan = _on_this_node(Plan(**loop_config["plan"]), config)
     recipe = RECIPES[config.task]
 
-    # 1. One replica of a data-parallel run (a plain process when there is one worker).
+    # 1. One replica of a data-parallel run (a plain process when there is one worker), which loads what this
+    # node compiled before (a restarted group, a resumed run) instead of compiling it again.
+    use_compilation_cache()
     info = setup_data_parallel(config.scaling.use_gpu, config.train.seed)
     if config.train.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if not config.scaling.use_gpu else "mixed_float16")
