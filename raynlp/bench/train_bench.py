@@ -19,7 +19,9 @@ of both workers' shards (other rows together), so its losses differ a little.
 
 Throughput is examples per second over the epochs after the first (the first one includes compilation, and
 for raynlp reading the shard), so each way is measured in its steady state. Wall time from call to result is
-reported beside it (for raynlp it includes tokenizing on Ray Data, starting workers and exporting the preset).
+reported beside it (for raynlp it includes tokenizing on Ray Data, starting workers and exporting the preset;
+raynlp's workers also load what this machine compiled before from JAX's compilation cache, where the plain ways
+compile afresh: compare wall times with `JAX_ENABLE_COMPILATION_CACHE=false`).
 """
 
 import json
@@ -135,7 +137,8 @@ def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[in
                                                for name, r in results.items() if name.startswith("raynlp")},
         "note": "examples/s over the epochs after the first (steady state); the workers share this machine's cores, "
                 "so 2 workers on one machine measure the cost of synchronisation, not a speed-up; the fit in a Ray "
-                "task is the plain fit with Ray around it, no raynlp code.",
+                "task is the plain fit with Ray around it, no raynlp code. Wall times: raynlp's workers load programs "
+                "compiled before from JAX's compilation cache (off: JAX_ENABLE_COMPILATION_CACHE=false).",
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "train.json"
