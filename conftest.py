@@ -57,7 +57,9 @@ def ray_cluster(s3_server):
             ray.init(
                 address="local",  # a cluster of its own, whatever Ray's record of a `ray start` head says
                 num_cpus=4,
-                include_dashboard=True,  # as raynlp's own local clusters (raynlp._internal.cluster)
+                # Unlike raynlp's own local clusters: nobody watches it, and on 2 cores its dashboard's share
+                # of the CPU slows every test (jobs_test runs its own head, with a dashboard).
+                include_dashboard=False,
                 log_to_driver=False,
                 runtime_env={"env_vars": WORKER_ENV},
                 _node_ip_address=ip,
@@ -82,3 +84,18 @@ def keras_hub_classifier(tmp_path_factory):
     folder = tmp_path_factory.mktemp("classifier") / "preset"
     classifier.save_to_preset(str(folder))
     return str(folder), classifier
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_cluster):
+    """Ray Serve on the session's cluster, started once: each test's app joins it under its own name and route
+    prefix, as apps share the Serve instance of a real cluster, and deletes only that app. Yields its HTTP port
+    on 127.0.0.1."""
+    from ray import serve
+
+    from raynlp._internal.cluster import LOOPBACK, free_port
+
+    port = free_port()
+    serve.start(http_options={"host": LOOPBACK, "port": port})
+    yield port
+    serve.shutdown()

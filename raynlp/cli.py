@@ -78,6 +78,7 @@ def _tokenize(args) -> None:
     from raynlp.data import tokenize_dataset, write_tokenized
     from raynlp.data.config import CorpusSettings, MaskingSettings
     from raynlp.data.labels import as_label_ids
+    from raynlp.data.tokenize import packing_actors
 
     given = _flag_values(args, _CORPUS_FLAGS)
     corpus = config_file.load(CorpusSettings, None, values={k.removeprefix("data."): v for k, v in given.items()})
@@ -87,7 +88,8 @@ def _tokenize(args) -> None:
     source, names = as_label_ids(corpus.open(shuffle_seed=args.shuffle_seed), corpus.class_names())
     packed = tokenize_dataset(source, args.preset, sequence_length=args.sequence_length,
                               text_column="text", pair_column=args.pair_column, masking=masking, mask_seed=args.seed,
-                              num_actors=args.num_actors)
+                              num_actors=args.num_actors if args.num_actors is not None
+                              else packing_actors(corpus.known_rows()))
     manifest = write_tokenized(packed, args.output, preset=args.preset, sequence_length=args.sequence_length,
                                masking=masking, mask_seed=args.seed, label_names=names)
     print(f"tokenized {manifest['rows']} rows into {manifest['shards']} Parquet shards in {args.output}"
@@ -314,7 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="masking seed (default 0)")
     p.add_argument("--shuffle-seed", type=int, help="write the rows in a random order seeded by this (for a "
                                                      "training split read in a sorted order, as class folders are)")
-    p.add_argument("--num-actors", type=int, default=2, help="tokenizer actors (default 2)")
+    from raynlp.data.config import PACKING_ACTORS
+    from raynlp.data.tokenize import SMALL_SPLIT_ROWS
+
+    p.add_argument("--num-actors", type=int, help=f"tokenizer actors (default {PACKING_ACTORS}; a named data set's "
+                                                  f"split of at most {SMALL_SPLIT_ROWS:,} rows is packed in Ray tasks)")
     p.set_defaults(run=_tokenize)
 
     from raynlp.tasks import TASKS

@@ -83,19 +83,22 @@ def _corpus(dataset, input, split):
 
 
 def tokenize(preset: str, output: str, *, dataset: str | None = None, input: str | None = None, split: str = "train",
-             sequence_length: int = 128, masked_lm: bool = False, num_actors: int = 2,
+             sequence_length: int = 128, masked_lm: bool = False, num_actors: int | None = None,
              shuffle_seed: int | None = None) -> dict:
     """Level 3: tokenize a corpus once into Parquet shards that training then reads (`train=output`).
-    `shuffle_seed`: write the rows in a seeded random order (a training split read in sorted order)."""
+    `shuffle_seed`: write the rows in a seeded random order (a training split read in sorted order).
+    `num_actors`: by default Ray tasks for a small named split, else an actor pool."""
     from raynlp._internal.cluster import ensure_ray
     from raynlp.data import MaskingSettings, tokenize_dataset, write_tokenized
     from raynlp.data.labels import as_label_ids
+    from raynlp.data.tokenize import packing_actors
 
     ensure_ray()
     masking = MaskingSettings() if masked_lm else None
     corpus = _corpus(dataset, input, split)
     source, names = as_label_ids(corpus.open(shuffle_seed=shuffle_seed), corpus.class_names())
-    packed = tokenize_dataset(source, preset, sequence_length=sequence_length, masking=masking, num_actors=num_actors)
+    actors = num_actors if num_actors is not None else packing_actors(corpus.known_rows())
+    packed = tokenize_dataset(source, preset, sequence_length=sequence_length, masking=masking, num_actors=actors)
     return write_tokenized(packed, output, preset=preset, sequence_length=sequence_length, masking=masking,
                            label_names=names)
 

@@ -1,5 +1,5 @@
-"""End to end on a real local Ray cluster, with 2 workers: fine-tuning from a user's class folders, pretraining,
-fine-tuning from cached tokens through a killed worker and a resume (levels 4 and 6, and the demo's chain of all
+"""End to end on a real local Ray cluster: fine-tuning from a user's class folders, pretraining, fine-tuning from
+cached tokens on two workers through a killed worker and a resume (levels 4 and 6, and the demo's chain of all
 six, run in tests/demo_test.py).
 
 Sizes are small so that the suite stays fast on 2 CPU cores; what each test asserts would fail if training
@@ -31,57 +31,65 @@ def recipe(name: str, out: Path, *overrides: str):
 
 @pytest.fixture(scope="module")
 def finetuned(ray_cluster, tmp_path_factory):
-    """The shipped fine-tuning recipe at a test budget: MiniLM, 2 workers, one epoch of Rotten Tomatoes, laid out
-    as the guide lays out IMDB: `train/neg/*.txt`, `train/pos/*.txt`, one sentence per file, files written class
-    by class (as a user's folders list).
+    """The shipped fine-tuning recipe at a test budget: MiniLM, one worker, one epoch of 1,280 Rotten Tomatoes
+    sentences, laid out as the guide lays out IMDB: `train/neg/*.txt`, `train/pos/*.txt`, one sentence per file,
+    files written class by class (as a user's folders list).
 
-    Plain keras-hub `fit` in one process on the mixed data set scored 0.785-0.796 after this budget's epoch (four
-    settings and seeds); read in listing order (sorted by class), the same run sat at chance.
+    Read in listing order (sorted by class), the same run sits at chance.
     """
     from labelled_corpus_test import write_class_folders
 
     root = tmp_path_factory.mktemp("folders")
-    for split in ("train", "test"):
+    for split, rows in (("train", TRAIN_ROWS), ("test", None)):
         table = datasets.read_split("rotten_tomatoes", split)
-        write_class_folders(root / split, list(zip(table["text"].to_pylist(), table["label"].to_pylist())))
+        pairs = list(zip(table["text"].to_pylist(), table["label"].to_pylist()))
+        write_class_folders(root / split, pairs[:rows] if rows else pairs)
     # Validated on 256 test rows after the epoch (the run's curves); the tests below evaluate all 800.
     config = recipe("finetune", tmp_path_factory.mktemp("finetune") / "run", "train.epochs=1",
-                    "data.sequence_length=48", "optimizer.learning_rate=1e-4", "data.dataset=null",
+                    "scaling.num_workers=1", "train.batch_size=32", "data.sequence_length=40",
+                    "optimizer.learning_rate=2e-4", "data.dataset=null",
                     f"data.train={root / 'train'}", f"data.test={root / 'test'}", "data.max_test_rows=256")
     return config, train(config), root
 
 
-def test_finetune_minilm_learns_rotten_tomatoes_from_class_folders_with_two_workers(finetuned):
+TRAIN_ROWS = 1280
+
+
+def test_finetune_minilm_learns_rotten_tomatoes_from_class_folders(finetuned):
     from labelled_corpus_test import deal
 
     from raynlp._internal import storage
     from raynlp.data import read_corpus
 
     config, result, root = finetuned
-    assert config.scaling.num_workers == 2
-    assert [m["global_step"] for m in result.metrics] == [3200 // (16 * 2)]
+    assert [m["global_step"] for m in result.metrics] == [TRAIN_ROWS // 32]
     assert all(m["examples_per_second"] > 0 for m in result.metrics)
     # The tokenized training rows are mixed: the label changes about every other row (it would change once,
-    # were the folders read in listing order), and the first global batch, as the two workers are dealt it,
+    # were the folders read in listing order), and the first global batch, as two workers would be dealt it,
     # holds both classes on each.
     folder = str(result.output / "data" / "train")
     labels = [label for shard in storage.files(folder, ".parquet")
               for label in pq.read_table(shard, columns=["label"])["label"].to_pylist()]
-    assert len(labels) == 3200 and sum(a != b for a, b in zip(labels, labels[1:])) > 1200
+    assert len(labels) == TRAIN_ROWS and sum(a != b for a, b in zip(labels, labels[1:])) > TRAIN_ROWS * 0.4
     (rank_0, rank_1), = deal(folder, workers=2, batch_size=16, epochs=1, seed=None)
     assert set(rank_0[0]) == set(rank_1[0]) == {0, 1}
     # The 256 rows validated on are a sample of the test folders, not the first class folder's files.
     validated = pq.read_table(str(result.output / "data" / "test"), columns=["label"])["label"].to_pylist()
     assert len(validated) == 256 and 0.35 < sum(validated) / 256 < 0.65
-    # Near what the mixed data set reaches at this budget (chance, had the folders been read class by class); the
-    # named data set's integer labels are the same ids.
+    # Near what the mixed data set reaches at this budget (chance, had the folders been read class by class).
     from_folders = evaluate(read_corpus(root / "test"), str(result.preset))
     assert from_folders["rows"] == 800 and from_folders["labels"] == ["neg", "pos"]
-    assert from_folders["accuracy"] >= 0.76, from_folders
-    named = evaluate(datasets.load("rotten_tomatoes")["test"], str(result.preset), num_actors=1)
-    assert named["accuracy"] == from_folders["accuracy"]  # the same 800 rows
+    assert from_folders["accuracy"] >= BAR, from_folders
+    # The folders' names give the named data set's integer labels: the same ids, text for text.
+    named = datasets.read_split("rotten_tomatoes", "test")
+    by_text = dict(zip(named["text"].to_pylist(), named["label"].to_pylist()))
+    for label, name in enumerate(from_folders["labels"]):
+        assert {by_text[p.read_text()] for p in (root / "test" / name).iterdir()} == {label}
     for name in ("metrics.json", "curves.png", "config.yaml"):
         assert (result.output / name).exists()
+
+
+BAR = 0.70
 
 
 def test_exported_preset_loads_with_keras_hub_alone_and_predicts_as_trained(finetuned):
@@ -117,9 +125,10 @@ def test_exported_preset_loads_with_keras_hub_alone_and_predicts_as_trained(fine
 
 @pytest.fixture(scope="module")
 def pretrained(ray_cluster, tmp_path_factory):
-    """Level 5: masked-LM pretraining of a random-init BERT-Tiny on Shakespeare, 2 workers."""
+    """Level 5: masked-LM pretraining of a random-init BERT-Tiny on Shakespeare (one worker: two are the
+    killed-worker test's)."""
     config = recipe("pretrain_shakespeare", tmp_path_factory.mktemp("pretrain") / "run", "data.max_train_rows=2048",
-                    "data.max_test_rows=256", "data.sequence_length=32", "train.epochs=3")
+                    "data.max_test_rows=256", "data.sequence_length=32", "train.epochs=3", "scaling.num_workers=1")
     return train(config)
 
 
@@ -153,19 +162,19 @@ def test_pretrain_lowers_masked_lm_loss_and_exports_a_backbone(pretrained):
 def test_finetune_from_the_pretrained_backbone_and_cached_tokens_survives_a_killed_worker(
         pretrained, cached_tokens, tmp_path):
     """Levels 5 → 3 chained, and fault tolerance: rank 1 ends its own process halfway through the second epoch;
-    Ray Train restarts the group, which resumes from the first epoch's checkpoint. Then the same command with
-    one more epoch, into the same folder, resumes the finished run instead of starting over."""
+    Ray Train restarts the group, which resumes from the first epoch's checkpoint. (The same command run again
+    resuming a finished run is object_storage_test's: RunFolder treats a folder and a URI alike.)"""
     import functools
 
     import keras
 
     from raynlp.train._internal.callbacks import KillInEpoch
 
-    def config(epochs: int):
-        return recipe("finetune", tmp_path / "run", f"preset={pretrained.preset}", "data.dataset=null",
-                      f"data.train={cached_tokens / 'train'}", f"data.test={cached_tokens / 'test'}",
-                      "data.max_train_rows=640", "data.max_test_rows=64", "data.sequence_length=32",
-                      "optimizer.learning_rate=1e-3", f"train.epochs={epochs}")
+    config = recipe("finetune", tmp_path / "run", f"preset={pretrained.preset}", "data.dataset=null",
+                    f"data.train={cached_tokens / 'train'}", f"data.test={cached_tokens / 'test'}",
+                    "data.max_train_rows=640", "data.max_test_rows=64", "data.sequence_length=32",
+                    "optimizer.learning_rate=1e-3", "train.epochs=2")
+    assert config.scaling.num_workers == 2
 
     starts = tmp_path / "starts.txt"
 
@@ -177,8 +186,8 @@ def test_finetune_from_the_pretrained_backbone_and_cached_tokens_survives_a_kill
                 f.write(f"{ray.train.get_context().get_world_rank()} {int(self.model.optimizer.iterations.numpy())}\n")
 
     marker = tmp_path / "killed"
-    result = train(config(3), callbacks=[functools.partial(KillInEpoch, rank=1, epoch=1, marker=str(marker)),
-                                         RecordStart])
+    result = train(config, callbacks=[functools.partial(KillInEpoch, rank=1, epoch=1, marker=str(marker)),
+                                      RecordStart])
     assert marker.exists(), "the test hook did not fire"
     assert not (result.output / "data").exists()  # trained from the cached tokens, nothing tokenized again
     steps = 640 // (16 * 2)
@@ -186,9 +195,5 @@ def test_finetune_from_the_pretrained_backbone_and_cached_tokens_survives_a_kill
     # restart from scratch would start at 0 again).
     started = sorted(tuple(map(int, line.split())) for line in starts.read_text().splitlines())
     assert started == [(0, 0), (0, steps), (1, 0), (1, steps)], started
-    assert [(m["epoch"], m["global_step"]) for m in result.metrics] == [(1, steps), (2, 2 * steps), (3, 3 * steps)]
+    assert [(m["epoch"], m["global_step"]) for m in result.metrics] == [(1, steps), (2, 2 * steps)]
     assert result.metrics[-1]["loss"] < result.metrics[0]["loss"] and "val_accuracy" in result.metrics[-1]
-
-    again = train(config(4))
-    assert again.metrics[:3] == result.metrics  # epochs 1-3 carried over, not trained again
-    assert (again.metrics[3]["epoch"], again.metrics[3]["global_step"]) == (4, 4 * steps)

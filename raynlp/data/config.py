@@ -9,6 +9,9 @@ from raynlp._internal.cluster import ADDRESS_HELP
 from raynlp._internal.config_file import Section
 from raynlp.data.corpus import Format
 
+# Ray Data actors that tokenize a corpus that is not small (`raynlp.data.tokenize.packing_actors`).
+PACKING_ACTORS = 2
+
 
 class CorpusSettings(Section):
     """A corpus: one of raynlp's data sets (and its split), or any path/glob/URI `read_corpus` reads."""
@@ -32,6 +35,12 @@ class CorpusSettings(Section):
         from raynlp.data.corpus import class_names
 
         return class_names(self.input, self.format) if self.input else None
+
+    def known_rows(self) -> int | None:
+        """The rows of a named data set's split (from its cache's record); None for a path, unknown until read."""
+        from raynlp import datasets
+
+        return datasets.split_rows(self.dataset, self.split) if self.dataset else None
 
     def open(self, shuffle_seed: int | None = None):
         """The corpus as a Ray Dataset with a `text` column (and `label` where it has one); with `shuffle_seed`,

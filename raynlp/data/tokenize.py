@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raynlp.data.config import MaskingSettings
+from raynlp.data.config import PACKING_ACTORS, MaskingSettings
 from raynlp.errors import RaynlpError
 
 logger = logging.getLogger(__name__)
@@ -92,9 +92,19 @@ def _pack_in_task(batch: dict[str, np.ndarray], **settings) -> dict[str, np.ndar
     return _PACKERS[key](batch)
 
 
+# A split of at most this many rows is packed in Ray tasks: starting an actor pool would take longer than the work.
+SMALL_SPLIT_ROWS = 20_000
+
+
+def packing_actors(rows: int | None, actors: int = PACKING_ACTORS) -> int:
+    """The `num_actors` to pack a split of `rows` rows with (None: not known before it is read): 0, Ray tasks,
+    for a small split, else `actors`."""
+    return 0 if rows is not None and rows <= SMALL_SPLIT_ROWS else actors
+
+
 def tokenize_dataset(dataset, preset: str, *, sequence_length: int = 128, text_column: str = "text",
                      pair_column: str | None = None, masking: MaskingSettings | None = None,
-                     mask_seed: int = 0, num_actors: int = 2, batch_size: int = 512):
+                     mask_seed: int = 0, num_actors: int = PACKING_ACTORS, batch_size: int = 512):
     """`dataset` with its text replaced by packed token arrays, computed by `num_actors` Ray actors.
 
     `num_actors=0` packs in Ray tasks instead, each worker process building the tokenizer once: no actor pool

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from raynlp._internal import config_file
 from raynlp._internal.cluster import ADDRESS_HELP
 from raynlp._internal.config_file import Section as _Section
-from raynlp.data.config import MaskingSettings
+from raynlp.data.config import PACKING_ACTORS, MaskingSettings
 from raynlp.data.corpus import Format
 from raynlp.train.recipes import RECIPES
 
@@ -37,7 +37,7 @@ class DataSettings(_Section):
     sequence_length: int = Field(128, ge=8, le=4096)
     max_train_rows: int | None = Field(None, gt=0, description="use only this many training rows (small runs)")
     max_test_rows: int | None = Field(None, gt=0, description="use only this many rows of the test and validation splits")
-    tokenizer_actors: int = Field(2, ge=1, description="Ray Data actors that tokenize the corpus before training")
+    tokenizer_actors: int = Field(PACKING_ACTORS, ge=1, description="Ray Data actors that tokenize the corpus before training")
     shard_cache: Literal["auto", "memory", "stream"] = Field(
         "auto", description="memory: each worker reads its shard once and keeps it in memory; stream: read it "
                             "from storage every epoch (shards larger than memory); auto: memory up to 1 GiB a worker")

@@ -99,7 +99,59 @@ def setup_data_parallel(use_gpu: bool, seed: int) -> WorkerInfo:
             auto_shard_dataset=False,
         )
     )
+    _place_replicas_locally()
     return WorkerInfo(rank=rank, world_size=world_size, data_parallel=True)
+
+
+def _place_replicas_locally() -> None:
+    """Give every variable this process creates or assigns its replica from the local value alone.
+
+    Keras places a value it creates or assigns under `DataParallel` with `jax.device_put`, which, across
+    processes, first checks that every process passed the same value: an all-gather, compiled for each shape,
+    for every variable and optimizer slot, which makes building a model the slowest step of a small run. The
+    ranks build the same values by construction (the same seed, the same checkpoint), so each process places
+    its own copy on its own devices (`jax.make_array_from_callback`, no communication), and
+    `check_replicas_agree` compares the whole model once instead.
+    """
+    import jax
+    import numpy as np
+    from keras.src.backend.jax import distribution_lib  # the one function Keras places values with
+    from keras.src.utils import jax_utils
+
+    checked = getattr(distribution_lib.distribute_tensor, "checked", distribution_lib.distribute_tensor)
+
+    def distribute_tensor(tensor, layout):
+        sharding = getattr(layout, "backend_layout", layout)
+        local = not isinstance(tensor, jax.Array) or tensor.is_fully_addressable
+        if (isinstance(sharding, jax.sharding.Sharding) and not sharding.is_fully_addressable and local
+                and not jax_utils.is_in_jax_tracing_scope(tensor)):
+            value = np.asarray(tensor)
+            return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+        return checked(tensor, layout)
+
+    distribute_tensor.checked = checked
+    distribution_lib.distribute_tensor = distribute_tensor
+
+
+def check_replicas_agree(model, info: WorkerInfo) -> None:
+    """Fail unless every rank holds the same model and optimizer values (one comparison for the whole model:
+    see `_place_replicas_locally`); call it on every rank after building and restoring."""
+    import zlib
+
+    import numpy as np
+    import ray.train.collective
+
+    from raynlp.errors import RaynlpError
+
+    if not info.data_parallel:
+        return
+    variables = list(model.variables) + list(model.optimizer.variables if model.optimizer is not None else [])
+    mine = [zlib.crc32(np.ascontiguousarray(np.asarray(v.value)).tobytes()) for v in variables]
+    chief = ray.train.collective.broadcast_from_rank_zero(mine)
+    for variable, a, b in zip(variables, mine, chief):
+        if a != b:
+            raise RaynlpError(f"rank {info.rank} built {variable.path} unlike rank 0: every rank must build the "
+                              "model from the same seed and preset")
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 What the Ray runs prove:
 - 2 workers x batch 8 give the same weights as 1 process x batch 16 over the same rows (parallel math),
 - every rank ends with identical weights, and without the data-parallel setup the ranks diverge (control),
+- ranks that build different initial weights are refused before training,
 - 2 epochs + checkpoint + restore into fresh workers + 1 epoch = 3 straight epochs, optimizer state included,
 - Ray Data shards fed through `shard_batches` train, and leave every rank identical.
 Without Ray: `fit` takes the batches in order, and checkpoints round-trip in one process.
@@ -111,14 +112,15 @@ def train_worker(config: dict) -> None:
 
     Phase 1 trains over `OrderedRows` from `config["rows"]`, reporting (and checkpointing) every epoch and
     resuming from `config["resume_from"]` when given. Phase 2, when `config["ray_data_steps"]` is set, trains a
-    second model over this worker's Ray Data shard, then (phase 3) the control. Only rank 0's reported metrics reach the driver, so every
+    second model over this worker's Ray Data shard, then (phase 3) builds differently seeded replicas, then
+    (phase 4) the control. Only rank 0's reported metrics reach the driver, so every
     rank leaves its weights in files under `config["out"]` instead.
     """
     import keras
     import ray.train
 
     from raynlp.train._internal.checkpoint import ReportCallback, restore_from_ray
-    from raynlp.train._internal.distributed import setup_data_parallel
+    from raynlp.train._internal.distributed import check_replicas_agree, setup_data_parallel
 
     info = setup_data_parallel(use_gpu=False, seed=SEED)
     out = config["out"]
@@ -127,6 +129,7 @@ def train_worker(config: dict) -> None:
     model, features = (build_classifier(), FEATURES) if config["model"] == "bert" else (build_dense(), DENSE_FEATURES)
     initial = variables_of(model)
     metadata = restore_from_ray(model, config.get("resume_from"))
+    check_replicas_agree(model, info)
     shard = OrderedRows(config["rows"], info.rank, info.world_size)
     keras.Model.fit(  # as the loop does: Keras' own fit takes the generator, also for a keras-hub task
         model,
@@ -168,7 +171,17 @@ def train_worker(config: dict) -> None:
         with open(os.path.join(out, "ray_data_loss.json"), "w") as f:
             json.dump(history.history["loss"], f)
 
-    # Phase 3, the control: the same model and rows with the distribution off, in the same workers. Each rank is
+    # Phase 3: ranks that build different initial weights (another seed on rank 1) are caught before training.
+    keras.utils.set_random_seed(SEED + info.rank)
+    try:
+        check_replicas_agree(build_dense(), info)
+        caught = "agreed"
+    except RaynlpError as e:
+        caught = str(e)
+    with open(os.path.join(out, f"seeds_rank{info.rank}.txt"), "w") as f:
+        f.write(caught)
+
+    # Phase 4, the control: the same model and rows with the distribution off, in the same workers. Each rank is
     # then a plain process training on its own slice alone, so the ranks must end apart (the checks above can fail).
     from raynlp.train._internal.distributed import distribution_off
 
@@ -480,6 +493,16 @@ def test_resume_from_checkpoint_matches_straight_run(parallel_run):
     print(f"2 + 1 epochs vs 3 epochs: model max diff {model_diff:.2e}, optimizer max diff {optimizer_diff:.2e}")
     assert model_diff < 1e-6 and optimizer_diff < 1e-6
     assert max_abs_diff(load_arrays(out / "rank0.npz"), load_arrays(out / "rank1.npz")) == 0.0
+
+
+@pytest.mark.slow
+def test_ranks_that_build_different_weights_are_refused(parallel_run):
+    """Each rank places its own replica of the values it builds (no per-variable check across processes); ranks
+    seeded differently must then be caught by the one comparison of the whole model."""
+    out = parallel_run["out"]
+    assert (out / "seeds_rank0.txt").read_text() == "agreed"  # rank 0 compares with itself
+    assert (out / "seeds_rank1.txt").read_text().startswith("rank 1 built dense")
+    assert "unlike rank 0: every rank must build the model from the same seed" in (out / "seeds_rank1.txt").read_text()
 
 
 @pytest.mark.slow

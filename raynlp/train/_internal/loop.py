@@ -18,7 +18,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from raynlp._internal.compilation_cache import use_compilation_cache
     from raynlp.train._internal.callbacks import History
     from raynlp.train._internal.checkpoint import ReportCallback, restore_from_ray
-    from raynlp.train._internal.distributed import setup_data_parallel
+    from raynlp.train._internal.distributed import check_replicas_agree, setup_data_parallel
     from raynlp.train._internal.feeding import ShardCache, shard_batches
     from raynlp.train.config import RecipeConfig
     from raynlp.train.recipes import RECIPES, Plan
@@ -41,6 +41,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     initial_epoch = restored["epoch"] if restored else 0
     if restored:
         logger.info("rank %d resumed from epoch %d, step %d", info.rank, restored["epoch"], restored["global_step"])
+    check_replicas_agree(model, info)
 
     # 3. This worker's shards, an equal number of local batches on every rank.
     batch_size = config.train.batch_size

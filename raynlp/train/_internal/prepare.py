@@ -25,7 +25,6 @@ from raynlp.train.config import RecipeConfig
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-SMALL_SPLIT_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -264,6 +263,7 @@ def _columns(dataset) -> list[str]:
 def _tokenize_into(folder: str, dataset, config: RecipeConfig, tokenizer_dir: str, *, split: str,
                    masked_lm: bool) -> None:
     from raynlp.data import tokenize_dataset, write_tokenized
+    from raynlp.data.tokenize import packing_actors
 
     if is_tokenized(folder):
         logger.info("%s split already tokenized in %s (resuming run)", split, folder)
@@ -273,8 +273,7 @@ def _tokenize_into(folder: str, dataset, config: RecipeConfig, tokenizer_dir: st
         dataset = dataset.limit(limit)
     masking = config.model.masking if masked_lm else None
     rows = limit or _known_rows(config, split)
-    # A small split is packed in a few Ray tasks: starting an actor pool would take longer than the work.
-    actors = 0 if rows is not None and rows <= SMALL_SPLIT_ROWS else config.data.tokenizer_actors
+    actors = packing_actors(rows, config.data.tokenizer_actors)
     logger.info("tokenizing the %s split into %s (%s)", split, folder,
                 f"{actors} actors" if actors else "Ray tasks: a small split")
     packed = tokenize_dataset(dataset, tokenizer_dir, sequence_length=config.data.sequence_length,
