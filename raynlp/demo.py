@@ -161,20 +161,28 @@ def _row(key: str, workflow: str, result, seconds: float, classifier: bool = Tru
 
 
 def _serve_and_ask(preset: str) -> list[dict]:
-    """Serve `preset` on Ray Serve, send a few real requests over HTTP, stop serving."""
+    """Serve `preset` on Ray Serve (on the Serve instance the cluster runs, if any), send a few real requests over
+    HTTP, stop serving: the app, and Serve too where this started it."""
     from ray import serve
 
     from raynlp import workflows as wf
     from raynlp.serve import Client
+    from raynlp.serve.deploy import running_http_address
 
-    url = wf.serve(preset, port=free_port(), overrides=["autoscaling.max_replicas=1"])
+    app = "raynlp-demo"
+    running = running_http_address()
+    url = wf.serve(preset, port=running[1] if running else free_port(), name=app, route_prefix=f"/{app}",
+                   overrides=["autoscaling.max_replicas=1"])
     try:
         predictions = Client(url).classify(REQUESTS)
         logger.info("demo: served %s at %s", preset, url)
         return [{"text": t, "label": p.label_name, "probability": round(max(p.probabilities), 3)}
                 for t, p in zip(REQUESTS, predictions)]
     finally:
-        serve.shutdown()
+        if running is None:
+            serve.shutdown()
+        else:
+            serve.delete(app)
 
 
 def _write_report(out: Path, size: str, rows: list[dict], best: dict, answers: list[dict]) -> Path:

@@ -19,7 +19,7 @@ BARS = {"finetune_domain": 0.56, "finetune": 0.56, "finetune_cached": 0.56, "fit
 
 
 @pytest.mark.slow
-def test_tiny_demo_runs_every_level_each_beats_chance_and_the_report_adds_up(ray_cluster, tmp_path, monkeypatch):
+def test_tiny_demo_runs_every_level_each_beats_chance_and_the_report_adds_up(serve_port, tmp_path, monkeypatch):
     """The guide's six levels as `make demo` runs them, at the tiny size; this is also the suite's run of levels 4
     (a custom model on a frozen backbone) and 6 (a vocabulary and a transformer from scratch)."""
     from raynlp.inference import TextClassifier

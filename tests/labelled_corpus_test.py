@@ -105,11 +105,9 @@ def test_utf_8_refuses_the_latin_1_file_naming_it_and_the_config_field(ray_clust
         train(config(tmp_path / "run", corpus))
 
 
-def test_label_names_reach_evaluate_predict_serve_and_keras_hub(trained, corpus, tmp_path, capsys):
+def test_label_names_reach_evaluate_predict_serve_and_keras_hub(trained, corpus, serve_port, tmp_path, capsys):
     import keras_hub
-    from ray import serve
 
-    from raynlp._internal.cluster import free_port
     from raynlp.inference import TextClassifier
     from raynlp.serve import Client, load_serve_config, start, stop
 
@@ -133,7 +131,7 @@ def test_label_names_reach_evaluate_predict_serve_and_keras_hub(trained, corpus,
                                                             table["predicted_name"].to_pylist()))
 
     serving = load_serve_config(None, values={"preset": preset, "name": "named", "route_prefix": "/named",
-                                              "http.port": free_port(), "replica.num_cpus": 0.5,
+                                              "http.port": serve_port, "replica.num_cpus": 0.5,
                                               "autoscaling.max_replicas": 1})
     url = start(serving)
     try:
@@ -143,7 +141,6 @@ def test_label_names_reach_evaluate_predict_serve_and_keras_hub(trained, corpus,
         assert all(a.label_name == ["fresh", "rotten"][a.label] for a in answers)
     finally:
         stop(serving)
-        serve.shutdown()
 
     classifier = keras_hub.models.BertTextClassifier.from_preset(preset)
     assert np.asarray(classifier.predict(["a gem of a film"], verbose=0)).shape == (1, 2)

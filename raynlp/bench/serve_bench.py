@@ -137,19 +137,20 @@ def _serve_levels(folder: str, batching: bool, port: int, texts, levels, seconds
     from raynlp.serve.app import build_app
 
     name = "batched" if batching else "unbatched"
+    app = f"serve-bench-{name}"  # beside whatever other apps the Serve instance runs
     config = load_serve_config(None, values={
-        "preset": folder, "name": name, "route_prefix": f"/{name}", "http.port": port,
+        "preset": folder, "name": app, "route_prefix": f"/{app}", "http.port": port,
         "batching.enabled": batching, "autoscaling.min_replicas": 1, "autoscaling.max_replicas": 1})
-    serve.run(build_app(config), name=name, route_prefix=f"/{name}")
+    serve.run(build_app(config), name=app, route_prefix=f"/{app}")
     try:
-        session = _http_session("127.0.0.1", port, f"/{name}/v1/classify")
+        session = _http_session("127.0.0.1", port, f"/{app}/v1/classify")
         results = []
         for level in levels:
             results.append(closed_loop(session, texts, level, seconds))
             logger.info("serve bench: %s %s", name, results[-1])
         return results
     finally:
-        serve.delete(name)
+        serve.delete(app)
 
 
 def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, ...] = LEVELS,
@@ -158,6 +159,7 @@ def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, .
 
     from raynlp import datasets
     from raynlp._internal.cluster import ensure_ray
+    from raynlp.serve.deploy import running_http_address
 
     folder = _classifier_folder(output_dir, preset)
     texts = datasets.read_split("rotten_tomatoes", "test")["text"].to_pylist()
@@ -168,13 +170,16 @@ def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, .
     results = {"in_process": in_process}
 
     ensure_ray()
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    running = running_http_address()  # the Serve instance the cluster runs, if any: the bench's apps join it
+    port = running[1] if running else free_port()
+    if running is None:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         results["serve_batched"] = _serve_levels(folder, True, port, texts, levels, seconds)
         results["serve_unbatched"] = _serve_levels(folder, False, port, texts, levels, seconds)
     finally:
-        serve.shutdown()
+        if running is None:
+            serve.shutdown()
 
     report = {
         "benchmark": "serve", "preset": preset, "sequence_length": SEQUENCE_LENGTH, "levels": list(levels),

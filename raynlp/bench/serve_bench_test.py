@@ -9,8 +9,11 @@ from raynlp.bench.serve_bench import run_serve_bench
 pytestmark = pytest.mark.slow  # a benchmark
 
 
-def test_serve_bench_writes_figures_for_every_target(ray_cluster, tmp_path):
+def test_serve_bench_writes_figures_for_every_target(ray_cluster, serve_port, tmp_path):
+    from raynlp.serve.deploy import running_http_address
+
     path = run_serve_bench(tmp_path, preset="bert_tiny_en_uncased_scratch", levels=(1, 4), seconds=1.0)
+    assert running_http_address() == ("127.0.0.1", serve_port)  # the Serve it joined still runs
     report = json.loads(path.read_text())
     assert set(report["results"]) == {"in_process", "serve_batched", "serve_unbatched"}
     for rows in report["results"].values():

@@ -48,7 +48,11 @@ def export(config: ServeConfig, path: str | Path) -> Path:
 
 
 def start(config: ServeConfig) -> str:
-    """Start (or join) Ray, run the app on Serve and return its base URL once every replica is ready."""
+    """Start (or join) Ray, run the app on Serve and return its base URL once every replica is ready.
+
+    Where Serve already runs on the cluster, the app joins that Serve instance, beside its other apps, and answers
+    on its HTTP host and port.
+    """
     from ray import serve
 
     from raynlp._internal.cluster import ensure_ray
@@ -62,7 +66,18 @@ def start(config: ServeConfig) -> str:
     if not joining:
         _check_port_free(config.http.host, config.http.port)
     ensure_ray(config.address)
-    serve.start(http_options={"host": config.http.host, "port": config.http.port})
+    running = running_http_address()
+    if running is None:
+        serve.start(http_options={"host": config.http.host, "port": config.http.port})
+    elif running != (config.http.host, config.http.port):
+        # Serve's HTTP address belongs to the Serve instance, not to an app: every app on the cluster shares it,
+        # and it cannot change while Serve runs. Whoever deploys onto a cluster that already serves wants the app
+        # there, as `serve deploy` would add it; refusing would only make them look up the address the cluster
+        # chose. The URL returned and logged names where the app answers.
+        logger.warning("Serve already runs on this Ray cluster at %s:%d: the app joins it there, not at the "
+                       "configured http.host:http.port %s:%d", *running, config.http.host, config.http.port)
+        config = config.model_copy(update={"http": config.http.model_copy(
+            update={"host": running[0], "port": running[1]})})
     serve.run(build_app(config), name=config.name, route_prefix=config.route_prefix)
     url = base_url(config)
     logger.info("serving %s at %s (POST /v1/classify, GET /v1/model, GET /healthz)", config.preset, url)
@@ -73,6 +88,19 @@ def stop(config: ServeConfig) -> None:
     from ray import serve
 
     serve.delete(config.name)
+
+
+def running_http_address() -> tuple[str, int] | None:
+    """The HTTP host and port of the Serve instance running on the connected Ray cluster; None when Serve does not
+    run there."""
+    # Private API: Ray 2.60 has no public call that tells (`serve.status()` lists proxies and apps, not where they
+    # listen). The controller client holds the instance's HTTP options; `serve.start` checks new ones against it.
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return None
+    return client.http_config.host, client.http_config.port
 
 
 def base_url(config: ServeConfig) -> str:

@@ -1,10 +1,12 @@
 """The classifier on a real Ray Serve app on 127.0.0.1, called over real HTTP.
 
 Apps are deployed the way `serve deploy` deploys them: from the file `raynlp serve --export` writes, checked
-against Ray's own Serve config schema, built by Ray's application-builder call.
+against Ray's own Serve config schema, built by Ray's application-builder call. Each joins the session's one Serve
+instance (conftest's `serve_port`) under its own name and route prefix, and is deleted when its tests end.
 """
 
 import json
+import logging
 import os
 import threading
 import time
@@ -19,7 +21,7 @@ import yaml
 from raynlp import datasets
 from raynlp._internal.cluster import free_port
 from raynlp.errors import RaynlpError
-from raynlp.serve import Client, ServerError, export, load_serve_config
+from raynlp.serve import Client, ServerError, export, load_serve_config, start, stop
 
 pytestmark = pytest.mark.slow  # Serve apps
 
@@ -39,16 +41,6 @@ def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
-
-
-@pytest.fixture(scope="module")
-def serve_port(ray_cluster):
-    from ray import serve
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield port
-    serve.shutdown()
 
 
 def deploy_exported(config, folder) -> str:
@@ -75,9 +67,12 @@ def tiny_config(folder: str, port: int, name: str, **values):
 
 @pytest.fixture(scope="module")
 def server(serve_port, keras_hub_classifier, tmp_path_factory):
+    from ray import serve
+
     folder, _ = keras_hub_classifier
     url = deploy_exported(tiny_config(folder, serve_port, "classifier"), tmp_path_factory.mktemp("serve"))
     yield url
+    serve.delete("classifier")
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +173,28 @@ def test_cli_classify_and_export(server, keras_hub_classifier, tmp_path, capsys)
     assert document.http_options.port == 8555 and document.applications[0].args["preset"] == folder
 
 
+def test_start_joins_the_running_serve_on_its_port_and_says_so(serve_port, keras_hub_classifier, expected, caplog):
+    folder, _ = keras_hub_classifier
+    asked = free_port()  # not the running Serve's port
+    config = tiny_config(folder, asked, "joined")
+    with caplog.at_level(logging.INFO, logger="raynlp.serve.deploy"):
+        url = start(config)
+    try:
+        assert url == f"http://127.0.0.1:{serve_port}/joined"
+        client = Client(url)
+        assert client.healthy()
+        text = next(iter(expected))
+        np.testing.assert_allclose(client.classify([text])[0].probabilities, expected[text], atol=1e-5)
+        assert not Client(f"http://127.0.0.1:{asked}/joined").healthy()
+        logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "raynlp.serve.deploy"]
+        warnings = [message for level, message in logged if level == logging.WARNING]
+        assert len(warnings) == 1 and "http.port" in warnings[0]
+        assert f"127.0.0.1:{serve_port}" in warnings[0] and f"127.0.0.1:{asked}" in warnings[0]
+        assert any(message.startswith("serving") and f" at {url} " in message for _, message in logged)
+    finally:
+        stop(config)
+
+
 def test_serve_refuses_what_is_not_a_classifier_before_starting(capsys):
     from raynlp.cli import main
 
@@ -212,11 +229,14 @@ def _replica_pids(app: str) -> dict[str, int]:
 
 
 def test_a_replica_killed_under_load_is_replaced(serve_port, keras_hub_classifier, expected, tmp_path,
-                                                  record_property):
+                                                  record_property, request):
+    from ray import serve
+
     folder, _ = keras_hub_classifier
     config = tiny_config(folder, serve_port, "killtest", **{"autoscaling.min_replicas": 2,
                                                             "autoscaling.max_replicas": 2})
     url = deploy_exported(config, tmp_path)
+    request.addfinalizer(lambda: serve.delete("killtest"))
     before = _replica_pids("killtest")
     assert len(before) == 2
     text = next(iter(expected))
