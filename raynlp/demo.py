@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from raynlp._internal.cluster import free_port
 from raynlp._internal.storage import is_uri
 from raynlp.errors import RaynlpError
 
@@ -161,27 +160,23 @@ def _row(key: str, workflow: str, result, seconds: float, classifier: bool = Tru
 
 
 def _serve_and_ask(preset: str) -> list[dict]:
-    """Serve `preset` on Ray Serve (on the Serve instance the cluster runs, if any), send a few real requests over
-    HTTP, stop serving: the app, and Serve too where this started it."""
+    """Serve `preset` on Ray Serve (the Serve instance the cluster runs, else one of its own), send a few real
+    requests over HTTP, stop serving."""
     from ray import serve
 
     from raynlp import workflows as wf
     from raynlp.serve import Client
-    from raynlp.serve.deploy import running_http_address
+    from raynlp.serve.deploy import serve_instance
 
     app = "raynlp-demo"
-    running = running_http_address()
-    url = wf.serve(preset, port=running[1] if running else free_port(), name=app, route_prefix=f"/{app}",
-                   overrides=["autoscaling.max_replicas=1"])
-    try:
-        predictions = Client(url).classify(REQUESTS)
-        logger.info("demo: served %s at %s", preset, url)
-        return [{"text": t, "label": p.label_name, "probability": round(max(p.probabilities), 3)}
-                for t, p in zip(REQUESTS, predictions)]
-    finally:
-        if running is None:
-            serve.shutdown()
-        else:
+    with serve_instance() as (_, port):
+        url = wf.serve(preset, port=port, name=app, route_prefix=f"/{app}", overrides=["autoscaling.max_replicas=1"])
+        try:
+            predictions = Client(url).classify(REQUESTS)
+            logger.info("demo: served %s at %s", preset, url)
+            return [{"text": t, "label": p.label_name, "probability": round(max(p.probabilities), 3)}
+                    for t, p in zip(REQUESTS, predictions)]
+        finally:
             serve.delete(app)
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from raynlp._internal.cluster import free_port
 from raynlp.bench._report import machine
 
 logger = logging.getLogger(__name__)
@@ -155,11 +154,10 @@ def _serve_levels(folder: str, batching: bool, port: int, texts, levels, seconds
 
 def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, ...] = LEVELS,
                     seconds: float = SECONDS) -> Path:
-    from ray import serve
 
     from raynlp import datasets
     from raynlp._internal.cluster import ensure_ray
-    from raynlp.serve.deploy import running_http_address
+    from raynlp.serve.deploy import serve_instance
 
     folder = _classifier_folder(output_dir, preset)
     texts = datasets.read_split("rotten_tomatoes", "test")["text"].to_pylist()
@@ -170,16 +168,9 @@ def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, .
     results = {"in_process": in_process}
 
     ensure_ray()
-    running = running_http_address()  # the Serve instance the cluster runs, if any: the bench's apps join it
-    port = running[1] if running else free_port()
-    if running is None:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
+    with serve_instance() as (_, port):  # the bench's apps join a Serve the cluster runs, else one of its own
         results["serve_batched"] = _serve_levels(folder, True, port, texts, levels, seconds)
         results["serve_unbatched"] = _serve_levels(folder, False, port, texts, levels, seconds)
-    finally:
-        if running is None:
-            serve.shutdown()
 
     report = {
         "benchmark": "serve", "preset": preset, "sequence_length": SEQUENCE_LENGTH, "levels": list(levels),

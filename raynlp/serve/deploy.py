@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from pathlib import Path
@@ -101,6 +102,26 @@ def running_http_address() -> tuple[str, int] | None:
     if client is None:
         return None
     return client.http_config.host, client.http_config.port
+
+
+@contextlib.contextmanager
+def serve_instance(host: str = "127.0.0.1"):
+    """The Serve instance to run apps on, as `(host, port)`: the one the connected cluster runs, else one started
+    here on a free port and shut down on leaving. Apps run inside are the caller's to delete."""
+    from ray import serve
+
+    from raynlp._internal.cluster import free_port
+
+    running = running_http_address()
+    if running is not None:
+        yield running
+        return
+    port = free_port(host)
+    serve.start(http_options={"host": host, "port": port})
+    try:
+        yield host, port
+    finally:
+        serve.shutdown()
 
 
 def base_url(config: ServeConfig) -> str:

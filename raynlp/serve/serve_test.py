@@ -195,6 +195,31 @@ def test_start_joins_the_running_serve_on_its_port_and_says_so(serve_port, keras
         stop(config)
 
 
+def test_serve_instance_starts_its_own_serve_only_where_none_runs(serve_port):
+    """What the demo and `bench serve` run on: the session's Serve here; in a process of its own (its own Ray
+    cluster, no Serve), a Serve started on a free port and shut down on leaving."""
+    import subprocess
+    import sys
+
+    from raynlp.serve.deploy import running_http_address, serve_instance
+
+    with serve_instance() as address:
+        assert address == ("127.0.0.1", serve_port)
+    assert running_http_address() == ("127.0.0.1", serve_port)  # not the caller's to shut down
+
+    script = ("import ray\n"
+              "from raynlp.serve.deploy import running_http_address, serve_instance\n"
+              "ray.init(address='local', num_cpus=1, include_dashboard=False)\n"
+              "assert running_http_address() is None\n"
+              "with serve_instance() as address:\n"
+              "    assert running_http_address() == address and address[0] == '127.0.0.1', address\n"
+              "assert running_http_address() is None\n"
+              "print('own serve', address[1])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "own serve" in done.stdout
+
+
 def test_serve_refuses_what_is_not_a_classifier_before_starting(capsys):
     from raynlp.cli import main
 
