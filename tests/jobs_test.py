@@ -2,9 +2,11 @@
 its dashboard's Job API with `raynlp submit`, followed with `raynlp jobs`, the head stopped at the end."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,12 +30,14 @@ def processes_under(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
+def ray_head():
     """`ray start --head --block` on 127.0.0.1 with its own temp dir (`<RAY_TMPDIR>/ray`, as Ray names it);
     yields its dashboard `url` and `temp` dir."""
     from raynlp.jobs.submit import client
 
-    temp = tmp_path_factory.mktemp("head") / "ray"
+    # Short, under /tmp: Ray's socket paths inside it must stay within the 107 bytes a Unix socket allows, which a
+    # pytest-xdist worker's basetemp (…/popen-gw1/…) exceeds.
+    temp = Path(tempfile.mkdtemp(prefix="raynlp-head-", dir="/tmp")) / "ray"
     temp.mkdir()
     dashboard = free_port()
     bin_dir = Path(sys.executable).parent
@@ -70,6 +74,7 @@ def ray_head(tmp_path_factory):
     for line in processes_under(temp):
         os.kill(int(line.split()[0]), signal.SIGKILL)
     head.wait(timeout=30)
+    shutil.rmtree(temp.parent, ignore_errors=True)
 
 
 def test_submit_a_finetune_job_and_find_its_preset(ray_head, tmp_path, capsys):
@@ -134,8 +139,6 @@ def test_a_wrong_config_is_refused_before_anything_is_submitted(ray_head, capsys
 def test_commands_join_the_head_ray_start_runs_and_pass_over_a_stale_record(ray_head, tmp_path):
     """No --address, no RAY_ADDRESS: a command joins the head `ray start --head` runs on this machine (Ray's record
     of it under RAY_TMPDIR), and with a record of a head that is gone it starts a cluster of its own."""
-    import tempfile
-
     from raynlp._internal.cluster import running_local_head
 
     def tokenize(ray_tmpdir: str, output: str):

@@ -39,7 +39,7 @@ def s3(s3_server):
 
 
 def raynlp(env: dict, *args: str) -> subprocess.CompletedProcess:
-    """The CLI in a fresh process: its own local Ray cluster, whose workers inherit the storage settings."""
+    """The CLI in a fresh process with the storage settings in its environment."""
     return subprocess.run([sys.executable, "-m", "raynlp.cli", *args], cwd=REPO, env={**os.environ, **env},
                           capture_output=True, text=True, timeout=420)
 
@@ -135,11 +135,13 @@ def test_a_run_on_object_storage_exports_there_loads_from_there_and_resumes_ther
     assert epoch_1["epoch"] == 1 and epoch_1["global_step"] == 64 // 16
     assert not storage.local_dir("staging", out, tail=0).exists()  # staged, uploaded, cleaned up
 
-    # Any process loads the export from its URI: `raynlp evaluate` on a fresh Ray cluster, its actors included.
+    # Any process loads the export from its URI: `raynlp evaluate` in a process of its own, its actors included
+    # (on the session's cluster, which a new driver joins faster than it starts one).
     preset, reviews = f"{out}/preset", tmp_path / "reviews.jsonl"
     reviews.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in REVIEWS))
     try:
         evaluated = raynlp(s3, "evaluate", "--preset", preset, "--input", str(reviews),
+                           "--address", ray_cluster.get_runtime_context().gcs_address,
                            "--output", str(tmp_path / "report.json"))
         assert evaluated.returncode == 0, failure(evaluated)
         report = json.loads((tmp_path / "report.json").read_text())
