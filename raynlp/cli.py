@@ -82,8 +82,8 @@ def _tokenize(args) -> None:
 
     given = _flag_values(args, _CORPUS_FLAGS)
     corpus = config_file.load(CorpusSettings, None, values={k.removeprefix("data."): v for k, v in given.items()})
-    masking = config_file.load(MaskingSettings, None, values=_flag_values(
-        args, {"mask_rate": "selection_rate", "max_selections": "max_selections"})) if args.mlm else None
+    masking = config_file.load(MaskingSettings, None, values={"dynamic": False, **_flag_values(
+        args, {"mask_rate": "selection_rate", "max_selections": "max_selections"})}) if args.mlm else None
     ensure_ray(args.address)
     source, names = as_label_ids(corpus.open(shuffle_seed=args.shuffle_seed), corpus.class_names())
     packed = tokenize_dataset(source, args.preset, sequence_length=args.sequence_length,
@@ -305,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="new folder for the Parquet shards")
     p.add_argument("--sequence-length", type=int, default=128, help="packed length (default 128)")
     p.add_argument("--pair-column", help="second text column, for sentence pairs")
-    p.add_argument("--mlm", action="store_true", help="also apply masked-LM masking (for pretraining)")
+    p.add_argument("--mlm", action="store_true", help="also draw masked-LM masks, once (static masking: train on "
+                                                      "them with model.masking.dynamic=false; without --mlm, "
+                                                      "pretraining masks each batch anew)")
     from raynlp.data.config import MaskingSettings
 
     masking = MaskingSettings.model_fields

@@ -26,6 +26,12 @@ def finetune(out: Path, *overrides: str):
     (["data.validation_fraction=0.1", "data.dataset=null", "data.train=x", "data.validation=y"],
      "give at most one of data.validation and data.validation_fraction"),
     (["data.validation_fraction=1.5"], "config field data.validation_fraction: Input should be less than 1"),
+    (["data.packing=documents"], "data.packing=documents joins documents into windows for masked-LM pretraining; "
+                                 "task finetune trains on labelled rows"),
+    (["task=pretrain", "model.masking.selection_rate=1"],
+     "config field model.masking.selection_rate: Input should be less than 1"),
+    (["task=pretrain", "model.masking.selection_rate=0"],
+     "config field model.masking.selection_rate: Input should be greater than 0"),
 ])
 def test_wrong_configs_name_the_field(overrides, message, tmp_path):
     with pytest.raises(RaynlpError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -48,6 +54,25 @@ def test_unknown_preset_and_too_long_sequences_are_refused_before_the_output_is_
     with pytest.raises(RaynlpError, match="data.sequence_length 1024 is above the maximum 512"):
         train(finetune(tmp_path / "b", "data.sequence_length=1024"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_whole_word_masking_needs_a_vocabulary_of_word_pieces(tmp_path):
+    """A tokenizer whose vocabulary has no ## pieces has no words to mask whole: refused before Ray starts."""
+    import keras_hub
+
+    preset = tmp_path / "no_pieces"
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "film", "is", "good"]
+    keras_hub.models.BertTokenizer(vocabulary=vocabulary).save_to_preset(str(preset))
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), num_layers=1, num_heads=1,
+                                             hidden_dim=8, intermediate_dim=8, max_sequence_length=32)
+    backbone.save_to_preset(str(preset))
+    config = finetune(tmp_path / "run", "task=pretrain", f"preset={preset}", "model.masking.whole_word=true")
+    with pytest.raises(RaynlpError, match=r"^model.masking.whole_word: this tokenizer's vocabulary has no "
+                                          r"word-continuation pieces \(##...\)"):
+        train(config)
+    assert not (tmp_path / "run").exists()
+    train_config = finetune(tmp_path / "run", "task=pretrain", "model.masking.whole_word=true")
+    assert train_config.data.packing == "documents"  # pretraining's default
 
 
 def test_an_output_folder_holding_another_run_is_refused(tmp_path):

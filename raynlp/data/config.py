@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 from raynlp._internal.cluster import ADDRESS_HELP
 from raynlp._internal.config_file import Section
 from raynlp.data.corpus import Format
+from raynlp.errors import RaynlpError
 
 # Ray Data actors that tokenize a corpus that is not small (`raynlp.data.tokenize.packing_actors`).
 PACKING_ACTORS = 2
@@ -61,16 +62,31 @@ class CorpusSettings(Section):
 class MaskingSettings(Section):
     """Masked-LM masking, as keras-hub's `MaskedLMMaskGenerator` with the defaults of `BertMaskedLMPreprocessor`."""
 
-    selection_rate: float = Field(0.15, gt=0, le=1, description="share of the tokens selected as labels")
+    selection_rate: float = Field(0.15, gt=0, lt=1, description="share of the tokens selected as labels "
+                                                                "(MosaicBERT trains with 0.30)")
     max_selections: int = Field(96, ge=1, description="at most this many selected positions a row")
     mask_token_rate: float = Field(0.8, ge=0, le=1, description="share of the selections replaced by [MASK]")
     random_token_rate: float = Field(0.1, ge=0, le=1, description="share replaced by a random token")
+    dynamic: bool = Field(True, description="mask each batch anew when a worker deals it (new masks every epoch); "
+                                            "false: mask once when tokenizing, as the guide does")
+    whole_word: bool = Field(False, description="select whole words: every ## piece of a selected word with it")
 
     @model_validator(mode="after")
     def _rates(self):
         if self.mask_token_rate + self.random_token_rate > 1:
             raise ValueError("masking mask_token_rate and random_token_rate add up to more than 1")
         return self
+
+    def mask_kwargs(self, tokenizer) -> dict:
+        """`raynlp.data.masked_lm.mask_tokens`'s settings for a `FastWordPieceTokenizer` (all but `rng`)."""
+        if self.whole_word and not tokenizer.continuation_ids.any():
+            raise RaynlpError("model.masking.whole_word: this tokenizer's vocabulary has no word-continuation "
+                              f"pieces ({tokenizer.suffix_indicator}...), so it has no words to mask whole")
+        return dict(vocabulary_size=tokenizer.vocabulary_size, mask_token_id=tokenizer.mask_token_id,
+                    unselectable_token_ids=[tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id],
+                    selection_rate=self.selection_rate, max_selections=self.max_selections,
+                    mask_token_rate=self.mask_token_rate, random_token_rate=self.random_token_rate,
+                    continuation_ids=tokenizer.continuation_ids if self.whole_word else None)
 
 
 class VocabConfig(Section):

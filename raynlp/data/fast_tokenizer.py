@@ -253,6 +253,12 @@ class FastWordPieceTokenizer:
     def vocabulary_size(self) -> int:
         return len(self._vocabulary)
 
+    @functools.cached_property
+    def continuation_ids(self) -> np.ndarray:
+        """bool [vocabulary_size]: which ids are word continuations (start with ``suffix_indicator``, "##")."""
+        return np.array([t.startswith(self.suffix_indicator) and t != self.suffix_indicator
+                         for t in self._vocabulary], dtype=bool)
+
     def token_to_id(self, token: str) -> int:
         try:
             return self._token_to_id[token]
@@ -284,10 +290,14 @@ class FastWordPieceTokenizer:
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, without special tokens (what keras-hub's ``BertTokenizer(texts)`` gives)."""
-        flat, lengths = self._encode(texts)
+        flat, lengths = self.encode(texts)
         ends = np.cumsum(lengths).tolist()
         ids = flat.tolist()
         return [ids[end - length : end] for end, length in zip(ends, lengths.tolist(), strict=True)]
+
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``tokenize`` as two arrays: every text's ids concatenated (int32) and each text's count (int64)."""
+        return self._encode(texts)
 
     def _encode(self, texts: Sequence[str], at_least: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """All token ids of a batch, concatenated (int32), and the number of tokens of each text (int64).

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["mask_tokens", "masked_lm_features"]
+__all__ = ["BatchMasker", "mask_tokens", "masked_lm_features"]
 
 
 def mask_tokens(
@@ -37,6 +37,7 @@ def mask_tokens(
     max_selections: int = 96,
     mask_token_rate: float = 0.8,
     random_token_rate: float = 0.1,
+    continuation_ids: np.ndarray | None = None,
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     """Choose and corrupt masked-LM positions in a batch of packed token ids.
@@ -51,6 +52,10 @@ def mask_tokens(
         max_selections: At most this many positions per row (keras-hub's ``mask_selection_length``).
         mask_token_rate: Fraction of selected positions replaced by ``mask_token_id``.
         random_token_rate: Fraction of selected positions replaced by a random token.
+        continuation_ids: For whole-word masking, bool [vocabulary_size]: the ids that continue a word ("##"
+            pieces). A word (a selectable token and the continuations right after it) is selected with
+            probability ``selection_rate``, all its pieces together, so the rate still counts tokens; a row
+            over ``max_selections`` keeps a random subset of whole words that fits. None: token by token.
         rng: Source of randomness; the same generator state gives the same output.
 
     Returns:
@@ -74,14 +79,24 @@ def mask_tokens(
     # Selection. The uniform draw that selects a position (u < rate) is also its priority for the cap: given
     # selection, those draws are i.i.d. on [0, rate), so keeping the smallest is a uniformly random subset.
     draw = rng.random((n, length))
-    selected = draw < selection_rate
+    selectable = np.ones((n, length), dtype=bool)
     for token_id in unselectable_token_ids:
-        selected &= ids != token_id
+        selectable &= ids != token_id
+    if continuation_ids is not None:
+        # Every piece of a word takes the draw of its first piece (the word's start).
+        columns = np.arange(length)
+        previous = np.concatenate([np.zeros((n, 1), bool), selectable[:, :-1]], axis=1)
+        starts = selectable & ~(np.asarray(continuation_ids, bool)[ids] & previous)
+        start_of = np.maximum.accumulate(np.where(starts, columns, 0), axis=1)
+        draw = np.take_along_axis(draw, start_of, axis=1)
+    selected = selectable & (draw < selection_rate)
     over = np.flatnonzero(selected.sum(axis=1) > max_selections)
-    if over.size:
+    if over.size and continuation_ids is None:
         priority = np.where(selected[over], draw[over], np.inf)
         rank = np.argsort(np.argsort(priority, axis=1, kind="stable"), axis=1, kind="stable")
         selected[over] &= rank < max_selections
+    for row in over if continuation_ids is not None else ():
+        selected[row] = _whole_words_within(selected[row], starts[row], draw[row], max_selections)
 
     # Selected positions in row-major order, so ascending within each row; slot = rank within the row.
     rows, columns = np.nonzero(selected)
@@ -112,6 +127,20 @@ def mask_tokens(
     }
 
 
+def _whole_words_within(selected: np.ndarray, starts: np.ndarray, draw: np.ndarray, cap: int) -> np.ndarray:
+    """One row's selected words, fewest-draw first, as many whole words as fit in `cap` positions."""
+    first = np.flatnonzero(selected & starts)
+    ends = np.append(first[1:], selected.size)
+    keep = np.zeros_like(selected)
+    total = 0
+    for i in np.argsort(draw[first], kind="stable"):
+        word = np.flatnonzero(selected[first[i]:ends[i]]) + first[i]
+        if total + word.size <= cap:
+            keep[word] = True
+            total += word.size
+    return keep
+
+
 def masked_lm_features(packed: dict[str, np.ndarray], **mask_kwargs) -> dict[str, np.ndarray]:
     """The columns a masked-LM trainer needs, from the output of ``FastWordPieceTokenizer.pack``.
 
@@ -128,3 +157,22 @@ def masked_lm_features(packed: dict[str, np.ndarray], **mask_kwargs) -> dict[str
         "mask_ids": masked["mask_ids"],
         "mask_weights": masked["mask_weights"],
     }
+
+
+class BatchMasker:
+    """Dynamic masking: masks each packed batch of a split as a training worker deals it.
+
+    A batch's masks come from a generator seeded by (seed, split, epoch, step, rank): every epoch of the training
+    split sees new masks, and a run resumed at an epoch draws exactly the masks the uninterrupted run drew there.
+    Other splits draw the same masks every epoch, so that their loss compares across epochs.
+    """
+
+    SPLITS = ("train", "validation", "test")
+
+    def __init__(self, mask_kwargs: dict, seed: int, split: str = "train"):
+        self.mask_kwargs, self.seed, self.split = mask_kwargs, seed, split
+
+    def __call__(self, batch: dict[str, np.ndarray], *, epoch: int, step: int, rank: int) -> dict[str, np.ndarray]:
+        epoch = epoch if self.split == "train" else 0
+        rng = np.random.default_rng([self.seed, self.SPLITS.index(self.split), epoch, step, rank])
+        return masked_lm_features(batch, **self.mask_kwargs, rng=rng)

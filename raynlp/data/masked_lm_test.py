@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from raynlp import datasets, presets
-from raynlp.data.masked_lm import mask_tokens, masked_lm_features
+from raynlp.data.config import MaskingSettings
+from raynlp.data.masked_lm import BatchMasker, mask_tokens, masked_lm_features
 
 VOCAB_SIZE, PAD, CLS, SEP, MASK = 30522, 0, 101, 102, 103
 SPECIAL = [CLS, SEP, PAD]
@@ -31,20 +32,26 @@ def _mask(ids, seed=0, **overrides):
 
 
 @pytest.fixture(scope="module")
-def real_packed() -> dict[str, np.ndarray]:
-    """Every Pang & Lee sentence (rotten_tomatoes, train + test: 4,000) packed with the bert uncased vocabulary."""
+def tokenizer():
+    """The bert uncased vocabulary (MiniLM's)."""
     from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
 
-    texts = [
-        text for split in ("train", "test") for text in datasets.read_split("rotten_tomatoes", split)["text"].to_pylist()
-    ]
-    assert len(texts) == 4000
     vocabulary = presets.fetch("minilm_l6_en_uncased") / "assets" / "tokenizer" / "vocabulary.txt"
     tokenizer = FastWordPieceTokenizer(vocabulary, strip_accents=True)
     assert tokenizer.vocabulary_size == VOCAB_SIZE
     assert (tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id) == (
         PAD, CLS, SEP, MASK
     )
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def real_packed(tokenizer) -> dict[str, np.ndarray]:
+    """Every Pang & Lee sentence (rotten_tomatoes, train + test: 4,000) packed with the bert uncased vocabulary."""
+    texts = [
+        text for split in ("train", "test") for text in datasets.read_split("rotten_tomatoes", split)["text"].to_pylist()
+    ]
+    assert len(texts) == 4000
     return tokenizer.pack(texts, sequence_length=128)
 
 
@@ -167,3 +174,83 @@ def test_same_contract_as_keras_hub():
         assert ours[key].dtype == theirs[key].dtype and ours[key].shape == theirs[key].shape, key
     # Same meaning: keras-hub's own output passes the checks ours does.
     _check_contract(ids, theirs, 8)
+
+
+def _words(ids: np.ndarray, continuation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per position: whether it continues a word (a ## piece after a selectable token), and its word's start."""
+    selectable = ~np.isin(ids, SPECIAL)
+    previous = np.concatenate([np.zeros((len(ids), 1), bool), selectable[:, :-1]], axis=1)
+    continues = selectable & continuation[ids] & previous
+    columns = np.arange(ids.shape[1])
+    return continues, np.maximum.accumulate(np.where(~continues, columns, 0), axis=1)
+
+
+@pytest.mark.parametrize("max_selections", [96, 4], ids=["uncapped", "capped"])
+def test_whole_word_masking_masks_every_piece_of_a_word_or_none(real_packed, tokenizer, max_selections):
+    ids = real_packed["token_ids"]
+    continuation = tokenizer.continuation_ids
+    out = _mask(ids, seed=11, continuation_ids=continuation, max_selections=max_selections)
+    real, selected = _check_contract(ids, out, max_selections)
+    continues, start = _words(ids, continuation)
+    assert continues.sum() > 5000  # real text: many words of several pieces
+    # Never part of a word: each piece is selected exactly when its word's first piece is.
+    np.testing.assert_array_equal(selected[continues], np.take_along_axis(selected, start, axis=1)[continues])
+    assert (selected & continues).sum() > 100
+    if max_selections == 96:
+        # The rate still counts tokens (words are selected with it, so each token is too).
+        rate = real.sum() / (~np.isin(ids, SPECIAL)).sum()
+        assert abs(rate - 0.15) < 0.01, rate
+    else:
+        assert (real.sum(axis=1) <= 4).all() and (real.sum(axis=1) == 4).mean() > 0.3
+
+
+def test_a_tokenizer_without_word_pieces_cannot_mask_whole_words():
+    from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
+    from raynlp.errors import RaynlpError
+
+    plain = FastWordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "film"])
+    assert MaskingSettings().mask_kwargs(plain)["continuation_ids"] is None
+    with pytest.raises(RaynlpError, match=r"model.masking.whole_word: .* no word-continuation pieces"):
+        MaskingSettings(whole_word=True).mask_kwargs(plain)
+
+
+def _batch(ids):
+    return {"token_ids": ids, "segment_ids": np.zeros_like(ids), "padding_mask": ids != PAD}
+
+
+def test_dynamic_masks_are_new_each_epoch_and_the_same_for_the_same_seed_epoch_step_rank(tokenizer):
+    ids = _synthetic_packed(n=64)
+    train = BatchMasker(MaskingSettings().mask_kwargs(tokenizer), seed=3)
+    first = train(_batch(ids), epoch=1, step=5, rank=1)
+    again = BatchMasker(MaskingSettings().mask_kwargs(tokenizer), seed=3)(_batch(ids), epoch=1, step=5, rank=1)
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key])  # a resumed run draws the same masks
+    for other in [dict(epoch=2, step=5, rank=1), dict(epoch=1, step=6, rank=1), dict(epoch=1, step=5, rank=0)]:
+        assert not np.array_equal(train(_batch(ids), **other)["mask_positions"], first["mask_positions"]), other
+    assert not np.array_equal(BatchMasker(train.mask_kwargs, seed=4)(_batch(ids), epoch=1, step=5, rank=1)
+                              ["mask_positions"], first["mask_positions"])
+    # A validation split draws the same masks every epoch, and not the training split's.
+    validation = BatchMasker(train.mask_kwargs, seed=3, split="validation")
+    np.testing.assert_array_equal(validation(_batch(ids), epoch=0, step=5, rank=1)["mask_positions"],
+                                  validation(_batch(ids), epoch=4, step=5, rank=1)["mask_positions"])
+    assert not np.array_equal(validation(_batch(ids), epoch=1, step=5, rank=1)["mask_positions"],
+                              first["mask_positions"])
+    assert set(first) == {"token_ids", "segment_ids", "padding_mask", "mask_positions", "mask_ids", "mask_weights"}
+
+
+def test_dynamic_masking_statistics_over_many_batches(real_packed, tokenizer):
+    """15% of the tokens selected, 80/10/10 of them masked / random / kept, over 25 epochs of 4 batches."""
+    ids = real_packed["token_ids"][:400]
+    masker = BatchMasker(MaskingSettings().mask_kwargs(tokenizer), seed=0)
+    selected_count = selectable_count = masked = kept = 0
+    for epoch in range(25):
+        for step in range(4):
+            rows = ids[step * 100 : (step + 1) * 100]
+            out = masker(_batch(rows), epoch=epoch, step=step, rank=0)
+            real, selected = _check_contract(rows, out, 96)
+            selected_count += real.sum()
+            selectable_count += (~np.isin(rows, SPECIAL)).sum()
+            masked += (out["token_ids"][selected] == MASK).sum()
+            kept += (out["token_ids"][selected] == rows[selected]).sum()
+    assert abs(selected_count / selectable_count - 0.15) < 0.003
+    assert abs(masked / selected_count - 0.8) < 0.01 and abs(kept / selected_count - 0.1) < 0.01

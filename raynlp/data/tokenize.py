@@ -57,21 +57,10 @@ class BertPacker:
     def _mask(self, packed: dict[str, np.ndarray], texts: np.ndarray) -> dict[str, np.ndarray]:
         from raynlp.data.masked_lm import masked_lm_features
 
-        m = self.masking
         # Seeded by the batch's content, so the same data and seed give the same masks on any worker.
         batch_seed = zlib.crc32("\x00".join(str(t) for t in texts[:4]).encode()) ^ len(texts)
-        tok = self.tokenizer
-        return masked_lm_features(
-            packed,
-            vocabulary_size=tok.vocabulary_size,
-            mask_token_id=tok.mask_token_id,
-            unselectable_token_ids=[tok.cls_token_id, tok.sep_token_id, tok.pad_token_id],
-            selection_rate=m.selection_rate,
-            max_selections=m.max_selections,
-            mask_token_rate=m.mask_token_rate,
-            random_token_rate=m.random_token_rate,
-            rng=np.random.default_rng([self.mask_seed, batch_seed]),
-        )
+        return masked_lm_features(packed, **self.masking.mask_kwargs(self.tokenizer),
+                                  rng=np.random.default_rng([self.mask_seed, batch_seed]))
 
 
 def max_sequence_length(preset_dir: str) -> int | None:

@@ -37,6 +37,9 @@ class DataSettings(_Section):
     sequence_length: int = Field(128, ge=8, le=4096)
     max_train_rows: int | None = Field(None, gt=0, description="use only this many training rows (small runs)")
     max_test_rows: int | None = Field(None, gt=0, description="use only this many rows of the test and validation splits")
+    packing: Literal["none", "documents"] | None = Field(
+        None, description="documents: join the documents into full windows of sequence_length (masked-LM "
+                          "pretraining's default); none: one row a document, cut at sequence_length")
     tokenizer_actors: int = Field(PACKING_ACTORS, ge=1, description="Ray Data actors that tokenize the corpus before training")
     shard_cache: Literal["auto", "memory", "stream"] = Field(
         "auto", description="memory: each worker reads its shard once and keeps it in memory; stream: read it "
@@ -120,6 +123,15 @@ class RecipeConfig(_Section):
         if task not in RECIPES:
             raise ValueError(f"no recipe {task!r}; recipes: {', '.join(RECIPES)}")
         return task
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_defaults(cls, values):
+        """`data.packing` left out: the recipe's (pretraining packs documents, the labelled tasks do not)."""
+        data = values.get("data") if isinstance(values, dict) else None
+        if isinstance(data, dict) and data.get("packing") is None and values.get("task") in RECIPES:
+            values = {**values, "data": {**data, "packing": RECIPES[values["task"]].packing}}
+        return values
 
     @model_validator(mode="after")
     def _task_needs(self):

@@ -217,4 +217,8 @@ def _check_preset(config: RecipeConfig, recipe) -> str | None:
     if limit and config.data.sequence_length > limit:
         raise RaynlpError(f"data.sequence_length {config.data.sequence_length} is above the maximum {limit} of "
                           f"preset {config.preset}")
+    if recipe.masked_lm:
+        from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
+
+        config.model.masking.mask_kwargs(FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir))  # refuses
     return preset_dir

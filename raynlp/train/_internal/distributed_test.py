@@ -305,6 +305,31 @@ def test_shuffled_cache_deals_the_same_rows_in_a_new_order_each_epoch():
     assert np.array_equal(row_ids(again, 5), ids[2])
 
 
+@pytest.mark.parametrize("cached", [True, False], ids=["cache", "stream"])
+def test_transform_sees_each_batch_with_its_epoch_and_step_and_a_resumed_run_sees_the_same(cached):
+    """Dynamic masking's seed: the (epoch, step) each batch is dealt at, the same straight or resumed at an epoch."""
+    def run(first_epoch, epochs):
+        seen = []
+
+        def transform(batch, *, epoch, step, rank):
+            seen.append((epoch, step, rank, int(batch["token_ids"][0, 0])))
+            return {**batch, "label": batch["label"] + 100 * epoch}
+
+        shard = ListShard(rows=48)
+        shard.rows["token_ids"][:, 0] = np.arange(48)
+        batches = shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=3,
+                                cache=ShardCache(first_epoch=first_epoch) if cached else None, rank=1,
+                                first_epoch=first_epoch, transform=transform)
+        dealt = [next(batches) for _ in range(3 * (epochs - first_epoch))]
+        return seen, dealt
+
+    straight, dealt = run(0, 3)
+    assert [(e, s, r) for e, s, r, _ in straight] == [(e, s, 1) for e in range(3) for s in range(3)]
+    assert [labels.min() // 100 for _, labels in dealt] == [e for e in range(3) for _ in range(3)]  # transformed
+    resumed, _ = run(2, 3)
+    assert resumed == straight[6:]
+
+
 def test_fit_trains_on_the_batches_in_order(tmp_path):
     """fit over the generator takes batches 0, 1, 2, ... of each pass, every epoch: the same weights as
     `train_on_batch` over that sequence by hand."""

@@ -45,6 +45,7 @@ def shard_batches(
     shuffle_seed: int | None = None,
     rank: int = 0,
     first_epoch: int = 0,
+    transform: Callable[..., dict] | None = None,
 ) -> Iterator[Any]:
     """An endless generator of training batches over `shard`, for `fit(generator, steps_per_epoch=steps)`.
 
@@ -66,6 +67,9 @@ def shard_batches(
             (A cache shuffles its own rows: `ShardCache`.)
         rank: this worker's rank, for the shuffle seed.
         first_epoch: the epoch the first pass deals (a resumed run starts later).
+        transform: applied to each batch (a dict of columns) as it is dealt, as
+            `transform(batch, epoch=, step=, rank=)`, before the columns are picked: dynamic masked-LM masking
+            (`raynlp.data.masked_lm.BatchMasker`). A cache keeps the batches as read, untransformed.
 
     Yields:
         `features`, `(features, labels)` or `(features, labels, weights)`, with numpy arrays.
@@ -84,19 +88,22 @@ def shard_batches(
 
     columns = list(feature_columns)
 
-    def one_pass(shuffle: dict | None = None):
-        return _one_pass(shard, batch_size, steps,
-                         lambda batch: _to_fit_inputs(batch, columns, label_column, weight_column), shuffle or {})
+    def deal(batches: Iterator[dict], epoch: int) -> Iterator[Any]:
+        for step, batch in enumerate(batches):
+            if transform is not None:
+                batch = transform(batch, epoch=epoch, step=step, rank=rank)
+            yield _to_fit_inputs(batch, columns, label_column, weight_column)
 
     epoch = first_epoch
     while True:
         if cache is None:
-            yield from one_pass(stream_shuffle(shuffle_seed, epoch, rank, batch_size))
+            yield from deal(_one_pass(shard, batch_size, steps, stream_shuffle(shuffle_seed, epoch, rank, batch_size)),
+                            epoch)
             epoch += 1  # a pass abandoned midway never gets here
             continue
         if not cache:
-            cache.fill(list(one_pass()))  # the only pass that goes to Ray Data
-        yield from cache.replay()
+            cache.fill(list(_one_pass(shard, batch_size, steps, {})))  # the only pass that goes to Ray Data
+        yield from deal(cache.replay(), cache.epoch)
 
 
 STREAM_SHUFFLE_BATCHES = 64
@@ -111,8 +118,8 @@ def stream_shuffle(seed: int | None, epoch: int, rank: int, batch_size: int) -> 
             "local_shuffle_seed": int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])}
 
 
-def _one_pass(shard: Any, batch_size: int, steps: int, convert: Callable, shuffle: dict) -> Iterator[Any]:
-    """One pass over `shard`: its first `steps` batches, converted; then the rest of the pass, read and dropped."""
+def _one_pass(shard: Any, batch_size: int, steps: int, shuffle: dict) -> Iterator[dict]:
+    """One pass over `shard`: its first `steps` batches; then the rest of the pass, read and dropped."""
     taken = 0
     for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True, **shuffle):
         if taken == steps:
@@ -120,7 +127,7 @@ def _one_pass(shard: Any, batch_size: int, steps: int, convert: Callable, shuffl
             # when every consumer has finished the current one.
             continue
         taken += 1
-        yield convert(batch)
+        yield batch
     if taken < steps:
         raise RaynlpError(
             f"this worker's data shard ran out after {taken} of {steps} batches of {batch_size} rows in a pass: "
@@ -157,31 +164,16 @@ class ShardCache:
         yield from self.dealt(epoch)
         self.epoch = epoch + 1
 
-    def dealt(self, epoch: int) -> Iterator[Any]:
+    def dealt(self, epoch: int) -> Iterator[dict]:
         if self.shuffle_seed is None or epoch == 0:
             yield from self.batches
             return
-        whole = _join(self.batches)
-        size = len(next(iter(self.batches[0][0].values())) if isinstance(self.batches[0], tuple)
-                   else next(iter(self.batches[0].values())))
+        whole = {name: np.concatenate([b[name] for b in self.batches]) for name in self.batches[0]}
+        size = len(next(iter(self.batches[0].values())))
         order = np.random.default_rng([self.shuffle_seed, epoch]).permutation(size * len(self.batches))
         for step in range(len(self.batches)):
-            yield _take(whole, order[step * size : (step + 1) * size])
-
-
-def _join(batches: list) -> Any:
-    """Batches of `features` or `(features, labels[, weights])` → one such structure over all their rows."""
-    first = batches[0]
-    if isinstance(first, dict):
-        return {name: np.concatenate([b[name] for b in batches]) for name in first}
-    return tuple(_join([b[i] for b in batches]) if isinstance(part, dict)
-                 else np.concatenate([b[i] for b in batches]) for i, part in enumerate(first))
-
-
-def _take(whole: Any, rows: np.ndarray) -> Any:
-    if isinstance(whole, dict):
-        return {name: column[rows] for name, column in whole.items()}
-    return tuple(_take(part, rows) if isinstance(part, dict) else part[rows] for part in whole)
+            rows = order[step * size : (step + 1) * size]
+            yield {name: column[rows] for name, column in whole.items()}
 
 
 def fits_in_memory(rows: int, bytes_per_row: int, world_size: int, limit_bytes: int = 1 << 30) -> bool:

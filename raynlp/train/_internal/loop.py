@@ -55,7 +55,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         return shard_batches(shard, batch_size=batch_size, feature_columns=recipe.feature_columns,
                              label_column=recipe.label_column, weight_column=recipe.weight_column, steps=steps,
                              cache=cache, shuffle_seed=None if cache else shuffle_seed, rank=info.rank,
-                             first_epoch=initial_epoch)
+                             first_epoch=initial_epoch, transform=recipe.masker(config, plan, split))
 
     validation = batches(plan.validation_split, plan.validation_steps) if plan.validation_steps else None
     test = batches("test", plan.test_steps) if plan.test_steps else None

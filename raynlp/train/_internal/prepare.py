@@ -171,8 +171,11 @@ def prepare(config: RecipeConfig, splits: dict, tokenizer_dir: str, *, masked_lm
         else:
             folders[split] = str(storage.join(out, "data", split))
             _tokenize_into(folders[split], source, config, tokenizer_dir, split=split, masked_lm=masked_lm)
-        rows[split] = _manifest(folders[split])["rows"]
+        manifest = _manifest(folders[split])
+        rows[split] = manifest["rows"]
         limit = _row_limit(config, split)
+        if manifest.get("packing") and not isinstance(source, str):
+            limit = None  # the limit counted documents, packed here into windows
         if limit and limit < rows[split]:  # a cached folder is used whole unless the config limits it
             rows[split] = limit
             limited.append(split)
@@ -241,9 +244,15 @@ def check_manifest(path: str, config: RecipeConfig, *, masked_lm: bool) -> None:
     if manifest["sequence_length"] != config.data.sequence_length:
         raise RaynlpError(f"{path} was tokenized at sequence length {manifest['sequence_length']}, the config says "
                           f"data.sequence_length={config.data.sequence_length}; make them agree")
-    if bool(manifest.get("masking")) != masked_lm:
-        raise RaynlpError(f"{path} was tokenized {'with' if manifest.get('masking') else 'without'} masked-LM "
-                          f"masking, which task {config.task} cannot use")
+    masked = bool(manifest.get("masking"))
+    if masked and not masked_lm:
+        raise RaynlpError(f"{path} was tokenized with masked-LM masking, which task {config.task} cannot use")
+    if masked_lm and masked == config.model.masking.dynamic:
+        raise RaynlpError(
+            f"{path} holds masks drawn when it was tokenized, and model.masking.dynamic=true masks every batch anew: "
+            "set model.masking.dynamic=false to train on its masks" if masked else
+            f"{path} was tokenized without masks, and model.masking.dynamic=false trains on masks drawn when "
+            "tokenizing: set model.masking.dynamic=true to mask its batches as they are dealt")
 
 
 def _manifest(path: str) -> dict:
@@ -263,6 +272,7 @@ def _columns(dataset) -> list[str]:
 def _tokenize_into(folder: str, dataset, config: RecipeConfig, tokenizer_dir: str, *, split: str,
                    masked_lm: bool) -> None:
     from raynlp.data import tokenize_dataset, write_tokenized
+    from raynlp.data.packing import tokenize_documents, write_packed
     from raynlp.data.tokenize import packing_actors
 
     if is_tokenized(folder):
@@ -271,15 +281,22 @@ def _tokenize_into(folder: str, dataset, config: RecipeConfig, tokenizer_dir: st
     limit = _row_limit(config, split)
     if limit:
         dataset = dataset.limit(limit)
-    masking = config.model.masking if masked_lm else None
-    rows = limit or _known_rows(config, split)
-    actors = packing_actors(rows, config.data.tokenizer_actors)
-    logger.info("tokenizing the %s split into %s (%s)", split, folder,
-                f"{actors} actors" if actors else "Ray tasks: a small split")
-    packed = tokenize_dataset(dataset, tokenizer_dir, sequence_length=config.data.sequence_length,
-                              text_column="text", masking=masking, mask_seed=config.train.seed,
-                              num_actors=actors)
+    # Static masking masks the rows once, here; dynamic masking leaves them to the workers (`Recipe.masker`).
+    masking = config.model.masking if masked_lm and not config.model.masking.dynamic else None
+    d = config.data
     # A partial folder from an interrupted attempt holds no manifest: start it over.
     storage.delete(folder)
-    write_tokenized(packed, folder, preset=tokenizer_dir, sequence_length=config.data.sequence_length,
-                    masking=masking, mask_seed=config.train.seed)
+    if d.packing == "documents":
+        logger.info("tokenizing the %s split in Ray tasks and packing its documents into windows of %d in %s",
+                    split, d.sequence_length, folder)
+        write_packed(tokenize_documents(dataset, tokenizer_dir), folder, preset=tokenizer_dir,
+                     sequence_length=d.sequence_length, masking=masking, mask_seed=config.train.seed)
+        return
+    rows = limit or _known_rows(config, split)
+    actors = packing_actors(rows, d.tokenizer_actors)
+    logger.info("tokenizing the %s split into %s (%s)", split, folder,
+                f"{actors} actors" if actors else "Ray tasks: a small split")
+    packed = tokenize_dataset(dataset, tokenizer_dir, sequence_length=d.sequence_length, text_column="text",
+                              masking=masking, mask_seed=config.train.seed, num_actors=actors)
+    write_tokenized(packed, folder, preset=tokenizer_dir, sequence_length=d.sequence_length, masking=masking,
+                    mask_seed=config.train.seed)

@@ -44,11 +44,19 @@ class Recipe:
     feature_columns: tuple[str, ...] = PACKED_FEATURES
     label_column: str | None = "label"
     weight_column: str | None = None
+    packing: str = "none"  # `data.packing` when the config leaves it out
 
     def check(self, config: RecipeConfig) -> None:
         """Refuse a config this recipe cannot run: a ValueError, which the config's validation reports."""
         if self.needs_preset and not config.preset:
             raise ValueError(f"task {config.task} needs a preset")
+        if config.data.packing == "documents" and not self.masked_lm:
+            raise ValueError(f"data.packing=documents joins documents into windows for masked-LM pretraining; task "
+                             f"{config.task} trains on labelled rows: leave data.packing out or set it to none")
+
+    def masker(self, config: RecipeConfig, plan: Plan, split: str):
+        """What masks each batch of `split` as a worker deals it (dynamic masked-LM masking), or None."""
+        return None
 
     def tokenizer(self, config: RecipeConfig, train, run: RunFolder) -> str:
         """The tokenizer preset the corpus is packed with, as Ray Data's packers and the training workers find

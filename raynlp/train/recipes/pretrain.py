@@ -1,8 +1,10 @@
 """Level 5 of the guide: masked-LM pretraining of a backbone, from random init or continued (domain pretraining).
 
-The masking is done in Ray Data; the model sees `token_ids` with [MASK]s, predicts the original ids at
-`mask_positions`, and the loss is weighted by `mask_weights`. The export is a backbone preset (config,
-weights, tokenizer) that `finetune` takes as its `preset`.
+The documents are packed into full windows (`data.packing`, `raynlp.data.packing`) and each batch is masked
+anew as a worker deals it (`model.masking.dynamic`; masked once when tokenizing otherwise, as the guide does);
+the model sees `token_ids` with [MASK]s, predicts the original ids at `mask_positions`, and the loss is weighted
+by `mask_weights`. The export is a backbone preset (config, weights, tokenizer) that `finetune` takes as its
+`preset`.
 """
 
 from raynlp.data.tokenize import PACKED_FEATURES
@@ -16,6 +18,17 @@ class PretrainRecipe(Recipe):
     feature_columns = (*PACKED_FEATURES, "mask_positions")
     label_column = "mask_ids"
     weight_column = "mask_weights"
+    packing = "documents"
+
+    def masker(self, config, plan: Plan, split: str):
+        from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
+        from raynlp.data.masked_lm import BatchMasker
+
+        masking = config.model.masking
+        if not masking.dynamic:
+            return None
+        tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(plan.tokenizer_dir)
+        return BatchMasker(masking.mask_kwargs(tokenizer), config.train.seed, split=split)
 
     def build(self, config, plan: Plan):
         import keras_hub

@@ -1,0 +1,124 @@
+"""Tests for raynlp.data.packing: no token lost or duplicated, every window full but the last, on Ray Data too."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from raynlp import datasets
+from raynlp.data.packing import DocumentPacker, tokenize_documents, write_packed
+
+CLS, SEP, PAD = 101, 102, 0
+SPECIAL = [CLS, SEP, PAD]
+
+
+def _documents(count: int, seed: int = 0) -> list[np.ndarray]:
+    """Token ids of `count` documents: empty ones, short ones and a few longer than three windows of 16."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.choice([0, 1, 3, 9, 14, 15, 40, 60], size=count)
+    return [rng.integers(1000, 30000, size=n).astype(np.int32) for n in lengths]
+
+
+def _stream(documents: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.append(d, SEP) for d in documents if d.size]).astype(np.int32)
+
+
+def _check_windows(windows: np.ndarray, documents: list[np.ndarray], length: int) -> None:
+    assert windows.dtype == np.int32 and windows.shape[1] == length
+    assert (windows[:, 0] == CLS).all()
+    # Every window but the last is full: no padding, closed by [SEP].
+    assert not (windows[:-1] == PAD).any() and (windows[:-1, -1] == SEP).all()
+    last = windows[-1]
+    real = np.flatnonzero(last != PAD)
+    assert (last[real[-1] + 1:] == PAD).all() and last[real[-1]] == SEP
+    # The documents' tokens, joined, in order: none lost, none twice, a long document going on in the next window.
+    tokens = windows[~np.isin(windows, SPECIAL)]
+    np.testing.assert_array_equal(tokens, np.concatenate(documents))
+    # Each non-empty document closed by its [SEP] (besides each window's own closing one).
+    assert (windows == SEP).sum() == len(windows) + sum(1 for d in documents if d.size)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 1000], ids=["a document a call", "seven a call", "all at once"])
+def test_windows_hold_every_token_in_order_and_all_are_full_but_the_last(batch):
+    documents, length = _documents(300), 16
+    packer = DocumentPacker(length, CLS, SEP, PAD)
+    parts = [packer.add(_stream(documents[i : i + batch])) if any(d.size for d in documents[i : i + batch])
+             else np.zeros((0, length), np.int32) for i in range(0, len(documents), batch)]
+    windows = np.concatenate([*parts, packer.finish()])
+    _check_windows(windows, documents, length)
+    assert packer.finish().shape == (0, length)  # nothing is left, nothing comes twice
+    # However the documents come in batches, the windows are the same.
+    whole = DocumentPacker(length, CLS, SEP, PAD)
+    np.testing.assert_array_equal(windows, np.concatenate([whole.add(_stream(documents)), whole.finish()]))
+
+
+def test_a_stream_that_fills_its_last_window_leaves_no_padded_window():
+    packer = DocumentPacker(6, CLS, SEP, PAD)
+    windows = packer.add(np.array([5, 6, 7, SEP, 8, 9, 10, SEP], np.int32))
+    assert windows.tolist() == [[CLS, 5, 6, 7, SEP, SEP], [CLS, 8, 9, 10, SEP, SEP]]
+    assert packer.finish().shape == (0, 6)
+
+
+@pytest.fixture(scope="module")
+def reviews():
+    """Real documents of very different lengths: full movie reviews and one-sentence reviews, interleaved."""
+    long = datasets.read_split("movie_reviews", "train")["text"].to_pylist()[:60]
+    short = datasets.read_split("rotten_tomatoes", "train")["text"].to_pylist()[:240]
+    return [text for pair in zip(short[::4], short[1::4], short[2::4], short[3::4], long) for text in pair]
+
+
+def test_packing_on_ray_data_loses_no_token_and_reports_its_padding(ray_cluster, reviews, tmp_path):
+    """Tokenized in Ray tasks a batch of 32 documents at a time, packed in order across the batches into shards
+    of 64 windows: the shards, read by plain pyarrow, hold every token of the documents in order."""
+    import ray.data
+
+    from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
+    from raynlp.presets import resolve
+
+    preset = "bert_tiny_en_uncased_scratch"
+    tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(resolve(preset))
+    assert (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id) == (CLS, SEP, PAD)
+    dataset = ray.data.from_items([{"text": t} for t in reviews], override_num_blocks=6)
+    streams = tokenize_documents(dataset, preset, batch_size=32)
+    folder = tmp_path / "packed"
+    manifest = write_packed(streams, str(folder), preset=preset, sequence_length=128, shard_windows=64)
+
+    table = pq.read_table(folder)  # a Parquet data set any tool reads; the manifest starts with "_"
+    windows = np.stack(table["token_ids"].to_numpy(zero_copy_only=False)).astype(np.int32)
+    documents = [np.asarray(ids, np.int32) for ids in tokenizer.tokenize(reviews)]
+    _check_windows(windows, documents, 128)
+    assert manifest["rows"] == len(windows) and manifest["shards"] == -(-len(windows) // 64) > 1
+    assert json.loads((folder / "_raynlp_tokenized.json").read_text()) == manifest
+    np.testing.assert_array_equal(np.stack(table["padding_mask"].to_numpy(zero_copy_only=False)), windows != PAD)
+    packing = manifest["packing"]
+    assert packing["documents"] == len(reviews) and packing["tokens"] == sum(d.size for d in documents)
+    assert packing["windows"] == len(windows)
+    assert packing["padding_after"] == round(float((windows == PAD).mean()), 4) < 1 / len(windows)
+    # One row a document: the short reviews mostly padding, the long ones cut.
+    one_row_each = tokenizer.pack(reviews, sequence_length=128)["token_ids"]
+    assert packing["padding_before"] == round(float((one_row_each == PAD).mean()), 4) > 0.3
+    assert packing["tokens_lost_unpacked"] == sum(max(d.size - 126, 0) for d in documents) > 0
+
+
+def test_static_masking_masks_the_packed_windows_once(ray_cluster, reviews, tmp_path):
+    """`model.masking.dynamic: false`: the shards carry the masks, the labels being the windows' own tokens."""
+    import ray.data
+
+    from raynlp.data.config import MaskingSettings
+
+    preset, masking = "bert_tiny_en_uncased_scratch", MaskingSettings(dynamic=False, max_selections=24)
+    dataset = ray.data.from_items([{"text": t} for t in reviews[:100]])
+    plain = write_packed(tokenize_documents(dataset, preset), str(tmp_path / "plain"), preset=preset,
+                         sequence_length=64)
+    masked = write_packed(tokenize_documents(dataset, preset), str(tmp_path / "masked"), preset=preset,
+                          sequence_length=64, masking=masking, mask_seed=5)
+    assert plain["masking"] is None and masked["masking"]["seed"] == 5 and masked["rows"] == plain["rows"]
+    windows = np.stack(pq.read_table(tmp_path / "plain")["token_ids"].to_numpy(zero_copy_only=False))
+    table = pq.read_table(tmp_path / "masked")
+    columns = {name: np.stack(table[name].to_numpy(zero_copy_only=False)) for name in table.column_names}
+    positions, weights = columns["mask_positions"], columns["mask_weights"] == 1
+    assert columns["mask_ids"].shape == (len(windows), 24)
+    assert abs(weights.sum() / (62 * len(windows)) - 0.15) < 0.02  # of the 62 tokens a full window holds
+    np.testing.assert_array_equal(np.take_along_axis(windows, positions, axis=1)[weights], columns["mask_ids"][weights])
+    assert (columns["token_ids"] != windows).any() and columns["padding_mask"].tolist() == (windows != PAD).tolist()
