@@ -82,8 +82,8 @@ def _tokenize(args) -> None:
 
     given = _flag_values(args, _CORPUS_FLAGS)
     corpus = config_file.load(CorpusSettings, None, values={k.removeprefix("data."): v for k, v in given.items()})
-    masking = config_file.load(MaskingSettings, None, values={"dynamic": False, **_flag_values(
-        args, {"mask_rate": "selection_rate", "max_selections": "max_selections"})}) if args.mlm else None
+    masking = config_file.load(MaskingSettings, None, values=_flag_values(
+        args, {"mask_rate": "selection_rate", "max_selections": "max_selections"})) if args.mlm else None
     ensure_ray(args.address)
     source, names = as_label_ids(corpus.open(shuffle_seed=args.shuffle_seed), corpus.class_names())
     packed = tokenize_dataset(source, args.preset, sequence_length=args.sequence_length,

@@ -94,7 +94,7 @@ def tokenize(preset: str, output: str, *, dataset: str | None = None, input: str
     from raynlp.data.tokenize import packing_actors
 
     ensure_ray()
-    masking = MaskingSettings(dynamic=False) if masked_lm else None  # masks drawn once, here
+    masking = MaskingSettings() if masked_lm else None
     corpus = _corpus(dataset, input, split)
     source, names = as_label_ids(corpus.open(shuffle_seed=shuffle_seed), corpus.class_names())
     actors = num_actors if num_actors is not None else packing_actors(corpus.known_rows())

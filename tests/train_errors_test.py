@@ -1,5 +1,6 @@
 """Bad training input is refused with one line that names the problem, before any training starts."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,35 @@ def test_an_unreadable_file_is_named_with_the_options_of_the_command_that_failed
     status = main([part.format(out=tmp_path / "out", file=bad) for part in command])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert status == 2 and error == f"raynlp: error: corpus file {bad} is not UTF-8 text (byte 0xe9 at offset 14) {suggested}"
+
+
+PACKED, ROWS, MASKS = {"mode": "documents"}, None, {"seed": 0}
+
+
+@pytest.mark.parametrize("packing, masking, overrides, message", [
+    (PACKED, None, [], "holds documents packed into windows for masked-LM pretraining, without labels; task finetune"),
+    (ROWS, None, ["task=pretrain"], "was tokenized one row a document, and data.packing=documents trains on packed "
+                                    "windows: set data.packing=none"),
+    (PACKED, None, ["task=pretrain", "data.packing=none"], "holds packed windows, and data.packing=none"),
+    (PACKED, MASKS, ["task=pretrain"], "holds masks drawn when it was tokenized, and model.masking.dynamic=true masks "
+                                       "every batch anew"),
+    (PACKED, None, ["task=pretrain", "model.masking.dynamic=false"], "was tokenized without masks, and "
+                                                                     "model.masking.dynamic=false"),
+])
+def test_a_tokenized_folder_the_task_cannot_use_is_refused(packing, masking, overrides, message, tmp_path):
+    from raynlp.train._internal.prepare import check_manifest
+
+    folder = tmp_path / "tokens"
+    folder.mkdir()
+    config = finetune(tmp_path / "run", *overrides)
+
+    def check(packing, masking):
+        (folder / "_raynlp_tokenized.json").write_text(
+            json.dumps({"sequence_length": 32, "packing": packing, "masking": masking}))
+        check_manifest(str(folder), config, masked_lm=config.task == "pretrain")
+
+    with pytest.raises(RaynlpError, match=message):
+        check(packing, masking)
+    # The folder the config asks for passes.
+    masking = config.task == "pretrain" and not config.model.masking.dynamic
+    check(PACKED if config.data.packing == "documents" else ROWS, MASKS if masking else None)

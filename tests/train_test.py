@@ -163,6 +163,7 @@ def test_pretrain_lowers_masked_lm_loss_and_exports_a_backbone(pretrained):
     packing = manifest["packing"]
     assert packing["documents"] == 1500 and packing["windows"] == manifest["rows"] > 1500
     assert packing["padding_after"] < 0.01 < 0.3 < packing["padding_before"] and manifest["masking"] is None
+    assert pretrained.metrics[0]["global_step"] == manifest["rows"] // 32  # every window trained (batch 32)
 
 
 def test_finetune_from_the_pretrained_backbone_and_cached_tokens_survives_a_killed_worker(

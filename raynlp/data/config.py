@@ -77,16 +77,24 @@ class MaskingSettings(Section):
             raise ValueError("masking mask_token_rate and random_token_rate add up to more than 1")
         return self
 
-    def mask_kwargs(self, tokenizer) -> dict:
-        """`raynlp.data.masked_lm.mask_tokens`'s settings for a `FastWordPieceTokenizer` (all but `rng`)."""
+    def check(self, tokenizer) -> None:
+        """Refuse settings a `FastWordPieceTokenizer` cannot mask with."""
         if self.whole_word and not tokenizer.continuation_ids.any():
             raise RaynlpError("model.masking.whole_word: this tokenizer's vocabulary has no word-continuation "
                               f"pieces ({tokenizer.suffix_indicator}...), so it has no words to mask whole")
+
+    def mask_kwargs(self, tokenizer) -> dict:
+        """`raynlp.data.masked_lm.mask_tokens`'s settings for a `FastWordPieceTokenizer` (all but `rng`)."""
+        self.check(tokenizer)
         return dict(vocabulary_size=tokenizer.vocabulary_size, mask_token_id=tokenizer.mask_token_id,
                     unselectable_token_ids=[tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id],
                     selection_rate=self.selection_rate, max_selections=self.max_selections,
                     mask_token_rate=self.mask_token_rate, random_token_rate=self.random_token_rate,
                     continuation_ids=tokenizer.continuation_ids if self.whole_word else None)
+
+    def manifest(self, seed: int) -> dict:
+        """What a tokenized folder records of the masks drawn into it (static masking, so `dynamic` is left out)."""
+        return {**self.model_dump(exclude={"dynamic"}), "seed": seed}
 
 
 class VocabConfig(Section):

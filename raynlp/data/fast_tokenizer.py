@@ -295,11 +295,7 @@ class FastWordPieceTokenizer:
         ids = flat.tolist()
         return [ids[end - length : end] for end, length in zip(ends, lengths.tolist(), strict=True)]
 
-    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``tokenize`` as two arrays: every text's ids concatenated (int32) and each text's count (int64)."""
-        return self._encode(texts)
-
-    def _encode(self, texts: Sequence[str], at_least: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, texts: Sequence[str], at_least: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """All token ids of a batch, concatenated (int32), and the number of tokens of each text (int64).
 
         With ``at_least``, a text may be cut short once it surely has that many tokens (then its count is too).
@@ -427,12 +423,12 @@ class FastWordPieceTokenizer:
             raise ValueError(f"sequence_length={sequence_length} leaves no room for {num_special} special tokens")
         budget = sequence_length - num_special
         # Neither segment can keep more than `budget` tokens, and round robin only needs lengths up to it.
-        flat_a, len_a = self._encode(texts, at_least=budget)
+        flat_a, len_a = self.encode(texts, at_least=budget)
         n = len(len_a)
         if texts_b is None:
             keep_a = np.minimum(len_a, budget)
         else:
-            flat_b, len_b = self._encode(texts_b, at_least=budget)
+            flat_b, len_b = self.encode(texts_b, at_least=budget)
             if len(len_b) != n:
                 raise ValueError(f"texts and texts_b differ in length: {n} != {len(len_b)}")
             keep_a, keep_b = _round_robin(len_a, len_b, budget)

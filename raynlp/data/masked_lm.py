@@ -55,7 +55,8 @@ def mask_tokens(
         continuation_ids: For whole-word masking, bool [vocabulary_size]: the ids that continue a word ("##"
             pieces). A word (a selectable token and the continuations right after it) is selected with
             probability ``selection_rate``, all its pieces together, so the rate still counts tokens; a row
-            over ``max_selections`` keeps a random subset of whole words that fits. None: token by token.
+            over ``max_selections`` keeps whole words, in a random order, as long as they fit. None: token by
+            token.
         rng: Source of randomness; the same generator state gives the same output.
 
     Returns:
@@ -91,12 +92,13 @@ def mask_tokens(
         draw = np.take_along_axis(draw, start_of, axis=1)
     selected = selectable & (draw < selection_rate)
     over = np.flatnonzero(selected.sum(axis=1) > max_selections)
-    if over.size and continuation_ids is None:
+    if over.size and continuation_ids is not None:
+        for row in over:
+            selected[row] = _whole_words_within(selected[row], starts[row], draw[row], max_selections)
+    elif over.size:
         priority = np.where(selected[over], draw[over], np.inf)
         rank = np.argsort(np.argsort(priority, axis=1, kind="stable"), axis=1, kind="stable")
         selected[over] &= rank < max_selections
-    for row in over if continuation_ids is not None else ():
-        selected[row] = _whole_words_within(selected[row], starts[row], draw[row], max_selections)
 
     # Selected positions in row-major order, so ascending within each row; slot = rank within the row.
     rows, columns = np.nonzero(selected)
@@ -128,7 +130,8 @@ def mask_tokens(
 
 
 def _whole_words_within(selected: np.ndarray, starts: np.ndarray, draw: np.ndarray, cap: int) -> np.ndarray:
-    """One row's selected words, fewest-draw first, as many whole words as fit in `cap` positions."""
+    """One row's selected words in a random order (their draws), each kept if it still fits in `cap` positions:
+    a word too long for the room left is passed over for a later, shorter one, so short words are favoured."""
     first = np.flatnonzero(selected & starts)
     ends = np.append(first[1:], selected.size)
     keep = np.zeros_like(selected)

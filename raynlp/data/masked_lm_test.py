@@ -204,6 +204,20 @@ def test_whole_word_masking_masks_every_piece_of_a_word_or_none(real_packed, tok
         assert (real.sum(axis=1) <= 4).all() and (real.sum(axis=1) == 4).mean() > 0.3
 
 
+def test_whole_words_by_hand():
+    """Words of the row below: [a ##b ##c], [d], [##e] (a piece right after [CLS] starts a word), [f ##g]."""
+    a, b, c, d, e, f, g = range(2000, 2007)
+    continuation = np.zeros(VOCAB_SIZE, bool)
+    continuation[[b, c, e, g]] = True
+    ids = np.array([[CLS, e, a, b, c, d, f, g, SEP, PAD]], np.int32)
+    words = [{1}, {2, 3, 4}, {5}, {6, 7}]
+    for seed in range(40):
+        for cap in (2, 3, 10):
+            out = _mask(ids, seed=seed, selection_rate=0.5, max_selections=cap, continuation_ids=continuation)
+            chosen = set(out["mask_positions"][0][out["mask_weights"][0] == 1].tolist())
+            assert len(chosen) <= cap and all(w <= chosen or not (w & chosen) for w in words), (seed, cap, chosen)
+
+
 def test_a_tokenizer_without_word_pieces_cannot_mask_whole_words():
     from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
     from raynlp.errors import RaynlpError

@@ -38,14 +38,14 @@ class PackingStats:
     pad_tokens: int = 0  # [PAD]s in the windows (only the last window has any)
     # A row per document instead: its real tokens ([CLS] a [SEP], cut at sequence_length) and what the cut lost.
     unpacked_real_tokens: int = 0
-    unpacked_lost_tokens: int = 0
+    tokens_lost_unpacked: int = 0
 
     def add_documents(self, lengths: np.ndarray) -> None:
         kept = np.minimum(lengths, self.sequence_length - 2)
         self.documents += int(lengths.size)
         self.tokens += int(lengths.sum())
         self.unpacked_real_tokens += int((kept + 2).sum())
-        self.unpacked_lost_tokens += int((lengths - kept).sum())
+        self.tokens_lost_unpacked += int((lengths - kept).sum())
 
     @property
     def padding_before(self) -> float:
@@ -59,7 +59,7 @@ class PackingStats:
     def to_dict(self) -> dict:
         return {"documents": self.documents, "tokens": self.tokens, "windows": self.windows,
                 "padding_before": round(self.padding_before, 4), "padding_after": round(self.padding_after, 4),
-                "tokens_lost_unpacked": self.unpacked_lost_tokens}
+                "tokens_lost_unpacked": self.tokens_lost_unpacked}
 
 
 @dataclass
@@ -70,7 +70,7 @@ class DocumentPacker:
     cls_id: int
     sep_id: int
     pad_id: int
-    carry: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    carry: np.ndarray = field(init=False, default_factory=lambda: np.zeros(0, np.int32))  # the unfinished window
 
     def __post_init__(self):
         if self.sequence_length < 3:
@@ -86,7 +86,8 @@ class DocumentPacker:
 
     def finish(self) -> np.ndarray:
         """The last window, padded: [1, sequence_length], or [0, sequence_length] when nothing is left."""
-        if not self.carry.size:
+        if (self.carry == self.sep_id).all():  # nothing, or the last document's [SEP]: the frame closes it
+            self.carry = self.carry[:0]
             return np.zeros((0, self.sequence_length), np.int32)
         body = np.full((1, self.sequence_length - 2), self.pad_id, np.int32)
         body[0, : self.carry.size] = self.carry
@@ -150,8 +151,12 @@ def _tokenize_in_task(batch, *, preset: str, text_column: str):
 
 
 def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int, masking=None, mask_seed: int = 0,
-                 shard_windows: int = SHARD_WINDOWS) -> dict:
+                 shuffle_seed: int | None = None, shard_windows: int = SHARD_WINDOWS) -> dict:
     """Cut `tokenize_documents`'s stream rows, in order, into windows written as Parquet shards with a manifest.
+
+    With `shuffle_seed`, each shard's windows are written in an order seeded by it and the shard's number, so
+    that a batch does not hold consecutive windows of one long document (a corpus read from a path comes
+    shuffled by document already); without, in the stream's order.
 
     With `masking` (static masking, `MaskingSettings`), each shard's windows are masked once here, seeded by
     `mask_seed` and the shard's number; otherwise the windows are plain and the trainer masks every batch as
@@ -177,6 +182,8 @@ def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int,
 
     def write(windows: np.ndarray) -> None:
         nonlocal shards
+        if shuffle_seed is not None:
+            windows = windows[np.random.default_rng([shuffle_seed, shards]).permutation(len(windows))]
         columns = packed_features(windows, tokenizer.pad_token_id)
         if masking is not None:
             from raynlp.data.masked_lm import masked_lm_features
@@ -216,7 +223,7 @@ def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int,
     manifest = {
         "preset": preset,
         "sequence_length": sequence_length,
-        "masking": {**masking.model_dump(), "seed": mask_seed} if masking else None,
+        "masking": masking.manifest(mask_seed) if masking else None,
         "packing": {"mode": "documents", **stats.to_dict()},
         "label_names": None,
         "rows": stats.windows,
@@ -226,5 +233,5 @@ def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int,
     logger.info("packed %d documents (%d tokens) into %d windows of %d in %d Parquet shards at %s: padding %.1f%% "
                 "→ %.1f%% (one row a document would have cut %d tokens)", stats.documents, stats.tokens, stats.windows,
                 sequence_length, shards, output, 100 * stats.padding_before, 100 * stats.padding_after,
-                stats.unpacked_lost_tokens)
+                stats.tokens_lost_unpacked)
     return manifest

@@ -148,7 +148,7 @@ def write_tokenized(dataset, output_dir: str, *, preset: str, sequence_length: i
     manifest = {
         "preset": preset,
         "sequence_length": sequence_length,
-        "masking": {**masking.model_dump(), "seed": mask_seed} if masking else None,
+        "masking": masking.manifest(mask_seed) if masking else None,
         "label_names": label_names,
         "rows": sum(pq.read_metadata(shard).num_rows for shard in shards),
         "shards": len(shards),

@@ -35,7 +35,8 @@ class DataSettings(_Section):
     skip_bad_files: bool = Field(False, description="leave out empty or unreadable corpus files (named in the log) "
                                                     "instead of stopping")
     sequence_length: int = Field(128, ge=8, le=4096)
-    max_train_rows: int | None = Field(None, gt=0, description="use only this many training rows (small runs)")
+    max_train_rows: int | None = Field(None, gt=0, description="use only this many training rows (small runs): "
+                                                                "documents, where pretraining packs them")
     max_test_rows: int | None = Field(None, gt=0, description="use only this many rows of the test and validation splits")
     packing: Literal["none", "documents"] | None = Field(
         None, description="documents: join the documents into full windows of sequence_length (masked-LM "
@@ -128,9 +129,13 @@ class RecipeConfig(_Section):
     @classmethod
     def _recipe_defaults(cls, values):
         """`data.packing` left out: the recipe's (pretraining packs documents, the labelled tasks do not)."""
-        data = values.get("data") if isinstance(values, dict) else None
-        if isinstance(data, dict) and data.get("packing") is None and values.get("task") in RECIPES:
-            values = {**values, "data": {**data, "packing": RECIPES[values["task"]].packing}}
+        if not isinstance(values, dict) or values.get("task") not in RECIPES:
+            return values
+        data, packing = values.get("data"), RECIPES[values["task"]].packing
+        if isinstance(data, dict) and data.get("packing") is None:
+            values = {**values, "data": {**data, "packing": packing}}
+        elif isinstance(data, DataSettings) and data.packing is None:
+            values = {**values, "data": data.model_copy(update={"packing": packing})}
         return values
 
     @model_validator(mode="after")

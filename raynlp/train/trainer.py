@@ -220,5 +220,5 @@ def _check_preset(config: RecipeConfig, recipe) -> str | None:
     if recipe.masked_lm:
         from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
 
-        config.model.masking.mask_kwargs(FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir))  # refuses
+        config.model.masking.check(FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir))
     return preset_dir
