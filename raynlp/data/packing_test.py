@@ -136,3 +136,26 @@ def test_static_masking_masks_the_packed_windows_once(ray_cluster, reviews, tmp_
     assert abs(weights.sum() / (62 * len(windows)) - 0.15) < 0.02  # of the 62 tokens a full window holds
     np.testing.assert_array_equal(np.take_along_axis(windows, positions, axis=1)[weights], columns["mask_ids"][weights])
     assert (columns["token_ids"] != windows).any() and columns["padding_mask"].tolist() == (windows != PAD).tolist()
+
+
+def test_a_users_folder_of_latin_1_files_with_an_empty_one_packs_every_token(ray_cluster, reviews, tmp_path):
+    """A user's pretraining corpus: text files in sorted order, paragraphs as documents, Latin-1, one empty file
+    left out; the windows hold every token of the documents as the corpus reads them, in order."""
+    from raynlp.data.corpus import read_corpus
+    from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
+    from raynlp.presets import resolve
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "01_reviews.txt").write_bytes("\n\n".join(reviews[:40]).replace("the", "thé").encode("latin-1", "replace"))
+    (folder / "02_more.txt").write_bytes("\n\n".join(reviews[40:80]).encode("latin-1", "replace"))
+    (folder / "03_empty.txt").write_bytes(b"")
+    corpus = read_corpus(folder, format="paragraphs", encoding="latin-1", on_bad_file="skip")
+    texts = [row["text"] for row in corpus.take_all()]
+    assert len(texts) == 80 and "thé" in texts[0]
+    preset = "bert_tiny_en_uncased_scratch"
+    write_packed(tokenize_documents(corpus, preset, batch_size=16), str(tmp_path / "packed"), preset=preset,
+                 sequence_length=64, shard_windows=32)
+    windows = np.stack(pq.read_table(tmp_path / "packed")["token_ids"].to_numpy(zero_copy_only=False))
+    tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(resolve(preset))
+    _check_windows(windows.astype(np.int32), [np.asarray(t, np.int32) for t in tokenizer.tokenize(texts)], 64)
