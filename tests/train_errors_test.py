@@ -31,6 +31,12 @@ def finetune(out: Path, *overrides: str):
                                  "task finetune trains on labelled rows"),
     (["task=pretrain", "model.masking.selection_rate=1"],
      "config field model.masking.selection_rate: Input should be less than 1"),
+    (["data.dataset=imdb"], "config field data.dataset: unknown data set 'imdb'; available: rotten_tomatoes, "
+                            "movie_reviews, shakespeare (got 'imdb')"),
+    (["data.dataset=[]"], "config field data.dataset: a list of data sets names at least one, each once"),
+    (["data.dataset=[rotten_tomatoes,rotten_tomatoes]"], "a list of data sets names at least one, each once"),
+    (["data.dataset=[rotten_tomatoes,shakespeare]"], "data.dataset: task finetune joins labelled sets whose labels "
+                                                     "agree; rotten_tomatoes: negative, positive, shakespeare: unlabelled"),
     (["task=pretrain", "model.masking.selection_rate=0"],
      "config field model.masking.selection_rate: Input should be greater than 0"),
 ])

@@ -21,7 +21,9 @@ from raynlp.train.recipes import RECIPES
 class DataSettings(_Section):
     """Where the text comes from and how it is tokenized."""
 
-    dataset: str | None = Field(None, description="a raynlp data set name (`raynlp datasets list`)")
+    dataset: str | list[str] | None = Field(
+        None, description="a raynlp data set name (`raynlp datasets list`), or a list of them: each split is theirs "
+                          "joined (the training rows shuffled together)")
     train: str | None = Field(None, description="training corpus: path, glob, URI, or a `raynlp tokenize` folder")
     validation: str | None = Field(None, description="corpus validated on after every epoch, same kinds as `train` "
                                                      "(default: data.validation_fraction, else the test split)")
@@ -45,6 +47,24 @@ class DataSettings(_Section):
     shard_cache: Literal["auto", "memory", "stream"] = Field(
         "auto", description="memory: each worker reads its shard once and keeps it in memory; stream: read it "
                             "from storage every epoch (shards larger than memory); auto: memory up to 1 GiB a worker")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_datasets(cls, dataset):
+        from raynlp.datasets.registry import DATASETS
+
+        names = [dataset] if isinstance(dataset, str) else dataset or []
+        if isinstance(dataset, list) and (not names or len(set(names)) < len(names)):
+            raise ValueError("a list of data sets names at least one, each once")
+        for name in names:
+            if name not in DATASETS:
+                raise ValueError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
+        return names[0] if isinstance(dataset, list) and len(names) == 1 else dataset
+
+    @property
+    def datasets(self) -> list[str]:
+        """The named data sets, one or several (empty for a corpus read from data.train)."""
+        return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset or [])
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -51,13 +51,11 @@ def raw_splits(config: RecipeConfig, *, labelled: bool) -> tuple[dict, list[str]
     become ids by sorted name, and a validation or test split holding a label the training data lacks is
     refused here, before anything is tokenized.
     """
-    from raynlp import datasets
 
     d = config.data
     if d.dataset:
         # Stored in a seeded random order already (raynlp.datasets), with integer labels.
-        splits, names = dict(datasets.load(d.dataset)), datasets.get_spec(d.dataset).label_names
-        names = list(names) if names else None
+        splits, names = _named_splits(config, labelled=labelled)
     else:
         seed = config.train.seed if config.train.shuffle else None
         sample = config.train.seed if d.max_test_rows else None
@@ -80,6 +78,24 @@ def raw_splits(config: RecipeConfig, *, labelled: bool) -> tuple[dict, list[str]
     if not d.dataset:
         splits, names = _encode_labels(config, splits)
     return splits, names
+
+
+def _named_splits(config: RecipeConfig, *, labelled: bool) -> tuple[dict, list[str] | None]:
+    """The splits of one named data set, or of several joined split by split: a test sentence of one stays in
+    the test split. Joined training rows are shuffled together (seeded), so that no epoch starts with one set."""
+    from raynlp import datasets
+
+    specs = [datasets.get_spec(name) for name in config.data.datasets]  # their labels agree (Recipe.check)
+    if len(specs) == 1:
+        loaded = datasets.load(specs[0].name)
+    else:
+        columns = ["text", "label"] if labelled else ["text"]
+        parts = [datasets.load(spec.name) for spec in specs]
+        loaded = {split: parts[0][split].select_columns(columns).union(
+            *(p[split].select_columns(columns) for p in parts[1:])) for split in datasets.SPLITS}
+        loaded["train"] = loaded["train"].random_shuffle(seed=config.train.seed)
+    names = specs[0].label_names
+    return dict(loaded), list(names) if names else None
 
 
 def _read(config: RecipeConfig, path: str, *, shuffle_seed: int | None):
@@ -189,7 +205,7 @@ def _known_rows(config: RecipeConfig, split: str) -> int | None:
         return None
     from raynlp import datasets
 
-    return datasets.split_rows(config.data.dataset, "test" if split == "test" else "train")
+    return sum(datasets.split_rows(name, "test" if split == "test" else "train") for name in config.data.datasets)
 
 
 def _row_limit(config: RecipeConfig, split: str) -> int | None:

@@ -53,6 +53,13 @@ class Recipe:
         if config.data.packing == "documents" and not self.masked_lm:
             raise ValueError(f"data.packing=documents joins documents into windows for masked-LM pretraining; task "
                              f"{config.task} trains on labelled rows: leave data.packing out or set it to none")
+        if self.labelled and len(config.data.datasets) > 1:
+            from raynlp.datasets.registry import DATASETS
+
+            labels = {name: DATASETS[name].label_names for name in config.data.datasets}
+            if len(set(labels.values())) > 1:
+                raise ValueError(f"data.dataset: task {config.task} joins labelled sets whose labels agree; "
+                                 + ", ".join(f"{n}: {', '.join(v) if v else 'unlabelled'}" for n, v in labels.items()))
 
     def masker(self, config: RecipeConfig, plan: Plan, split: str):
         """What masks each batch of `split` as a worker deals it (dynamic masked-LM masking), or None."""
