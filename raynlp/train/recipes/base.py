@@ -100,7 +100,9 @@ class Recipe:
 def compile_model(model, config: RecipeConfig, plan: Plan, *, weighted: bool = False):
     """Compile with the configured optimizer, a from-logits cross-entropy and one metric, `accuracy`.
 
-    `weighted`: the data carries sample weights (masked-LM `mask_weights`), so accuracy counts weighted rows.
+    `weighted`: the data carries sample weights (masked-LM `mask_weights`), so accuracy counts weighted rows and
+    the loss is the mean over the weighted positions: Keras' default divides by every position, so a masked-LM
+    loss would shrink with the share of `max_selections` slots left empty.
     Both metric lists are given explicitly: keras-hub tasks would otherwise add their own default metrics.
     """
     import keras
@@ -122,7 +124,8 @@ def compile_model(model, config: RecipeConfig, plan: Plan, *, weighted: bool = F
     accuracy = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="mean_with_sample_weight" if weighted else "sum_over_batch_size"),
         metrics=[] if weighted else accuracy,
         weighted_metrics=accuracy if weighted else [],
     )
