@@ -11,6 +11,7 @@ import os
 import sys
 
 from raynlp._internal.cluster import ADDRESS_HELP, WORKER_ENV
+from raynlp.bench import BENCHMARKS
 from raynlp.errors import RaynlpError
 
 for _name, _value in WORKER_ENV.items():  # this process too: it may import Keras
@@ -376,12 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_demo)
 
     p = commands.add_parser("bench", help="run a benchmark; writes JSON (and a PNG) with ratios to plain keras-hub")
-    p.add_argument("name", choices=["tokenize", "train", "serve"],
+    p.add_argument("name", choices=BENCHMARKS,
                    help="tokenize: raynlp's tokenizer against keras-hub's preprocessor; train: data-parallel "
-                        "fine-tuning against a plain keras-hub fit; serve: the batched Serve deployment against "
-                        "batching off and the bare predict, under closed-loop load on 127.0.0.1")
+                        "fine-tuning against a plain keras-hub fit; pretrain: masked-LM pretraining on packed "
+                        "documents against the guide's row-per-document recipe, in real tokens; serve: the batched "
+                        "Serve deployment against batching off and the bare predict, under closed-loop load on "
+                        "127.0.0.1")
     p.add_argument("--output", default="runs/bench", help="folder for results (default runs/bench)")
-    p.add_argument("--rows", type=int, default=None, help="rows to use (default: the benchmark's own)")
+    p.add_argument("--rows", type=int, default=None,
+                   help="rows to use (default: the benchmark's own); pretrain: documents of each corpus")
     p.add_argument("--preset", help="serve: the backbone to serve with a 2-class head (default minilm_l6_en_uncased)")
     p.set_defaults(run=_bench)
     return parser

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from raynlp.errors import RaynlpError
 
-BENCHMARKS = ("tokenize", "train", "serve")
+BENCHMARKS = ("tokenize", "train", "pretrain", "serve")
 
 
 def run(name: str, output_dir: str = "runs/bench", rows: int | None = None, preset: str | None = None) -> Path:
@@ -20,6 +20,10 @@ def run(name: str, output_dir: str = "runs/bench", rows: int | None = None, pres
         from raynlp.bench.train_bench import run_train_bench
 
         return run_train_bench(Path(output_dir), rows=rows)
+    if name == "pretrain":
+        from raynlp.bench.pretrain_bench import run_pretrain_bench
+
+        return run_pretrain_bench(Path(output_dir), documents=rows)
     if name == "serve":
         from raynlp.bench.serve_bench import run_serve_bench
 
