@@ -78,7 +78,7 @@ from raynlp.tasks import TASKS, job_command, load_task_config
 config = load_task_config("toy", None, ["preset=bert_tiny_en_uncased_scratch", "data.dataset=rotten_tomatoes"])
 assert config.task == "toy" and TASKS["toy"].help == Toy.summary
 assert "toy" in cli.build_parser().format_help() and Toy.summary in cli.build_parser().format_help()
-assert workflows._config("toy", None, [], {"preset": "p", "dataset": "d"}).task == "toy"
+assert workflows._config("toy", None, [], {"preset": "p", "dataset": "rotten_tomatoes"}).task == "toy"
 assert job_command(["toy", "--config", "x.yaml"])[0] == "toy"
 print("ok")
 """
