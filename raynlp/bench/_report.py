@@ -1,14 +1,25 @@
-"""What every benchmark report holds: the machine it ran on, and its one figure (each way's speed as a bar,
-labelled with its ratio to the baseline)."""
+"""What every benchmark report holds and where it goes: the machine it ran on, `NAME.json` and `NAME.png` in the
+output folder, and its one figure (each way's speed as a bar, labelled with its ratio to the baseline)."""
 
+import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 
 def machine() -> dict:
     """The facts that make figures from different machines comparable (or not)."""
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def write_report(output_dir: Path, name: str, report: dict, plot: Callable[[dict, Path], None]) -> Path:
+    """Write `NAME.json` and the figure `plot` draws as `NAME.png` into `output_dir`; return the JSON's path."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / f"{name}.json"
+    path.write_text(json.dumps(report, indent=2))
+    plot(report, output_dir / f"{name}.png")
+    return path
 
 
 def ratio_bars(path: Path, *, speeds: dict[str, float], ratios: dict[str, float], xlabel: str, title: str) -> None:

@@ -2,20 +2,23 @@
 
 The work, for each corpus (the first documents of a named data set's training split, written to one Parquet
 file that every way reads): pretrain the same random-init BERT-Tiny with masked-LM at the same sequence length,
-global batch, optimizer and number of passes over the corpus:
+optimizer, constant learning rate and number of passes, on the same budget of real tokens per step and in all:
 
 - `keras_hub_guide_1_process`: the guide's way: a document a row, cut at the sequence length,
-  `BertMaskedLMPreprocessor` (`MaskedLMMaskGenerator`) mapped over a `tf.data` pipeline, `fit`;
+  `BertMaskedLMPreprocessor` (`MaskedLMMaskGenerator`) mapped over a `tf.data` pipeline, `fit`, 32 rows a step;
 - `raynlp_packed_1_worker`, `raynlp_packed_2_workers`: `raynlp.train.train` with the documents packed into full
-  windows (`data.packing: documents`) and masks drawn as each worker deals a batch, per-worker batch
-  `global_batch / workers`.
+  windows (`data.packing: documents`) and masks drawn as each worker deals a batch.
 
 What counts is real tokens: the documents' own tokens a step trains on (no [CLS], [SEP] or [PAD]). A row per
 document spends most of a window on padding where documents are short (Shakespeare's paragraphs) and throws the
-rest of a long one away (a movie review); packing fills the windows and keeps every token. Each way reports its
-real tokens per optimizer step and per second (training steps of the passes after the first, so compilation
-and reading the shards are left out), and its masked-LM loss against the real tokens seen; the losses are
-compared at the largest budget every way reached.
+rest of a long one away (a movie review); packing fills the windows and keeps every token. The packed ways take
+as many windows a step as hold the guide's real tokens a step (pretraining states its batch in tokens: at equal
+rows a step, packing would take fewer, larger steps and its loss per token would measure the step count, not
+packing), and as many steps a pass as give the guide's real tokens in all. Each way reports its real tokens per
+optimizer step and per second (training steps of the passes after the first, so compilation and reading the
+shards are left out), its training loss against the real tokens seen, and, at the end, its masked-LM loss on
+held-out documents of the data set's test split, both as the guide feeds them (a document a row) and packed;
+every way is scored on the same masked arrays.
 """
 
 import functools
@@ -27,27 +30,30 @@ from pathlib import Path
 
 import numpy as np
 
-from raynlp.bench._report import machine
+from raynlp.bench._report import machine, write_report
 
 logger = logging.getLogger(__name__)
 
 PRESET = "bert_tiny_en_uncased_scratch"
 SEQUENCE_LENGTH = 128
-GLOBAL_BATCH = 32
+GUIDE_BATCH = 32  # rows a step, the guide's
 LEARNING_RATE = 1e-3
 SELECTION_RATE = 0.15
 MAX_SELECTIONS = 32  # 15% of a full window's 126 tokens is 19 on average: room above it
 # Passes over the corpus; the first one, which compiles, is left out of the speeds.
 EPOCHS = 3
-DEFAULT_DOCUMENTS = {"shakespeare": 8000, "movie_reviews": 300}
+DEFAULT_DOCUMENTS = {"shakespeare": 8000, "movie_reviews": 1000}
+HELDOUT_DOCUMENTS = 1000  # at most, from the test split
+WEIGHTS_FILE = "weights.npz"
 BASELINE = "keras_hub_guide_1_process"
 CURVE_POINTS_PER_EPOCH = 5
 
 
-def step_clock(path: str):
+def step_clock(path: str, weights: str):
     """A Keras callback (made inside each process that trains) that writes, from process 0, when each training
-    step of each epoch ended and the epoch's running mean loss then. Not async-safe on purpose: every way waits
-    for each step's loss alike."""
+    step of each epoch ended and the epoch's running mean loss then, and the trained weights at the end (reading
+    a variable is local under `DataParallel`). Not async-safe on purpose: every way waits for each step's loss
+    alike."""
     import jax
     import keras
 
@@ -65,6 +71,7 @@ def step_clock(path: str):
         def on_train_end(self, logs=None):
             if jax.process_index() == 0:
                 Path(path).write_text(json.dumps(self.epochs))
+                np.savez(weights, *[np.asarray(v.numpy()) for v in self.model.weights])
 
     return StepClock()
 
@@ -80,7 +87,25 @@ def _write_corpus(folder: Path, dataset: str, documents: int) -> Path:
     return path
 
 
-def _guide_fit(corpus: Path, clock: Path) -> dict:
+def _guide_preprocessor():
+    import keras_hub
+
+    from raynlp.presets import resolve
+
+    return keras_hub.models.BertMaskedLMPreprocessor(
+        tokenizer=keras_hub.models.BertTokenizer.from_preset(resolve(PRESET)), sequence_length=SEQUENCE_LENGTH,
+        mask_selection_rate=SELECTION_RATE, mask_selection_length=MAX_SELECTIONS)
+
+
+def _masked_lm_loss():
+    import keras
+
+    # The mean over the masked positions, as raynlp's (the guide's default divides by every selection slot,
+    # so its loss would fall with the share of empty slots, not with learning).
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
+
+
+def _guide_fit(corpus: Path, clock: Path, weights: Path) -> dict:
     """The guide's level 5, line by line: a row per document through keras-hub's masked-LM preprocessor."""
     import keras
     import keras_hub
@@ -91,48 +116,121 @@ def _guide_fit(corpus: Path, clock: Path) -> dict:
 
     start = time.perf_counter()
     texts = pq.read_table(corpus)["text"].to_pylist()
-    preset_dir = resolve(PRESET)
-    preprocessor = keras_hub.models.BertMaskedLMPreprocessor(
-        tokenizer=keras_hub.models.BertTokenizer.from_preset(preset_dir), sequence_length=SEQUENCE_LENGTH,
-        mask_selection_rate=SELECTION_RATE, mask_selection_length=MAX_SELECTIONS)
-    steps = len(texts) // GLOBAL_BATCH
+    preprocessor = _guide_preprocessor()
+    steps = len(texts) // GUIDE_BATCH
     # The real tokens of the rows a pass trains on (padding is the same whatever the masks), counted off the clock.
     real = sum(int(np.asarray(x["padding_mask"]).sum()) - 2 * len(x["padding_mask"]) for x, _, _ in
-               tf.data.Dataset.from_tensor_slices(texts[: steps * GLOBAL_BATCH]).batch(GLOBAL_BATCH).map(preprocessor))
+               tf.data.Dataset.from_tensor_slices(texts[: steps * GUIDE_BATCH]).batch(GUIDE_BATCH).map(preprocessor))
     ds = (tf.data.Dataset.from_tensor_slices(texts).shuffle(len(texts), seed=0)
-          .batch(GLOBAL_BATCH, drop_remainder=True).map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
+          .batch(GUIDE_BATCH, drop_remainder=True).map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(tf.data.AUTOTUNE))
     keras.utils.set_random_seed(0)
-    model = keras_hub.models.BertMaskedLM.from_preset(preset_dir, preprocessor=None)
-    model.compile(optimizer=keras.optimizers.AdamW(LEARNING_RATE, weight_decay=0.01),
-                  # The mean over the masked positions, as raynlp's (the guide's default divides by every
-                  # selection slot, so its loss would fall with the share of empty slots, not with learning).
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
-                                                                  reduction="mean_with_sample_weight"),
+    model = keras_hub.models.BertMaskedLM.from_preset(resolve(PRESET), preprocessor=None)
+    model.compile(optimizer=keras.optimizers.AdamW(LEARNING_RATE, weight_decay=0.01), loss=_masked_lm_loss(),
                   weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    model.fit(ds, epochs=EPOCHS, callbacks=[step_clock(str(clock))], verbose=0, shuffle=False)  # shuffled above
-    return {"steps_per_epoch": steps, "real_tokens_per_step": real / steps,
+    model.fit(ds, epochs=EPOCHS, callbacks=[step_clock(str(clock), str(weights))], verbose=0,
+              shuffle=False)  # shuffled above
+    return {"rows_per_step": GUIDE_BATCH, "steps_per_epoch": steps, "real_tokens_per_step": real / steps,
             "wall_seconds": round(time.perf_counter() - start, 1)}
 
 
-def _raynlp_fit(corpus: Path, out: Path, clock: Path, workers: int) -> dict:
+def _pack(texts: list[str]) -> np.ndarray:
+    """The windows raynlp's packing makes of `texts` (its own tokenizer and packer, in this process)."""
+    from raynlp.data.packing import DocumentPacker, DocumentTokenizer
+
+    tokenizer = DocumentTokenizer(PRESET)
+    stream = tokenizer({"text": np.asarray(texts, dtype=object)})["stream"][0]
+    ids = tokenizer.tokenizer
+    packer = DocumentPacker(SEQUENCE_LENGTH, ids.cls_token_id, ids.sep_token_id, ids.pad_token_id)
+    return np.concatenate([packer.add(stream), packer.finish()])
+
+
+def _packed_plan(corpus: Path, guide: dict, workers: tuple[int, ...]) -> dict:
+    """Windows a step holding the guide's real tokens a step (a multiple of every worker count), and steps a
+    pass giving the guide's real tokens in all."""
+    import pyarrow.parquet as pq
+
+    windows = _pack(pq.read_table(corpus)["text"].to_pylist())
+    per_window = float((windows != _pad_id()).sum() - 2 * len(windows)) / len(windows)
+    unit = int(np.lcm.reduce(workers))
+    batch = max(unit, round(guide["real_tokens_per_step"] / per_window / unit) * unit)
+    budget = EPOCHS * guide["steps_per_epoch"] * guide["real_tokens_per_step"]
+    steps = min(len(windows) // batch, round(budget / (EPOCHS * batch * per_window)))
+    return {"windows": len(windows), "real_tokens_per_window": per_window, "rows_per_step": batch,
+            "steps_per_epoch": steps}
+
+
+def _pad_id() -> int:
+    from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
+    from raynlp.presets import resolve
+
+    return FastWordPieceTokenizer.from_keras_hub_preset_dir(resolve(PRESET)).pad_token_id
+
+
+def _raynlp_fit(corpus: Path, out: Path, clock: Path, weights: Path, workers: int, plan: dict) -> dict:
     from raynlp.train import load_config, train
 
-    out, clock = out.resolve(), clock.resolve()  # the workers run in their own working folders
+    # The workers run in their own working folders.
+    out, clock, weights = out.resolve(), clock.resolve(), weights.resolve()
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     config = load_config(None, [
         "task=pretrain", f"preset={PRESET}", f"data.train={corpus}", f"data.sequence_length={SEQUENCE_LENGTH}",
         f"model.masking.selection_rate={SELECTION_RATE}", f"model.masking.max_selections={MAX_SELECTIONS}",
         f"optimizer.learning_rate={LEARNING_RATE}", "optimizer.schedule=constant", f"train.epochs={EPOCHS}",
-        f"train.batch_size={GLOBAL_BATCH // workers}", f"scaling.num_workers={workers}", f"run.output={out}",
+        f"train.batch_size={plan['rows_per_step'] // workers}", f"train.steps_per_epoch={plan['steps_per_epoch']}",
+        f"scaling.num_workers={workers}", f"run.output={out}",
     ])
-    result = train(config, callbacks=[functools.partial(step_clock, str(clock))])
+    result = train(config, callbacks=[functools.partial(step_clock, str(clock), str(weights))])
     packing = json.loads((out / "data" / "train" / "_raynlp_tokenized.json").read_text())["packing"]
-    steps = result.metrics[0]["global_step"]
-    # Every window but a shard's last is full: a step's windows hold the corpus' mean tokens a window.
-    return {"steps_per_epoch": steps, "real_tokens_per_step": GLOBAL_BATCH * packing["tokens"] / packing["windows"],
+    # Every window but the last is full: a step's windows hold the corpus' mean tokens a window.
+    return {"rows_per_step": plan["rows_per_step"], "steps_per_epoch": result.metrics[0]["global_step"],
+            "real_tokens_per_step": plan["rows_per_step"] * packing["tokens"] / packing["windows"],
             "wall_seconds": round(time.perf_counter() - start, 1), "packing": packing}
+
+
+def _heldout_sets(dataset: str) -> dict[str, tuple]:
+    """The test split's first documents, masked once, as the guide feeds them (a document a row) and packed."""
+    import keras
+    import tensorflow as tf
+
+    from raynlp import datasets
+
+    texts = datasets.read_split(dataset, "test")["text"].to_pylist()[:HELDOUT_DOCUMENTS]
+    preprocessor = _guide_preprocessor()
+    keras.utils.set_random_seed(0)
+    rows = keras.tree.map_structure(np.asarray, preprocessor(tf.constant(texts)))
+    windows = _pack(texts)
+    masked = {k: np.asarray(v) for k, v in preprocessor.masker(tf.constant(windows)).items()}
+    x = {"token_ids": masked["token_ids"], "segment_ids": np.zeros_like(windows),
+         "padding_mask": windows != preprocessor.tokenizer.pad_token_id, "mask_positions": masked["mask_positions"]}
+    return {"a_document_a_row": rows, "packed": (x, masked["mask_ids"], masked["mask_weights"])}
+
+
+def _heldout_scores(weights: Path, sets: dict[str, tuple]) -> dict:
+    """Masked-LM loss (the mean over every masked position of the set) and accuracy of the trained weights."""
+    import keras
+    import keras_hub
+
+    from raynlp.presets import resolve
+
+    model = keras_hub.models.BertMaskedLM.from_preset(resolve(PRESET), preprocessor=None)
+    with np.load(weights) as saved:
+        for i, variable in enumerate(model.weights):
+            variable.assign(saved[f"arr_{i}"])
+    scores = {}
+    for name, (x, y, w) in sets.items():
+        nll = right = 0.0
+        for i in range(0, len(y), 64):
+            logits = model.predict_on_batch({k: v[i:i + 64] for k, v in x.items()})
+            weight = w[i:i + 64].astype(np.float64)
+            nll += float((keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(
+                y[i:i + 64], logits, from_logits=True)) * weight).sum())
+            right += float(((np.argmax(logits, axis=-1) == y[i:i + 64]) * weight).sum())
+        positions = float(w.sum())
+        scores[name] = {"loss": round(nll / positions, 4), "accuracy": round(right / positions, 4),
+                        "masked_positions": int(positions)}
+    return scores
 
 
 def _figures(run: dict, clock: Path) -> dict:
@@ -153,6 +251,7 @@ def _figures(run: dict, clock: Path) -> dict:
         seen += len(means)
     return {**{k: v for k, v in run.items() if k != "packing"},
             "real_tokens_per_step": round(per_step, 1),
+            "real_tokens": round(seen * per_step),
             "real_tokens_per_second": round(steps * per_step / seconds, 1),
             "steps_per_second": round(steps / seconds, 2),
             "epoch_train_seconds": [round(e["step_ends"][-1] - e["started"], 2) for e in epochs],
@@ -172,29 +271,42 @@ def _bench_corpus(output_dir: Path, dataset: str, documents: int, workers: tuple
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     corpus = _write_corpus(folder, dataset, documents)
-    logger.info("pretrain bench: %s, %d documents, %s, sequence length %d, global batch %d, %d passes",
-                dataset, documents, PRESET, SEQUENCE_LENGTH, GLOBAL_BATCH, EPOCHS)
-    results, packing = {}, None
-    results[BASELINE] = _figures(_guide_fit(corpus, folder / "clock_guide.json"), folder / "clock_guide.json")
+    logger.info("pretrain bench: %s, %d documents, %s, sequence length %d, %d passes",
+                dataset, documents, PRESET, SEQUENCE_LENGTH, EPOCHS)
+    heldout = _heldout_sets(dataset)
+    results, packing, scores = {}, None, {}
+    clock, weights = folder / f"clock_{BASELINE}.json", folder / f"weights_{BASELINE}.npz"
+    guide = _guide_fit(corpus, clock, weights)
+    results[BASELINE] = _figures(guide, clock)
+    scores[BASELINE] = _heldout_scores(weights, heldout)
+    plan = _packed_plan(corpus, guide, workers)
     ensure_ray()
     for count in workers:
         name = f"raynlp_packed_{count}_worker{'s' if count > 1 else ''}"
-        clock = folder / f"clock_{name}.json"
-        run = _raynlp_fit(corpus, folder / "runs" / name, clock, count)
+        clock, weights = folder / f"clock_{name}.json", folder / f"weights_{name}.npz"
+        run = _raynlp_fit(corpus, folder / "runs" / name, clock, weights, count, plan)
         packing = run["packing"]
         results[name] = _figures(run, clock)
+        scores[name] = _heldout_scores(weights, heldout)
+    for name, figures in results.items():
+        figures["heldout"] = scores[name]
     base = results[BASELINE]
     budget = min(r["loss_curve"][-1][0] for r in results.values())
     return {
-        "documents": documents, "packing": packing, "results": results,
+        "documents": documents, "heldout_documents": len(heldout["a_document_a_row"][1]), "packing": packing,
+        "results": results,
         "ratio_to_keras_hub_guide": {
             "real_tokens_per_second": {w: round(r["real_tokens_per_second"] / base["real_tokens_per_second"], 2)
                                        for w, r in results.items()},
             "real_tokens_per_step": {w: round(r["real_tokens_per_step"] / base["real_tokens_per_step"], 2)
                                      for w, r in results.items()},
         },
-        "loss_at_equal_real_tokens": {"real_tokens": budget,
-                                      **{w: _loss_at(r["loss_curve"], budget) for w, r in results.items()}},
+        "heldout_loss_at_equal_real_tokens": {
+            "real_tokens": {w: r["real_tokens"] for w, r in results.items()},
+            **{form: {w: s[form]["loss"] for w, s in scores.items()} for form in heldout},
+        },
+        "training_loss_at_equal_real_tokens": {"real_tokens": budget,
+                                               **{w: _loss_at(r["loss_curve"], budget) for w, r in results.items()}},
     }
 
 
@@ -204,24 +316,25 @@ def run_pretrain_bench(output_dir: Path, documents: int | None = None, corpora: 
     corpora = corpora or tuple(DEFAULT_DOCUMENTS)
     report = {
         "benchmark": "pretrain", "preset": PRESET, "sequence_length": SEQUENCE_LENGTH,
-        "global_batch": GLOBAL_BATCH, "epochs": EPOCHS, "learning_rate": LEARNING_RATE,
+        "guide_rows_per_step": GUIDE_BATCH, "epochs": EPOCHS, "learning_rate": LEARNING_RATE,
         "selection_rate": SELECTION_RATE, "max_selections": MAX_SELECTIONS, "machine": machine(),
         "corpora": {name: _bench_corpus(output_dir, name, documents or DEFAULT_DOCUMENTS[name], workers)
                     for name in corpora},
         "note": "real tokens: the documents' own tokens a step trains on (no [CLS], [SEP], [PAD]); speeds over the "
-                "training steps of the passes after the first; every way makes the same passes over the same "
-                "documents, so a row per document takes more, emptier steps (and a long document loses all but its "
-                "first window). Losses are the masked-LM loss of the training batches, averaged over stretches of "
-                "steps; 2 workers on one machine share its cores.",
+                "training steps of the passes after the first. Every way trains on the same real tokens a step "
+                "(packed: fewer, full windows) and in all (packed: as many steps a pass as that takes); a row per "
+                "document fills its rows with padding and repeats the first window of a long document every pass, "
+                "where packing goes on into new text. Training losses are over the training batches, averaged "
+                "over stretches of steps; held-out losses are the mean over every masked position of the test "
+                "split's first documents, the same masked arrays for every way. 2 workers on one machine share "
+                "its cores.",
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / "pretrain.json"
-    path.write_text(json.dumps(report, indent=2))
-    _plot(report, output_dir / "pretrain.png")
+    path = write_report(output_dir, "pretrain", report, _plot)
     for name, figures in report["corpora"].items():
-        logger.info("pretrain bench, %s: real tokens/s ratio %s; loss at %d real tokens %s", name,
-                    figures["ratio_to_keras_hub_guide"]["real_tokens_per_second"],
-                    figures["loss_at_equal_real_tokens"]["real_tokens"], figures["loss_at_equal_real_tokens"])
+        heldout = figures["heldout_loss_at_equal_real_tokens"]
+        logger.info("pretrain bench, %s: real tokens/s ratio %s; held-out loss after %s real tokens: a document a "
+                    "row %s, packed %s", name, figures["ratio_to_keras_hub_guide"]["real_tokens_per_second"],
+                    heldout["real_tokens"], heldout["a_document_a_row"], heldout["packed"])
     return path
 
 
@@ -245,12 +358,16 @@ def _plot(report: dict, path: Path) -> None:
         bars.set_xlabel("real tokens / s (after the first pass)")
         bars.set_title(f"{name}: {figures['documents']} documents, sequence length {report['sequence_length']}")
         for way in ways:
-            x, y = zip(*figures["results"][way]["loss_curve"])
-            curves.plot(x, y, label=way.replace("_", " "))
+            result = figures["results"][way]
+            x, y = zip(*result["loss_curve"])
+            line, = curves.plot(x, y, label=way.replace("_", " "))
+            for form, marker in (("a_document_a_row", "o"), ("packed", "s")):
+                curves.scatter([result["real_tokens"]], [result["heldout"][form]["loss"]], marker=marker,
+                               color=line.get_color(), zorder=3)
         curves.set_xlabel("real tokens trained on")
-        curves.set_ylabel("masked-LM loss")
+        curves.set_ylabel("masked-LM loss (training; held out at the end: o a row, ■ packed)")
         curves.legend()
-    fig.suptitle(f"Masked-LM pretraining of {report['preset']}, global batch {report['global_batch']} "
+    fig.suptitle(f"Masked-LM pretraining of {report['preset']}, equal real tokens a step "
                  f"({report['machine']['cpus']} CPU cores)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

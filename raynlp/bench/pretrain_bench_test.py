@@ -2,18 +2,21 @@
 
 The 2-worker way is left out here (each raynlp run costs tens of seconds of start-up on 2 cores; 2-worker
 pretraining is tested in tests/train_test.py). What is checked is what the figures stand on: the real tokens
-each way counts a step (recounted here with raynlp's tokenizer), the ratios, and losses that are the mean over
-the masked positions (both start at ln(vocabulary size), whatever the share of empty selection slots).
+each way counts a step (recounted here with raynlp's tokenizer) and in all, equal between the ways; the ratios;
+training losses that are the mean over the masked positions (both start at ln(vocabulary size), whatever the
+share of empty selection slots); and held-out scores of each way's own trained weights on the same masked arrays.
 """
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from raynlp.bench.pretrain_bench import BASELINE, EPOCHS, GLOBAL_BATCH, PRESET, SEQUENCE_LENGTH, run_pretrain_bench
+from raynlp.bench.pretrain_bench import BASELINE, EPOCHS, GUIDE_BATCH, PRESET, SEQUENCE_LENGTH, run_pretrain_bench
 from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
 from raynlp.presets import resolve
 
@@ -24,9 +27,15 @@ DOCUMENTS = 480
 
 @pytest.fixture(scope="module")
 def report(ray_cluster, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bench")
-    path = run_pretrain_bench(folder, documents=DOCUMENTS, corpora=("shakespeare",), workers=(1,))
-    return json.loads(path.read_text()), folder
+    # A relative output folder, as `raynlp bench pretrain --output runs/bench` passes: the Train workers run in
+    # their own working folders and must still write where the driver reads.
+    here, base = os.getcwd(), tmp_path_factory.mktemp("bench")
+    os.chdir(base)
+    try:
+        path = run_pretrain_bench(Path("bench"), documents=DOCUMENTS, corpora=("shakespeare",), workers=(1,))
+        return json.loads((base / path).read_text()), base / "bench"
+    finally:
+        os.chdir(here)
 
 
 def test_real_tokens_speeds_and_losses_of_both_ways(report):
@@ -42,22 +51,28 @@ def test_real_tokens_speeds_and_losses_of_both_ways(report):
     texts = pq.read_table(folder / "shakespeare" / "shakespeare.parquet")["text"].to_pylist()
     assert len(texts) == DOCUMENTS
     lengths = tokenizer.encode(texts)[1]
-    steps = DOCUMENTS // GLOBAL_BATCH
-    assert guide["steps_per_epoch"] == steps
-    kept = np.minimum(lengths[: steps * GLOBAL_BATCH], SEQUENCE_LENGTH - 2).sum() / steps
+    steps = DOCUMENTS // GUIDE_BATCH
+    assert guide["steps_per_epoch"] == steps and guide["rows_per_step"] == GUIDE_BATCH
+    kept = np.minimum(lengths[: steps * GUIDE_BATCH], SEQUENCE_LENGTH - 2).sum() / steps
     assert guide["real_tokens_per_step"] == pytest.approx(kept, rel=0.01)  # keras-hub's tokenizer counted it
     packing = shakespeare["packing"]
     assert packing["documents"] == DOCUMENTS and packing["tokens"] == lengths.sum()
-    assert packed["real_tokens_per_step"] == pytest.approx(GLOBAL_BATCH * lengths.sum() / packing["windows"], abs=0.1)
-    assert packed["steps_per_epoch"] == packing["windows"] // GLOBAL_BATCH
     assert packing["padding_before"] > 0.5 and packing["padding_after"] < 0.01  # short paragraphs, full windows
+    per_window = lengths.sum() / packing["windows"]
+    # Packed: as many full windows a step as hold the guide's real tokens a step, and as many steps as give the
+    # guide's real tokens in all (each within half a window, half a step).
+    assert packed["real_tokens_per_step"] == pytest.approx(packed["rows_per_step"] * per_window, abs=0.1)
+    assert packed["rows_per_step"] < GUIDE_BATCH / 3
+    assert abs(packed["real_tokens_per_step"] - guide["real_tokens_per_step"]) <= per_window / 2
+    assert abs(packed["real_tokens"] - guide["real_tokens"]) <= EPOCHS * packed["real_tokens_per_step"] / 2
+    assert packed["steps_per_epoch"] <= packing["windows"] // packed["rows_per_step"]
 
     ratios = shakespeare["ratio_to_keras_hub_guide"]
     for measure in ("real_tokens_per_second", "real_tokens_per_step"):
         for way, figures in results.items():
             assert figures[measure] > 0 and ratios[measure][way] == pytest.approx(
                 figures[measure] / guide[measure], abs=0.006), (measure, way)
-    assert ratios["real_tokens_per_step"]["raynlp_packed_1_worker"] > 3
+    assert ratios["real_tokens_per_step"]["raynlp_packed_1_worker"] == pytest.approx(1, abs=0.07)
 
     for way, figures in results.items():
         assert len(figures["epoch_train_seconds"]) == len(figures["epoch_losses"]) == EPOCHS, way
@@ -67,7 +82,20 @@ def test_real_tokens_speeds_and_losses_of_both_ways(report):
         # The mean over masked positions starts at a uniform guess over the vocabulary, and falls.
         assert losses[0] == pytest.approx(math.log(tokenizer.vocabulary_size), abs=0.5), way
         assert losses[-1] < losses[0] - 1, way
-    at = shakespeare["loss_at_equal_real_tokens"]
+        assert figures["real_tokens"] == tokens[-1], way
+    at = shakespeare["training_loss_at_equal_real_tokens"]
     assert at["real_tokens"] == min(r["loss_curve"][-1][0] for r in results.values())
     assert set(at) == {"real_tokens", *results}
+
+    # Held out: every way's trained weights scored on the same masked documents, in both forms; a model whose
+    # weights were not loaded would score a uniform guess, ln(vocabulary size).
+    heldout = shakespeare["heldout_loss_at_equal_real_tokens"]
+    assert heldout["real_tokens"] == {w: r["real_tokens"] for w, r in results.items()}
+    for form in ("a_document_a_row", "packed"):
+        positions = {r["heldout"][form]["masked_positions"] for r in results.values()}
+        assert len(positions) == 1 and positions.pop() > 1000, form
+        for way, figures in results.items():
+            scores = figures["heldout"][form]
+            assert heldout[form][way] == scores["loss"] < math.log(tokenizer.vocabulary_size) - 1, (form, way)
+            assert 0 < scores["accuracy"] < 1, (form, way)
     assert (folder / "pretrain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raynlp.bench._report import machine
+from raynlp.bench._report import machine, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -180,10 +180,7 @@ def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, .
         "note": "closed-loop load on 127.0.0.1; client threads, Serve's proxy and the replica share this machine's "
                 "cores. in_process calls the model directly (no HTTP, no Serve).",
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / "serve.json"
-    path.write_text(json.dumps(report, indent=2))
-    _plot(report, output_dir / "serve.png")
+    path = write_report(output_dir, "serve", report, _plot)
     logger.info("serve bench: %s", {k: v for k, v in report.items()
                                     if k.startswith(("batched", "serve_overhead", "bare_model"))})
     return path

@@ -5,14 +5,13 @@ length 256 with the `minilm_l6_en_uncased` vocabulary. Throughput counts every r
 (non-padding) token of the packed output; each way's ids are compared with keras-hub's.
 """
 
-import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
-from raynlp.bench._report import machine, ratio_bars
+from raynlp.bench._report import machine, ratio_bars, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +124,7 @@ def run_tokenize_bench(output_dir: Path, rows: int | None = None) -> Path:
         "speedup_vs_keras_hub": {way: round(f["rows_per_s"] / base, 2) for way, f in figures.items()},
         "note": "Ray Data timings include starting the actor pool and moving rows through the object store.",
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / "tokenize.json"
-    path.write_text(json.dumps(report, indent=2))
-    _plot(report, output_dir / "tokenize.png")
+    path = write_report(output_dir, "tokenize", report, _plot)
     logger.info("tokenize bench: %s", report["speedup_vs_keras_hub"])
     return path
 

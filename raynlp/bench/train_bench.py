@@ -24,7 +24,6 @@ raynlp's workers also load what this machine compiled before from JAX's compilat
 compile afresh: compare wall times with `JAX_ENABLE_COMPILATION_CACHE=false`).
 """
 
-import json
 import logging
 import shutil
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raynlp.bench._report import machine, ratio_bars
+from raynlp.bench._report import machine, ratio_bars, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -140,10 +139,7 @@ def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[in
                 "task is the plain fit with Ray around it, no raynlp code. Wall times: raynlp's workers load programs "
                 "compiled before from JAX's compilation cache (off: JAX_ENABLE_COMPILATION_CACHE=false).",
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / "train.json"
-    path.write_text(json.dumps(report, indent=2))
-    _plot(report, output_dir / "train.png")
+    path = write_report(output_dir, "train", report, _plot)
     logger.info("train bench: %s", report["ratio_to_keras_hub_fit"])
     return path
 
