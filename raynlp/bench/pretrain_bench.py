@@ -365,7 +365,8 @@ def _plot(report: dict, path: Path) -> None:
                 curves.scatter([result["real_tokens"]], [result["heldout"][form]["loss"]], marker=marker,
                                color=line.get_color(), zorder=3)
         curves.set_xlabel("real tokens trained on")
-        curves.set_ylabel("masked-LM loss (training; held out at the end: o a row, ■ packed)")
+        curves.set_ylabel("masked-LM loss")
+        curves.set_title("training batches; held out at the end: ● a document a row, ■ packed", fontsize=9)
         curves.legend()
     fig.suptitle(f"Masked-LM pretraining of {report['preset']}, equal real tokens a step "
                  f"({report['machine']['cpus']} CPU cores)")
