@@ -44,7 +44,8 @@ MAX_SELECTIONS = 32  # 15% of a full window's 126 tokens is 19 on average: room 
 EPOCHS = 3
 DEFAULT_DOCUMENTS = {"shakespeare": 8000, "movie_reviews": 1000}
 HELDOUT_DOCUMENTS = 1000  # at most, from the test split
-WEIGHTS_FILE = "weights.npz"
+# Where in a window a masked token sits, for the held-out loss by position.
+POSITION_BUCKETS = ((1, 16), (17, 32), (33, 64), (65, SEQUENCE_LENGTH - 2))
 BASELINE = "keras_hub_guide_1_process"
 CURVE_POINTS_PER_EPOCH = 5
 
@@ -208,7 +209,8 @@ def _heldout_sets(dataset: str) -> dict[str, tuple]:
 
 
 def _heldout_scores(weights: Path, sets: dict[str, tuple]) -> dict:
-    """Masked-LM loss (the mean over every masked position of the set) and accuracy of the trained weights."""
+    """Masked-LM loss (the mean over every masked position of the set) and accuracy of the trained weights, and
+    the loss by where in the window the masked token sits (a row form starts every document at position 1)."""
     import keras
     import keras_hub
 
@@ -220,16 +222,19 @@ def _heldout_scores(weights: Path, sets: dict[str, tuple]) -> dict:
             variable.assign(saved[f"arr_{i}"])
     scores = {}
     for name, (x, y, w) in sets.items():
-        nll = right = 0.0
+        nll, right = np.zeros(y.shape), np.zeros(y.shape)
         for i in range(0, len(y), 64):
             logits = model.predict_on_batch({k: v[i:i + 64] for k, v in x.items()})
-            weight = w[i:i + 64].astype(np.float64)
-            nll += float((keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(
-                y[i:i + 64], logits, from_logits=True)) * weight).sum())
-            right += float(((np.argmax(logits, axis=-1) == y[i:i + 64]) * weight).sum())
-        positions = float(w.sum())
-        scores[name] = {"loss": round(nll / positions, 4), "accuracy": round(right / positions, 4),
-                        "masked_positions": int(positions)}
+            nll[i:i + 64] = keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(
+                y[i:i + 64], logits, from_logits=True))
+            right[i:i + 64] = np.argmax(logits, axis=-1) == y[i:i + 64]
+        masked = w > 0
+        by_position = {}
+        for first, last in POSITION_BUCKETS:
+            bucket = masked & (x["mask_positions"] >= first) & (x["mask_positions"] <= last)
+            by_position[f"{first}-{last}"] = round(float(nll[bucket].mean()), 4) if bucket.any() else None
+        scores[name] = {"loss": round(float(nll[masked].mean()), 4), "accuracy": round(float(right[masked].mean()), 4),
+                        "masked_positions": int(masked.sum()), "loss_by_position": by_position}
     return scores
 
 

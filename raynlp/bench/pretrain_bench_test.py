@@ -16,7 +16,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from raynlp.bench.pretrain_bench import BASELINE, EPOCHS, GUIDE_BATCH, PRESET, SEQUENCE_LENGTH, run_pretrain_bench
+from raynlp.bench.pretrain_bench import (
+    BASELINE,
+    EPOCHS,
+    GUIDE_BATCH,
+    POSITION_BUCKETS,
+    PRESET,
+    SEQUENCE_LENGTH,
+    run_pretrain_bench,
+)
 from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
 from raynlp.presets import resolve
 
@@ -98,4 +106,9 @@ def test_real_tokens_speeds_and_losses_of_both_ways(report):
             scores = figures["heldout"][form]
             assert heldout[form][way] == scores["loss"] < math.log(tokenizer.vocabulary_size) - 1, (form, way)
             assert 0 < scores["accuracy"] < 1, (form, way)
+            # By position: every bucket of the window, and the whole set's mean lies among its parts.
+            parts = scores["loss_by_position"]
+            assert list(parts) == [f"{a}-{b}" for a, b in POSITION_BUCKETS] and parts["1-16"] is not None
+            known = [v for v in parts.values() if v is not None]
+            assert min(known) <= scores["loss"] <= max(known), (form, way, parts)
     assert (folder / "pretrain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
