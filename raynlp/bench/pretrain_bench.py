@@ -135,15 +135,17 @@ def _guide_fit(corpus: Path, clock: Path, weights: Path) -> dict:
             "wall_seconds": round(time.perf_counter() - start, 1)}
 
 
-def _pack(texts: list[str]) -> np.ndarray:
-    """The windows raynlp's packing makes of `texts` (its own tokenizer and packer, in this process)."""
+def _pack(texts: list[str]) -> tuple[np.ndarray, int]:
+    """The windows raynlp's packing makes of `texts` (its own tokenizer and packer, in this process), and the
+    documents' own tokens they hold (no [CLS], [SEP] or [PAD], as every way counts real tokens)."""
     from raynlp.data.packing import DocumentPacker, DocumentTokenizer
 
     tokenizer = DocumentTokenizer(PRESET)
-    stream = tokenizer({"text": np.asarray(texts, dtype=object)})["stream"][0]
+    documents = tokenizer({"text": np.asarray(texts, dtype=object)})
     ids = tokenizer.tokenizer
     packer = DocumentPacker(SEQUENCE_LENGTH, ids.cls_token_id, ids.sep_token_id, ids.pad_token_id)
-    return np.concatenate([packer.add(stream), packer.finish()])
+    windows = np.concatenate([packer.add(documents["stream"][0]), packer.finish()])
+    return windows, int(documents["lengths"][0].sum())
 
 
 def _packed_plan(corpus: Path, guide: dict, workers: tuple[int, ...]) -> dict:
@@ -151,21 +153,14 @@ def _packed_plan(corpus: Path, guide: dict, workers: tuple[int, ...]) -> dict:
     pass giving the guide's real tokens in all."""
     import pyarrow.parquet as pq
 
-    windows = _pack(pq.read_table(corpus)["text"].to_pylist())
-    per_window = float((windows != _pad_id()).sum() - 2 * len(windows)) / len(windows)
+    windows, tokens = _pack(pq.read_table(corpus)["text"].to_pylist())
+    per_window = tokens / len(windows)
     unit = int(np.lcm.reduce(workers))
     batch = max(unit, round(guide["real_tokens_per_step"] / per_window / unit) * unit)
     budget = EPOCHS * guide["steps_per_epoch"] * guide["real_tokens_per_step"]
     steps = min(len(windows) // batch, round(budget / (EPOCHS * batch * per_window)))
     return {"windows": len(windows), "real_tokens_per_window": per_window, "rows_per_step": batch,
             "steps_per_epoch": steps}
-
-
-def _pad_id() -> int:
-    from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
-    from raynlp.presets import resolve
-
-    return FastWordPieceTokenizer.from_keras_hub_preset_dir(resolve(PRESET)).pad_token_id
 
 
 def _raynlp_fit(corpus: Path, out: Path, clock: Path, weights: Path, workers: int, plan: dict) -> dict:
@@ -201,7 +196,7 @@ def _heldout_sets(dataset: str) -> dict[str, tuple]:
     preprocessor = _guide_preprocessor()
     keras.utils.set_random_seed(0)
     rows = keras.tree.map_structure(np.asarray, preprocessor(tf.constant(texts)))
-    windows = _pack(texts)
+    windows, _ = _pack(texts)
     masked = {k: np.asarray(v) for k, v in preprocessor.masker(tf.constant(windows)).items()}
     x = {"token_ids": masked["token_ids"], "segment_ids": np.zeros_like(windows),
          "padding_mask": windows != preprocessor.tokenizer.pad_token_id, "mask_positions": masked["mask_positions"]}
