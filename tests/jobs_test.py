@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # a ray start head and Ray jobs
 # Mixed precision rides on the job's run: bfloat16 compute on CPU (float16 with loss scaling on GPU), float32 weights.
 TINY_FINETUNE = ["preset=bert_tiny_en_uncased_scratch", "data.max_train_rows=128", "data.max_test_rows=32",
                  "data.sequence_length=32", "data.tokenizer_actors=1", "train.epochs=2", "train.batch_size=16",
-                 "scaling.num_workers=1", "optimizer.learning_rate=1e-3", "train.mixed_precision=true"]
+                 "scaling.num_workers=1", "optimizer.learning_rate=1e-3", "train.precision=bfloat16"]
 
 
 def processes_under(folder: Path) -> list[str]:

@@ -39,6 +39,19 @@ def finetune(out: Path, *overrides: str):
                                                      "agree; rotten_tomatoes: negative, positive, shakespeare: unlabelled"),
     (["task=pretrain", "model.masking.selection_rate=0"],
      "config field model.masking.selection_rate: Input should be greater than 0"),
+    (["train.checkpoint_every_steps=0"],
+     "config field train.checkpoint_every_steps: Input should be greater than or equal to 1"),
+    (["train.checkpoint_every_minutes=0"], "config field train.checkpoint_every_minutes: Input should be greater than 0"),
+    (["train.monitor=val_f1"], "train.monitor: task finetune reports loss, accuracy, val_loss, val_accuracy; got "
+                               "'val_f1'"),
+    (["data.dataset=null", "data.train=x", "train.export=best"],
+     "train.export: train.monitor val_loss needs validation data; give data.validation, "
+     "data.validation_fraction or data.test, or monitor loss"),
+    (["data.dataset=null", "data.train=x", "train.early_stopping_patience=2"],
+     "train.early_stopping_patience: train.monitor val_loss needs validation data"),
+    (["train.gradient_accumulation_steps=0"],
+     "config field train.gradient_accumulation_steps: Input should be greater than or equal to 1"),
+    (["train.precision=float8"], "config field train.precision: Input should be 'float32', 'bfloat16' or 'float16'"),
 ])
 def test_wrong_configs_name_the_field(overrides, message, tmp_path):
     with pytest.raises(RaynlpError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -157,3 +170,13 @@ def test_a_tokenized_folder_the_task_cannot_use_is_refused(packing, masking, ove
     # The folder the config asks for passes.
     masking = config.task == "pretrain" and not config.model.masking.dynamic
     check(PACKED if config.data.packing == "documents" else ROWS, MASKS if masking else None)
+
+
+def test_the_old_mixed_precision_flag_reads_as_bfloat16_with_a_deprecation_line(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="raynlp"):
+        config = finetune(tmp_path, "train.mixed_precision=true")
+    assert config.train.precision == "bfloat16" and config.train.mixed_precision is None
+    assert "train.mixed_precision is deprecated: set train.precision (bfloat16 or float16)" in caplog.text
+    assert finetune(tmp_path, "train.mixed_precision=false").train.precision == "float32"

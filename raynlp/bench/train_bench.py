@@ -10,6 +10,13 @@ epochs, at the same global batch size everywhere:
 - `raynlp_1_worker`, `raynlp_2_workers`: `raynlp.train.train` on the local Ray cluster, per-worker batch
   `global_batch / workers`.
 
+Each way but the Ray task also runs with a checkpoint every `checkpoint_every` optimizer steps (`…_checkpointing`):
+the plain fit with Keras' `ModelCheckpoint(save_freq=N)` writing the whole model and its optimizer (a `.keras`
+file), raynlp with `train.checkpoint_every_steps=N` (weights and optimizer state through Ray Train's report).
+`checkpoint_cost` gives, for each, the examples/s against the same way without, and the seconds each checkpoint
+adds (the steady epochs' extra time over their checkpoints); checkpoints do not change the training, so both
+end at the same losses.
+
 Ratios are given to both baselines: to the plain process (the issue's measure) and to the fit inside a Ray task,
 which isolates what raynlp adds on top of Ray.
 
@@ -40,9 +47,10 @@ SEQUENCE_LENGTH = 64
 GLOBAL_BATCH = 32
 EPOCHS = 3
 DEFAULT_ROWS = 3200
+CHECKPOINT_EVERY = 10  # optimizer steps
 
 
-def _config(out: Path, rows: int, workers: int):
+def _config(out: Path, rows: int, workers: int, checkpoint_every: int | None = None):
     from raynlp import datasets
     from raynlp.train import load_config
 
@@ -52,10 +60,11 @@ def _config(out: Path, rows: int, workers: int):
         f"data.sequence_length={SEQUENCE_LENGTH}", f"train.epochs={EPOCHS}", f"train.batch_size={GLOBAL_BATCH // workers}",
         f"scaling.num_workers={workers}", "optimizer.learning_rate=1e-4", "optimizer.schedule=constant",
         "train.shuffle=false", "model.dropout=0.1", f"run.output={out}",
+        *([f"train.checkpoint_every_steps={checkpoint_every}"] if checkpoint_every else []),
     ])
 
 
-def _plain_fit(rows: int) -> dict:
+def _plain_fit(rows: int, checkpoint_every: int | None = None, folder: str | None = None) -> dict:
     import keras
     import keras_hub
 
@@ -90,19 +99,23 @@ def _plain_fit(rows: int) -> dict:
             self.seconds.append(time.perf_counter() - self.started)
 
     timer = Timer()
-    history = model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=EPOCHS, shuffle=False, callbacks=[timer], verbose=0)
+    callbacks = [timer]
+    if checkpoint_every:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        callbacks.append(keras.callbacks.ModelCheckpoint(f"{folder}/checkpoint.keras", save_freq=checkpoint_every))
+    history = model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=EPOCHS, shuffle=False, callbacks=callbacks, verbose=0)
     steady = timer.seconds[1:]
     return {"examples_per_second": round(steps * GLOBAL_BATCH * len(steady) / sum(steady), 1),
             "epoch_seconds": [round(s, 2) for s in timer.seconds], "wall_seconds": round(time.perf_counter() - start, 1),
             "epoch_losses": [round(float(v), 4) for v in history.history["loss"]]}
 
 
-def _raynlp_fit(out: Path, rows: int, workers: int) -> dict:
+def _raynlp_fit(out: Path, rows: int, workers: int, checkpoint_every: int | None = None) -> dict:
     from raynlp.train import train
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    result = train(_config(out, rows, workers))
+    result = train(_config(out, rows, workers, checkpoint_every))
     steady = result.metrics[1:]
     examples = sum(m["examples_per_second"] * m["seconds"] for m in steady)
     return {"examples_per_second": round(examples / sum(m["seconds"] for m in steady), 1),
@@ -111,37 +124,61 @@ def _raynlp_fit(out: Path, rows: int, workers: int) -> dict:
             "epoch_losses": [round(m["loss"], 4) for m in result.metrics]}
 
 
-def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[int, ...] = (1, 2)) -> Path:
+def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[int, ...] = (1, 2),
+                    checkpoint_every: int = CHECKPOINT_EVERY) -> Path:
     from raynlp._internal.cluster import ensure_ray
 
     rows = rows or DEFAULT_ROWS
-    logger.info("train bench: %s, %d rows, sequence length %d, global batch %d, %d epochs",
-                PRESET, rows, SEQUENCE_LENGTH, GLOBAL_BATCH, EPOCHS)
-    results = {"keras_hub_fit_1_process": _plain_fit(rows)}
+    logger.info("train bench: %s, %d rows, sequence length %d, global batch %d, %d epochs, checkpoints every %d "
+                "steps", PRESET, rows, SEQUENCE_LENGTH, GLOBAL_BATCH, EPOCHS, checkpoint_every)
+    results = {"keras_hub_fit_1_process": _plain_fit(rows),
+               "keras_hub_fit_1_process_checkpointing": _plain_fit(rows, checkpoint_every,
+                                                                   str(output_dir / "runs" / "keras_checkpoints"))}
     ray = ensure_ray()
     results["keras_hub_fit_in_ray_task"] = ray.get(ray.remote(num_cpus=1)(_plain_fit).remote(rows))
     for count in workers:
         name = f"raynlp_{count}_worker{'s' if count > 1 else ''}"
         results[name] = _raynlp_fit(output_dir / "runs" / name, rows, count)
+        results[f"{name}_checkpointing"] = _raynlp_fit(output_dir / "runs" / f"{name}_checkpointing", rows, count,
+                                                       checkpoint_every)
     base = results["keras_hub_fit_1_process"]["examples_per_second"]
     in_ray = results["keras_hub_fit_in_ray_task"]["examples_per_second"]
+    steps = rows // GLOBAL_BATCH
     report = {
         "benchmark": "train",
         "preset": PRESET, "rows": rows, "sequence_length": SEQUENCE_LENGTH, "global_batch": GLOBAL_BATCH,
-        "epochs": EPOCHS,
+        "epochs": EPOCHS, "checkpoint_every_steps": checkpoint_every,
         "machine": machine(),
         "results": results,
         "ratio_to_keras_hub_fit": {name: round(r["examples_per_second"] / base, 2) for name, r in results.items()},
         "ratio_to_keras_hub_fit_in_ray_task": {name: round(r["examples_per_second"] / in_ray, 2)
                                                for name, r in results.items() if name.startswith("raynlp")},
+        "checkpoint_cost": {name: _checkpoint_cost(results[name], results[f"{name}_checkpointing"], steps,
+                                                   checkpoint_every, at_epoch_ends=name.startswith("keras"))
+                            for name in results if f"{name}_checkpointing" in results},
         "note": "examples/s over the epochs after the first (steady state); the workers share this machine's cores, "
                 "so 2 workers on one machine measure the cost of synchronisation, not a speed-up; the fit in a Ray "
                 "task is the plain fit with Ray around it, no raynlp code. Wall times: raynlp's workers load programs "
-                "compiled before from JAX's compilation cache (off: JAX_ENABLE_COMPILATION_CACHE=false).",
+                "compiled before from JAX's compilation cache (off: JAX_ENABLE_COMPILATION_CACHE=false). "
+                "checkpoint_cost: examples/s with checkpoints against without, and the seconds a checkpoint adds "
+                "(the steady epochs' extra time over their checkpoints).",
     }
     path = write_report(output_dir, "train", report, _plot)
-    logger.info("train bench: %s", report["ratio_to_keras_hub_fit"])
+    logger.info("train bench: %s; checkpoints: %s", report["ratio_to_keras_hub_fit"], report["checkpoint_cost"])
     return path
+
+
+def _checkpoint_cost(without: dict, with_checkpoints: dict, steps: int, every: int, *, at_epoch_ends: bool) -> dict:
+    """What the checkpoints of the steady epochs (all but the first) cost. Keras' `save_freq` saves at every N-th
+    step, an epoch's end included; raynlp at every N-th step within an epoch (its epoch ends checkpoint either way)."""
+    steady = slice(1, None)
+    epochs = len(without["epoch_seconds"])
+    checkpoints = sum(1 for step in range(steps + 1, epochs * steps + 1)
+                      if step % every == 0 and (at_epoch_ends or step % steps))
+    extra = sum(with_checkpoints["epoch_seconds"][steady]) - sum(without["epoch_seconds"][steady])
+    return {"examples_per_second_ratio": round(with_checkpoints["examples_per_second"] / without["examples_per_second"], 3),
+            "checkpoints": checkpoints,
+            "seconds_per_checkpoint": round(extra / checkpoints, 3) if checkpoints else None}
 
 
 def _plot(report: dict, path: Path) -> None:

@@ -19,13 +19,14 @@ pytestmark = pytest.mark.slow  # a benchmark
 @pytest.fixture(scope="module")
 def report(ray_cluster, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
-    path = run_train_bench(folder, rows=192, workers=(1,))
+    path = run_train_bench(folder, rows=192, workers=(1,), checkpoint_every=2)
     return json.loads(path.read_text()), folder
 
 
 def test_every_way_trained_the_same_steps_and_reports_throughput(report):
     data, folder = report
-    assert list(data["results"]) == ["keras_hub_fit_1_process", "keras_hub_fit_in_ray_task", "raynlp_1_worker"]
+    assert list(data["results"]) == ["keras_hub_fit_1_process", "keras_hub_fit_1_process_checkpointing",
+                                     "keras_hub_fit_in_ray_task", "raynlp_1_worker", "raynlp_1_worker_checkpointing"]
     assert data["rows"] == 192 and data["global_batch"] == 32
     for way, figures in data["results"].items():
         assert figures["examples_per_second"] > 0 and len(figures["epoch_seconds"]) == data["epochs"], way
@@ -39,6 +40,14 @@ def test_every_way_trained_the_same_steps_and_reports_throughput(report):
         for way, ratio in ratios.items():
             expected = data["results"][way]["examples_per_second"] / baseline["examples_per_second"]
             assert ratio == pytest.approx(expected, abs=0.006), way
-    assert set(data["ratio_to_keras_hub_fit_in_ray_task"]) == {"raynlp_1_worker"}
+    assert set(data["ratio_to_keras_hub_fit_in_ray_task"]) == {"raynlp_1_worker", "raynlp_1_worker_checkpointing"}
+    # Checkpoints every 2 of an epoch's 6 steps do not change the training; over the 2 steady epochs Keras saves
+    # at 6 steps (epoch ends included), raynlp within epochs at 4 (it checkpoints every epoch's end anyway).
+    cost = data["checkpoint_cost"]
+    assert set(cost) == {"keras_hub_fit_1_process", "raynlp_1_worker"}
+    for way, checkpoints in (("keras_hub_fit_1_process", 6), ("raynlp_1_worker", 4)):
+        assert data["results"][f"{way}_checkpointing"]["epoch_losses"] == data["results"][way]["epoch_losses"]
+        assert cost[way]["checkpoints"] == checkpoints and cost[way]["examples_per_second_ratio"] > 0, way
+    assert (folder / "runs" / "keras_checkpoints" / "checkpoint.keras").exists()
     assert (folder / "train.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (folder / "runs" / "raynlp_1_worker" / "preset" / "task.json").exists()

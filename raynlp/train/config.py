@@ -5,6 +5,7 @@ A config is checked completely before any Ray resource is taken; an error names 
     raynlp: error: config field train.batch_size: Input should be greater than 0 (got -1)
 """
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,8 @@ from raynlp._internal.config_file import Section as _Section
 from raynlp.data.config import PACKING_ACTORS, MaskingSettings
 from raynlp.data.corpus import Format
 from raynlp.train.recipes import RECIPES
+
+logger = logging.getLogger(__name__)
 
 
 class DataSettings(_Section):
@@ -104,13 +107,50 @@ class OptimizerSettings(_Section):
 
 class TrainSettings(_Section):
     epochs: int = Field(2, ge=1)
-    batch_size: int = Field(16, ge=1, description="per worker; the global batch is batch_size × num_workers")
+    batch_size: int = Field(16, ge=1, description="per worker; the global batch is batch_size × num_workers × "
+                                                  "gradient_accumulation_steps")
     seed: int = 0
-    mixed_precision: bool = False
+    precision: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="bfloat16 / float16: mixed precision (half-precision compute, float32 weights; "
+                               "float16 with loss scaling); the export is a float32 preset either way")
+    mixed_precision: bool | None = Field(None, description="deprecated: use train.precision")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="optimizer steps average this many batches' "
+                                                                  "gradients (a larger global batch in the same memory)")
     shuffle: bool = Field(True, description="rows in a random order seeded by train.seed: a corpus read from a path "
                                             "is shuffled on its way to the tokenized shards, and every epoch after "
                                             "the first deals each worker's rows in a new order")
-    steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (small runs)")
+    steps_per_epoch: int | None = Field(None, ge=1, description="cap on optimizer steps per epoch (small runs)")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint within an epoch, every "
+                                                                       "this many optimizer steps (resume there)")
+    checkpoint_every_minutes: float | None = Field(None, gt=0, description="also checkpoint within an epoch when "
+                                                                           "this long has passed since the last one")
+    monitor: str = Field("val_loss", description="the metric that picks the best checkpoint (train.export) and "
+                                                 "early stopping: loss, accuracy, val_loss or val_accuracy")
+    monitor_mode: Literal["auto", "min", "max"] = Field("auto", description="auto: max for accuracies, else min")
+    export: Literal["last", "best"] = Field("last", description="the checkpoint exported as the preset: the last "
+                                                                "epoch's, or the epoch with the best train.monitor")
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop when train.monitor has not improved "
+                                                                        "for this many epochs (evaluations)")
+    log_every_steps: int = Field(10, ge=1, description="optimizer steps between TensorBoard points (and checks of "
+                                                       "train.checkpoint_every_minutes)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _precision_from_the_old_flag(cls, values):
+        if isinstance(values, dict) and values.get("mixed_precision") is not None:
+            logger.warning("train.mixed_precision is deprecated: set train.precision (bfloat16 or float16) "
+                           "instead; taken as train.precision=bfloat16")
+            values = dict(values)
+            if values.pop("mixed_precision") and values.get("precision", "float32") == "float32":
+                values["precision"] = "bfloat16"
+        return values
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        """Whether train.monitor is better low or high."""
+        if self.monitor_mode != "auto":
+            return self.monitor_mode
+        return "max" if self.monitor.endswith("accuracy") else "min"
 
 
 class ScalingSettings(_Section):
@@ -125,6 +165,8 @@ class RunSettings(_Section):
                                                 "pyarrow opens); on a multi-node cluster, a URI or a path every node "
                                                 "mounts")
     max_failures: int = Field(2, ge=0, description="worker failures to recover from before giving up")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in the run's folder: the latest, and the "
+                                                       "best by train.monitor where train.export is best")
     address: str | None = Field(None, description=ADDRESS_HELP)
 
 

@@ -40,6 +40,7 @@ class TrainResult:
     preset: Path | str  # output/preset; `raynlp.presets.resolve(str(preset))` gives a local folder for either
     metrics: list[dict]  # one entry per epoch
     checkpoint: str  # Ray Train's latest checkpoint folder (or URI): the weights and optimizer state at the end
+    exported_epoch: int  # the epoch whose weights `preset` holds (the last, or the best by train.monitor)
 
     @property
     def final(self) -> dict:
@@ -72,10 +73,12 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
     data = prepare.prepare(config, splits, tokenizer, masked_lm=recipe.masked_lm, out=run.root)
     num_classes = prepare.num_classes(config, data, label_names) if recipe.labelled else None
     plan = _plan(config, recipe, data.rows, preset_dir=preset_dir, tokenizer_dir=tokenizer, num_classes=num_classes,
-                 label_names=label_names)
-    logger.info("%s: %d training rows, %d workers × batch %d = global batch %d, %d steps per epoch, shards %s, "
-                "output %s", config.task, plan.train_rows, plan.world_size, config.train.batch_size,
-                plan.world_size * config.train.batch_size, plan.steps_per_epoch,
+                 label_names=label_names, tensorboard_dir=str(run.join("tensorboard")))
+    accumulation = config.train.gradient_accumulation_steps
+    logger.info("%s: %d training rows, %d workers × batch %d%s = global batch %d, %d optimizer steps per epoch, "
+                "shards %s, output %s", config.task, plan.train_rows, plan.world_size, config.train.batch_size,
+                f" × {accumulation} accumulated" if accumulation > 1 else "",
+                plan.world_size * config.train.batch_size * accumulation, plan.steps_per_epoch // accumulation,
                 "kept in memory" if plan.cache_shards else "streamed every epoch", run.root)
 
     # 2. Data-parallel fit on Ray Train; each worker streams its shard of the Parquet rows.
@@ -90,15 +93,20 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
             name="ray_train",
             storage_path=run.storage_path,
             failure_config=FailureConfig(max_failures=config.run.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Ranked by train.monitor where the best is exported (checkpoints within an epoch rank last); Ray
+            # keeps the latest one either way, to resume from.
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=config.run.keep_checkpoints,
+                **({"checkpoint_score_attribute": config.train.monitor, "checkpoint_score_order": config.train.mode}
+                   if config.train.export == "best" else {})),
         ),
     )
     result = trainer.fit()
     if result.error:
         raise result.error
 
-    # 3. The preset, metrics and curves out of the last checkpoint, into the run's folder.
-    return _export(run, result)
+    # 3. The preset out of the chosen checkpoint, metrics and curves out of the last, into the run's folder.
+    return _export(run, result, config)
 
 
 def _plan(config: RecipeConfig, recipe, rows: dict[str, int], **settled) -> Plan:
@@ -106,10 +114,15 @@ def _plan(config: RecipeConfig, recipe, rows: dict[str, int], **settled) -> Plan
     whether the shards fit in the workers' memory."""
     from raynlp.train._internal.feeding import fits_in_memory, steps_per_epoch
 
-    world, batch_size = config.scaling.num_workers, config.train.batch_size
+    world, batch_size, accumulation = config.scaling.num_workers, config.train.batch_size, \
+        config.train.gradient_accumulation_steps
     steps = steps_per_epoch(rows["train"], batch_size, world)
     if config.train.steps_per_epoch:
-        steps = min(steps, config.train.steps_per_epoch)
+        steps = min(steps, config.train.steps_per_epoch * accumulation)
+    if steps < accumulation:
+        raise RaynlpError(f"train.gradient_accumulation_steps {accumulation} is more than the {steps} batches of an "
+                          "epoch: accumulate fewer, or train on more rows")
+    steps -= steps % accumulation  # an epoch ends on an optimizer update
     validation_split = "validation" if "validation" in rows else "test"
     if validation_split == "test" and "test" in rows:
         logger.info("no validation split given (data.validation or data.validation_fraction): validating on the "
@@ -121,6 +134,10 @@ def _plan(config: RecipeConfig, recipe, rows: dict[str, int], **settled) -> Plan
     elif "test" in rows:
         logger.info("validating on the validation split (%d rows) after every epoch; the test split (%d rows) is "
                     "evaluated once, after the last epoch", rows["validation"], rows["test"])
+    if config.train.monitor.startswith("val_") and validation_steps is None and (
+            config.train.export == "best" or config.train.early_stopping_patience):
+        raise RaynlpError(f"train.monitor {config.train.monitor}: the {validation_split} split is not evaluated "
+                          f"(fewer rows than one global batch): monitor {config.train.monitor.removeprefix('val_')}")
     cache = config.data.shard_cache
     if cache == "auto":
         # int64 columns of sequence_length values: token_ids, segment_ids, padding_mask (+ masked-LM columns).
@@ -150,14 +167,21 @@ def _in_order(options):
 
 # --- the export ------------------------------------------------------------------------------------------
 
-def _export(run, result) -> TrainResult:
-    checkpoint = result.checkpoint
-    if checkpoint is None:
+def _export(run, result, config: RecipeConfig) -> TrainResult:
+    last = result.checkpoint
+    if last is None:
         raise RaynlpError(f"training ended without a checkpoint; see the logs under {run.join('ray_train')}")
-    with checkpoint.as_directory() as folder:
+    with last.as_directory() as folder:
+        history = json.loads((Path(folder) / "history.json").read_text())
+    best = config.train.export == "best"
+    chosen = result.get_best_checkpoint(config.train.monitor, config.train.mode) if best else last
+    with chosen.as_directory() as folder:
         shutil.rmtree(run.staged("preset"), ignore_errors=True)
         shutil.copytree(Path(folder) / "preset", run.staged("preset"))
-        history = json.loads((Path(folder) / "history.json").read_text())
+        epoch = json.loads((Path(folder) / "metadata.json").read_text())["epoch"]
+    if best:
+        logger.info("exporting epoch %d's weights: the best %s (%.4g) of %d epochs", epoch, config.train.monitor,
+                    next(e for e in history if e["epoch"] == epoch)[config.train.monitor], len(history))
     run.staged("metrics.json").write_text(json.dumps(history, indent=2))
     _plot_curves(history, run.staged("curves.png"))
     run.publish("preset", "metrics.json", "curves.png")
@@ -165,9 +189,10 @@ def _export(run, result) -> TrainResult:
     tested = {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("test_")}
     if tested:
         logger.info("test split, after the last epoch: %s", ", ".join(f"{k} {v:.4g}" for k, v in tested.items()))
-    logger.info("exported preset to %s (metrics in %s)", run.join("preset"), run.join("metrics.json"))
+    logger.info("exported preset to %s (metrics in %s, TensorBoard in %s)", run.join("preset"),
+                run.join("metrics.json"), run.join("tensorboard"))
     return TrainResult(output=run.root, preset=run.join("preset"), metrics=history,
-                       checkpoint=run.location(checkpoint.path))
+                       checkpoint=run.location(last.path), exported_epoch=epoch)
 
 
 def _plot_curves(history: list[dict], path: Path) -> None:

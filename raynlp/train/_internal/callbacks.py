@@ -1,7 +1,10 @@
 """The Keras callbacks of raynlp's training loop. Imported inside the Ray Train workers only: the driver never
 imports Keras.
 
+- `Evaluation` validates after every epoch;
 - `History` keeps every epoch's metrics (carried over a resume through the checkpoint) and logs progress;
+- `EarlyStopping` ends the run once `train.monitor` stops improving;
+- `TensorBoardLog` writes the scalars of rank 0 as TensorBoard event files;
 - `KillInEpoch` ends a worker's process mid-epoch, for fault-tolerance tests (they pass it to `train(callbacks=)`).
 """
 
@@ -13,6 +16,7 @@ import sys
 import time
 
 import keras
+import numpy as np
 
 
 class History(keras.callbacks.Callback):
@@ -29,35 +33,40 @@ class History(keras.callbacks.Callback):
     # every step wait). Keras waits for the pending hooks before each epoch's end.
     async_safe = True
 
-    def __init__(self, *, is_chief: bool, previous: list[dict], global_batch: int, steps: int, test=None):
+    def __init__(self, *, is_chief: bool, previous: list[dict], global_batch: int, steps: int, accumulation: int = 1,
+                 test=None):
         super().__init__()
         self.is_chief, self.global_batch, self.steps, self.test = is_chief, global_batch, steps, test
+        self.accumulation = accumulation
         self.epochs = [dict(e) for e in previous]
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
         self.epoch = epoch
         self.progress = []
+        # A `fit` over the rest of an epoch resumed within it has fewer steps: those before were trained.
+        self.skipped = self.steps - self.params.get("steps", self.steps)
 
     def on_train_batch_end(self, batch, logs=None):
-        done, steps = batch + 1, self.steps
+        done, steps = self.skipped + batch + 1, self.steps
         if done % max(steps // 10, 1) or done == steps:
             return
-        self.progress.append({"global_step": self.epoch * steps + done,
+        self.progress.append({"global_step": (self.epoch * steps + done) // self.accumulation,
                               **{k: round(float(v), 5) for k, v in (logs or {}).items()}})
         if not self.is_chief:
             return
-        rate = done * self.global_batch / (time.perf_counter() - self.started)
-        say(f"[raynlp] epoch {self.epoch + 1}/{self.params.get('epochs')} step {done}/{steps}: "
-            f"loss {float((logs or {}).get('loss', float('nan'))):.4g}, {rate:.1f} examples/s, "
-            f"epoch ends in ~{(steps - done) * self.global_batch / rate:.0f} s")
+        rate = (done - self.skipped) * self.global_batch / (time.perf_counter() - self.started)
+        say(f"[raynlp] epoch {self.epoch + 1}/{self.params.get('epochs')} step {done // self.accumulation}/"
+            f"{steps // self.accumulation}: loss {float((logs or {}).get('loss', float('nan'))):.4g}, "
+            f"{rate:.1f} examples/s, epoch ends in ~{(steps - done) * self.global_batch / rate:.0f} s")
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self.started
-        last = epoch + 1 == self.params.get("epochs")
+        last = epoch + 1 == self.params.get("epochs") or self.model.stop_training
         tested = self.test() if self.test is not None and last else {}
-        entry = {"epoch": epoch + 1, "global_step": int(self.model.optimizer.iterations.numpy()),
-                 "seconds": round(seconds, 2), "examples_per_second": round(self.steps * self.global_batch / seconds, 1),
+        entry = {"epoch": epoch + 1, "global_step": int(np.asarray(self.model.optimizer.iterations)),
+                 "seconds": round(seconds, 2),
+                 "examples_per_second": round((self.steps - self.skipped) * self.global_batch / seconds, 1),
                  **{k: float(v) for k, v in (logs or {}).items()},
                  **{f"test_{k}": float(v) for k, v in tested.items()}, "progress": self.progress}
         self.epochs = [e for e in self.epochs if e["epoch"] < entry["epoch"]] + [entry]
@@ -68,6 +77,129 @@ class History(keras.callbacks.Callback):
     def write(self, path: str) -> None:
         with open(path, "w") as f:
             json.dump(self.epochs, f, indent=2)
+
+
+class Evaluation(keras.callbacks.Callback):
+    """Evaluates a split at each epoch's end, on a pass of its own, into the epoch's logs as `val_*`.
+
+    Not `fit(validation_data=...)`: Keras keeps a generator's first two batches (peeked at for their shapes)
+    and deals them again at the start of every evaluation after the first, which then ends two batches short
+    of the split. `evaluate(split)` here takes a fresh one-pass generator of the split each time. Put it first
+    in the callbacks: the others see the logs it fills.
+    """
+
+    def __init__(self, evaluate):
+        super().__init__()
+        self.evaluate = evaluate  # () -> dict of metrics
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update({f"val_{name}": value for name, value in self.evaluate().items()})
+
+
+def stop_early(epochs: list[dict], *, monitor: str, mode: str, patience: int | None) -> bool:
+    """Whether `monitor` has gone `patience` evaluations (epochs, in order) without improving on its best."""
+    values = [e[monitor] for e in epochs if monitor in e]
+    if not patience or not values:
+        return False
+    best = (min if mode == "min" else max)(range(len(values)), key=lambda i: (values[i], i if mode == "min" else -i))
+    return len(values) - 1 - best >= patience
+
+
+class EarlyStopping(keras.callbacks.Callback):
+    """Ends `fit` once `stop_early` says so of the epochs `history` holds and the one just ended (so a resumed run
+    counts those before it).
+
+    Every rank decides alike: under data parallelism the evaluated metrics are global means. Put it before
+    `history` in the callbacks, so that History knows the epoch is the last (and tests after it).
+    """
+
+    def __init__(self, history: History, *, monitor: str, mode: str, patience: int):
+        super().__init__()
+        self.history, self.monitor, self.mode, self.patience = history, monitor, mode, patience
+
+    def on_epoch_end(self, epoch, logs=None):
+        epochs = [*(e for e in self.history.epochs if e["epoch"] <= epoch), dict(logs or {})]
+        if stop_early(epochs, monitor=self.monitor, mode=self.mode, patience=self.patience):
+            self.model.stop_training = True
+            if self.history.is_chief:
+                say(f"[raynlp] early stopping after epoch {epoch + 1}: {self.monitor} has not improved for "
+                    f"{self.patience} epochs")
+
+
+class TensorBoardLog(keras.callbacks.Callback):
+    """Rank 0's scalars as TensorBoard event files in `folder` (tensorboardX: TensorFlow's `tf.summary` needs the
+    `tensorboard` package, which nothing else here does), by optimizer step.
+
+    Every `every_steps` optimizer steps: the running `loss` and `accuracy` of the epoch so far (Keras' means, as
+    the progress lines show), `learning_rate`, `examples_per_second` and `real_tokens_per_second` since the
+    point before (real tokens: those not padding, counted on rank 0 by `tokens`, times the workers). At each
+    epoch's end: every metric of the epoch, `val_*` included, under `epoch/`. `publish(folder)`, where given, is
+    called after each epoch (an output on object storage uploads the folder).
+    """
+
+    async_safe = True  # its batch hook reads only the logs and its own counters
+
+    def __init__(self, folder: str, publish=None, *, every_steps: int, steps_per_epoch: int, accumulation: int,
+                 global_batch: int, world_size: int, tokens: RealTokens):
+        super().__init__()
+        self.folder, self.every_steps, self.steps, self.accumulation = folder, every_steps, steps_per_epoch, accumulation
+        self.global_batch, self.world_size, self.tokens, self.publish = global_batch, world_size, tokens, publish
+
+    def on_train_begin(self, logs=None):
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(self.folder)
+        optimizer = self.model.optimizer
+        self.rate = getattr(optimizer, "inner_optimizer", optimizer)._learning_rate  # a schedule or a number
+        self.since = (time.perf_counter(), self.tokens.seen, 0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.skipped = epoch, self.steps - self.params.get("steps", self.steps)
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = self.skipped + batch + 1
+        batches = self.epoch * self.steps + done
+        step = batches // self.accumulation
+        if done % self.accumulation or step % self.every_steps:
+            return
+        now, tokens = time.perf_counter(), self.tokens.seen
+        seconds = max(now - self.since[0], 1e-9)
+        rows = (batches - self.since[2]) * self.global_batch if self.since[2] else None
+        scalars = {name: float(value) for name, value in (logs or {}).items()}
+        scalars["learning_rate"] = float(self.rate(batches) if callable(self.rate) else self.rate)
+        if rows is not None:  # the first point has no interval before it
+            scalars["examples_per_second"] = rows / seconds
+            scalars["real_tokens_per_second"] = (tokens - self.since[1]) * self.world_size / seconds
+        self.since = (now, tokens, batches)
+        self._write(scalars, step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = (epoch + 1) * self.steps // self.accumulation
+        self._write({f"epoch/{name}": float(value) for name, value in (logs or {}).items()}, step)
+        self.writer.flush()
+        if self.publish is not None:
+            self.publish(self.folder)
+
+    def on_train_end(self, logs=None):
+        self.writer.close()
+
+    def _write(self, scalars: dict, step: int) -> None:
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, global_step=step)
+
+
+class RealTokens:
+    """Counts the real (not padding) tokens of the batches a generator deals: `counted(batches)`."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def counted(self, batches):
+        for batch in batches:
+            features = batch[0] if isinstance(batch, tuple) else batch
+            self.seen += int(features["padding_mask"].sum())
+            yield batch
 
 
 def say(line: str) -> None:

@@ -1,4 +1,4 @@
-"""Per-epoch checkpoints of a Keras model and its optimizer, reported to Ray Train, and exact resume.
+"""Checkpoints of a Keras model and its optimizer, reported to Ray Train, and exact resume.
 
 A checkpoint folder holds:
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,7 +38,8 @@ METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(folder: str, model: keras.Model, *, epoch: int, step: int, extra: dict | None = None) -> str:
+def save_checkpoint(folder: str, model: keras.Model, *, epoch: int, step: int, epoch_step: int = 0,
+                    extra: dict | None = None) -> str:
     """Write the model's and its optimizer's variables and metadata into `folder` (created if needed).
 
     Args:
@@ -45,6 +47,7 @@ def save_checkpoint(folder: str, model: keras.Model, *, epoch: int, step: int, e
         model: a compiled model whose optimizer has been built (it has, once `fit` has run a step).
         epoch: completed epochs, i.e. the `initial_epoch` to resume `fit` from.
         step: the global optimizer step.
+        epoch_step: batches of epoch `epoch` already trained (a checkpoint within an epoch); 0 at an epoch's end.
         extra: JSON-serializable facts to keep beside the weights (config, preset, vocabulary, ...).
 
     Only reads variables: safe to call on one rank under multi-process `DataParallel`.
@@ -58,6 +61,7 @@ def save_checkpoint(folder: str, model: keras.Model, *, epoch: int, step: int, e
         "format": FORMAT_VERSION,
         "epoch": int(epoch),
         "global_step": int(step),
+        "epoch_step": int(epoch_step),
         "extra": extra or {},
         "optimizer": type(model.optimizer).__name__ if model.optimizer is not None else None,
         "model_variables": _describe(model_variables),
@@ -73,7 +77,7 @@ def restore_checkpoint(folder: str, model: keras.Model) -> dict:
 
     `model` must be built the same way as the saved one and compiled with the same kind of optimizer.
     Every rank must call it (assigning variables under `DataParallel` is collective). Resume with
-    `model.fit(..., initial_epoch=metadata["epoch"])`.
+    `model.fit(..., initial_epoch=metadata["epoch"])`, after the batches `metadata["epoch_step"]` of that epoch.
 
     Raises:
         RaynlpError: when the folder is not a checkpoint or does not fit the model.
@@ -83,6 +87,7 @@ def restore_checkpoint(folder: str, model: keras.Model) -> dict:
         raise RaynlpError(f"{folder} is not a raynlp checkpoint: it has no {METADATA_FILE}")
     with open(metadata_path, encoding="utf-8") as f:
         metadata = json.load(f)
+    metadata.setdefault("epoch_step", 0)  # checkpoints from before step checkpoints
 
     _assign_values(os.path.join(folder, MODEL_FILE), list(model.variables), "model")
     if metadata["optimizer_variables"]:
@@ -121,18 +126,20 @@ class ReportCallback(keras.callbacks.Callback):
     only rank 0 writes and attaches the checkpoint (its metrics are the ones Ray Train keeps; under
     `DataParallel` they are global means, the same on every rank anyway).
 
-    Reported metrics: `epoch` (completed epochs), `global_step`, `examples_per_second` (global rows per
-    second over the epoch, including compilation in the first epoch), `epoch_seconds`, and every entry of
-    the Keras logs (`loss`, accuracy metrics, `val_*`).
+    Reported metrics: `epoch` (completed epochs), `global_step` (optimizer steps), `examples_per_second` (global
+    rows per second over the epoch, including compilation in the first epoch), `epoch_seconds`, and every entry
+    of the Keras logs (`loss`, accuracy metrics, `val_*`).
 
     Args:
         info: this worker's `WorkerInfo`.
-        local_batch_size: rows per step on this worker.
-        steps_per_epoch: steps per epoch (the same on every rank).
+        local_batch_size: rows per batch on this worker.
+        steps_per_epoch: batches per epoch (the same on every rank). A `fit` of fewer (the rest of an epoch
+            resumed within it) trains the epoch's last ones.
+        accumulation: batches per optimizer step (gradient accumulation).
         checkpoint: whether rank 0 attaches a checkpoint each epoch.
         extra: JSON-serializable facts stored in every checkpoint's metadata.
-        write_extra: called on rank 0 as `write_extra(folder)` with the distribution off, to add files to the
-            checkpoint folder (a keras-hub preset, a vocabulary) without a cross-process operation.
+        write_extra: called on rank 0 as `write_extra(folder, epoch_end=...)` with the distribution off, to add
+            files to the checkpoint folder (a keras-hub preset, a vocabulary) without a cross-process operation.
     """
 
     def __init__(
@@ -141,46 +148,100 @@ class ReportCallback(keras.callbacks.Callback):
         *,
         local_batch_size: int,
         steps_per_epoch: int,
+        accumulation: int = 1,
         checkpoint: bool = True,
         extra: dict | None = None,
-        write_extra: Callable[[str], None] | None = None,
+        write_extra: Callable[..., None] | None = None,
     ):
         super().__init__()
         self.info = info
         self.global_batch_size = info.global_batch_size(local_batch_size)
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch, self.accumulation = steps_per_epoch, accumulation
         self.checkpoint = checkpoint
         self.extra = extra
         self.write_extra = write_extra
         self._epoch_started = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_started = time.perf_counter()
+        self._epoch, self._epoch_started = epoch, time.perf_counter()
+        # A `fit` over the rest of an epoch resumed within it has fewer steps: those before were trained.
+        self._skipped = self.steps_per_epoch - self.params.get("steps", self.steps_per_epoch)
 
     def on_epoch_end(self, epoch, logs=None):
-        import ray.train
-
         seconds = time.perf_counter() - self._epoch_started
         completed = epoch + 1  # Keras counts epochs from 0; a checkpoint records how many are done.
-        global_step = int(self.model.optimizer.iterations.numpy())
         metrics = {
             "epoch": completed,
-            "global_step": global_step,
-            "examples_per_second": self.steps_per_epoch * self.global_batch_size / max(seconds, 1e-9),
+            "global_step": int(np.asarray(self.model.optimizer.iterations)),
+            "examples_per_second": (self.steps_per_epoch - self._skipped) * self.global_batch_size / max(seconds, 1e-9),
             "epoch_seconds": seconds,
         }
         metrics.update({name: float(value) for name, value in (logs or {}).items()})
+        self._report(metrics, epoch=completed, epoch_step=0)
 
+    def _report(self, metrics: dict, *, epoch: int, epoch_step: int) -> None:
+        import ray.train
+
+        model = self.model  # on every rank: under JAX, reading `self.model` writes the step's state into it
         if not (self.info.is_chief and self.checkpoint):
             ray.train.report(metrics, checkpoint=None)
             return
         # Ray copies the folder into the run's storage during report; the temporary copy can go afterwards.
         with tempfile.TemporaryDirectory(prefix="raynlp-checkpoint-") as folder:
-            save_checkpoint(folder, self.model, epoch=completed, step=global_step, extra=self.extra)
+            save_checkpoint(folder, model, epoch=epoch, step=metrics["global_step"], epoch_step=epoch_step,
+                            extra=self.extra)
             if self.write_extra is not None:
                 with distribution_off():
-                    self.write_extra(folder)
+                    self.write_extra(folder, epoch_end=not epoch_step)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+class StepReportCallback(ReportCallback):
+    """A `ReportCallback` that also checkpoints within an epoch: every `every_steps` optimizer steps, and when
+    `every_minutes` have passed since the last checkpoint (whichever comes first).
+
+    Every rank must report at the same steps, so the clock is rank 0's, and read every `clock_steps` optimizer
+    steps: rank 0 broadcasts whether it is time. A checkpoint within an epoch is taken after an optimizer update
+    (never inside an accumulation) and holds what the epoch end's does but the preset; it is reported with
+    `score` at its worst (`score=(name, mode)`), so that the checkpoints ranked by score are the evaluated ones.
+    Its metrics: `epoch` (completed), `epoch_step` (batches of the next epoch trained), `global_step`.
+    """
+
+    def __init__(self, info: WorkerInfo, *, every_steps: int | None, every_minutes: float | None,
+                 clock_steps: int, score: tuple[str, str] | None = None, **report):
+        super().__init__(info, **report)
+        self.every_steps, self.every_seconds = every_steps, every_minutes * 60 if every_minutes else None
+        self.clock_steps, self.score = clock_steps, score
+        self._last = time.monotonic()
+
+    def on_train_begin(self, logs=None):
+        self._last = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = self._skipped + batch + 1  # batches of this epoch trained
+        if done % self.accumulation or done == self.steps_per_epoch:  # the epoch's end reports anyway
+            return
+        step = (self._epoch * self.steps_per_epoch + done) // self.accumulation
+        if not (self.every_steps and step % self.every_steps == 0 or self._time_is_up(step)):
+            return
+        metrics = {"epoch": self._epoch, "epoch_step": done, "global_step": step}
+        if self.score is not None:
+            # The worst finite score: Ray Train keeps its checkpoints' scores as JSON, where infinity reads back null.
+            name, mode = self.score
+            metrics[name] = sys.float_info.max if mode == "min" else -sys.float_info.max
+        self._report(metrics, epoch=self._epoch, epoch_step=done)
+        self._last = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self._last = time.monotonic()
+
+    def _time_is_up(self, step: int) -> bool:
+        if self.every_seconds is None or step % self.clock_steps:
+            return False
+        from ray.train.collective import broadcast_from_rank_zero
+
+        return bool(broadcast_from_rank_zero(time.monotonic() - self._last >= self.every_seconds))
 
 
 def _write_values(path: str, variables: list) -> None:

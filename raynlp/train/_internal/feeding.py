@@ -10,6 +10,7 @@ the shard to the compiled step as numpy arrays, with no `tf.data` in between.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -45,6 +46,8 @@ def shard_batches(
     shuffle_seed: int | None = None,
     rank: int = 0,
     first_epoch: int = 0,
+    first_step: int = 0,
+    passes: int | None = None,
     transform: Callable[..., dict] | None = None,
 ) -> Iterator[Any]:
     """An endless generator of training batches over `shard`, for `fit(generator, steps_per_epoch=steps)`.
@@ -67,6 +70,11 @@ def shard_batches(
             (A cache shuffles its own rows: `ShardCache`.)
         rank: this worker's rank, for the shuffle seed.
         first_epoch: the epoch the first pass deals (a resumed run starts later).
+        first_step: batches of the first pass to leave out (a run resumed mid-epoch): the pass deals the rest,
+            each batch as it was dealt the first time (same rows, same `step` handed to `transform`). A
+            streamed shard reads the batches left out and drops them; a cache skips them.
+        passes: end after this many passes (None: never). A finite generator ends its last pass reading what
+            is left of it, once the consumer asks past the last batch (`collections.deque(gen, maxlen=0)`).
         transform: applied to each batch (a dict of columns) as it is dealt, as
             `transform(batch, epoch=, step=, rank=)`, before the columns are picked: dynamic masked-LM masking
             (`raynlp.data.masked_lm.BatchMasker`). A cache keeps the batches as read, untransformed.
@@ -88,22 +96,25 @@ def shard_batches(
 
     columns = list(feature_columns)
 
-    def deal(batches: Iterator[dict], epoch: int) -> Iterator[Any]:
+    def deal(batches: Iterator[dict], epoch: int, skip: int) -> Iterator[Any]:
         for step, batch in enumerate(batches):
+            if step < skip:
+                continue
             if transform is not None:
                 batch = transform(batch, epoch=epoch, step=step, rank=rank)
             yield _to_fit_inputs(batch, columns, label_column, weight_column)
 
-    epoch = first_epoch
-    while True:
+    epoch, skip = first_epoch, first_step
+    for _ in itertools.count() if passes is None else range(passes):
         if cache is None:
             yield from deal(_one_pass(shard, batch_size, steps, stream_shuffle(shuffle_seed, epoch, rank, batch_size)),
-                            epoch)
+                            epoch, skip)
             epoch += 1  # a pass abandoned midway never gets here
-            continue
-        if not cache:
-            cache.fill(list(_one_pass(shard, batch_size, steps, {})))  # the only pass that goes to Ray Data
-        yield from deal(cache.replay(), cache.epoch)
+        else:
+            if not cache:
+                cache.fill(list(_one_pass(shard, batch_size, steps, {})))  # the only pass that goes to Ray Data
+            yield from deal(cache.replay(), cache.epoch, skip)
+        skip = 0
 
 
 STREAM_SHUFFLE_BATCHES = 64

@@ -12,12 +12,22 @@ logger = logging.getLogger(__name__)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
+    import collections
+    import functools
+
     import keras
     import ray.train
 
     from raynlp._internal.compilation_cache import use_compilation_cache
-    from raynlp.train._internal.callbacks import History
-    from raynlp.train._internal.checkpoint import ReportCallback, restore_from_ray
+    from raynlp.train._internal.callbacks import (
+        EarlyStopping,
+        Evaluation,
+        History,
+        RealTokens,
+        TensorBoardLog,
+        stop_early,
+    )
+    from raynlp.train._internal.checkpoint import ReportCallback, StepReportCallback, restore_from_ray
     from raynlp.train._internal.distributed import check_replicas_agree, setup_data_parallel
     from raynlp.train._internal.feeding import ShardCache, shard_batches
     from raynlp.train.config import RecipeConfig
@@ -25,68 +35,117 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     config = RecipeConfig.model_validate(loop_config["recipe"])
     plan = _on_this_node(Plan(**loop_config["plan"]), config)
-    recipe = RECIPES[config.task]
+    recipe, train = RECIPES[config.task], config.train
 
     # 1. One replica of a data-parallel run (a plain process when there is one worker), which loads what this
     # node compiled before (a restarted group, a resumed run) instead of compiling it again.
     use_compilation_cache()
-    info = setup_data_parallel(config.scaling.use_gpu, config.train.seed)
-    if config.train.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16" if not config.scaling.use_gpu else "mixed_float16")
+    info = setup_data_parallel(config.scaling.use_gpu, train.seed)
+    if train.precision != "float32":
+        keras.mixed_precision.set_global_policy(f"mixed_{train.precision}")
 
-    # 2. The same model on every rank, then the latest checkpoint of this run, if any (resume after failure).
+    # 2. The same model on every rank, then the latest checkpoint of this run, if any (resume after failure):
+    # epoch `epoch`, of which the first `epoch_step` batches were trained.
     model = recipe.build(config, plan)
     checkpoint = ray.train.get_checkpoint()
     restored = restore_from_ray(model, checkpoint)
-    initial_epoch = restored["epoch"] if restored else 0
+    epoch, epoch_step = (restored["epoch"], restored["epoch_step"]) if restored else (0, 0)
     if restored:
-        logger.info("rank %d resumed from epoch %d, step %d", info.rank, restored["epoch"], restored["global_step"])
+        logger.info("rank %d resumed at epoch %d, batch %d (global step %d)", info.rank, epoch + 1, epoch_step,
+                    restored["global_step"])
     check_replicas_agree(model, info)
 
-    # 3. This worker's shards, an equal number of local batches on every rank.
-    batch_size = config.train.batch_size
+    # 3. This worker's shards, an equal number of local batches on every rank. Training rows are dealt in a new
+    # order every epoch after the first (the first is the shards' own, shuffled when they were written): from
+    # memory, or through a seeded buffer for a streamed shard. A cache lasts the whole run.
+    batch_size, steps = train.batch_size, plan.steps_per_epoch
+    caches = {split: ShardCache(train.seed if split == "train" and train.shuffle else None, first_epoch=epoch)
+              for split in ("train", plan.validation_split, "test")} if plan.cache_shards else {}
+    tokens = RealTokens()
 
-    def batches(split: str, steps: int):
-        shard = ray.train.get_dataset_shard(split)
-        # Training rows are dealt in a new order every epoch after the first (the first is the shards' own,
-        # shuffled when they were written): from memory, or through a seeded buffer for a streamed shard.
-        shuffle_seed = config.train.seed if split == "train" and config.train.shuffle else None
-        cache = ShardCache(shuffle_seed, first_epoch=initial_epoch) if plan.cache_shards else None
-        return shard_batches(shard, batch_size=batch_size, feature_columns=recipe.feature_columns,
-                             label_column=recipe.label_column, weight_column=recipe.weight_column, steps=steps,
-                             cache=cache, shuffle_seed=None if cache else shuffle_seed, rank=info.rank,
-                             first_epoch=initial_epoch, transform=recipe.masker(config, plan, split))
+    def batches(split: str, steps: int, **position):
+        shuffle_seed = train.seed if split == "train" and train.shuffle else None
+        dealt = shard_batches(ray.train.get_dataset_shard(split), batch_size=batch_size,
+                              feature_columns=recipe.feature_columns, label_column=recipe.label_column,
+                              weight_column=recipe.weight_column, steps=steps, cache=caches.get(split),
+                              shuffle_seed=None if caches else shuffle_seed, rank=info.rank,
+                              transform=recipe.masker(config, plan, split), **position)
+        return tokens.counted(dealt) if split == "train" else dealt
 
-    validation = batches(plan.validation_split, plan.validation_steps) if plan.validation_steps else None
-    test = batches("test", plan.test_steps) if plan.test_steps else None
+    def evaluate(split: str, steps: int) -> dict:
+        dealt = batches(split, steps, passes=1)
+        metrics = keras.Model.evaluate(model, dealt, steps=steps, return_dict=True, verbose=0)
+        collections.deque(dealt, maxlen=0)  # reads the rest of the pass: the next one starts from its top
+        return metrics
 
-    # 4. Fit; each epoch ends with a report to Ray Train and, from rank 0, a checkpoint holding the preset.
+    # 4. Fit; each epoch ends with a report to Ray Train and, from rank 0, a checkpoint holding the preset (and,
+    # with train.checkpoint_every_*, reports and checkpoints within epochs too).
     history = History(is_chief=info.is_chief, previous=_read_history(checkpoint),
-                      global_batch=batch_size * info.world_size, steps=plan.steps_per_epoch,
-                      test=(lambda: keras.Model.evaluate(model, test, steps=plan.test_steps, return_dict=True,
-                                                         verbose=0)) if test else None)
+                      global_batch=batch_size * info.world_size, steps=steps,
+                      accumulation=train.gradient_accumulation_steps,
+                      test=functools.partial(evaluate, "test", plan.test_steps) if plan.test_steps else None)
 
-    def write_extra(folder: str) -> None:
-        os.makedirs(f"{folder}/preset", exist_ok=True)
-        recipe.export(model, config, plan, f"{folder}/preset")
-        if config.train.mixed_precision:
-            _as_float32_preset(f"{folder}/preset")
+    def write_extra(folder: str, *, epoch_end: bool) -> None:
+        if epoch_end:  # the export; a checkpoint within an epoch is for resuming only
+            os.makedirs(f"{folder}/preset", exist_ok=True)
+            recipe.export(model, config, plan, f"{folder}/preset")
+            if train.precision != "float32":
+                _as_float32_preset(f"{folder}/preset")
         history.write(f"{folder}/history.json")
 
+    report = {"local_batch_size": batch_size, "steps_per_epoch": steps,
+              "accumulation": train.gradient_accumulation_steps, "write_extra": write_extra,
+              "extra": {"task": config.task, "plan": plan.to_dict()}}
+    within_epochs = train.checkpoint_every_steps or train.checkpoint_every_minutes
     callbacks = [
+        *([Evaluation(functools.partial(evaluate, plan.validation_split, plan.validation_steps))]
+          if plan.validation_steps else []),  # first: the others see its val_* metrics
+        *([EarlyStopping(history, monitor=train.monitor, mode=train.mode, patience=train.early_stopping_patience)]
+          if train.early_stopping_patience else []),
         history,  # before the report, so that each checkpoint holds its own epoch
-        ReportCallback(info, local_batch_size=batch_size, steps_per_epoch=plan.steps_per_epoch,
-                       extra={"task": config.task, "plan": plan.to_dict()}, write_extra=write_extra),
+        StepReportCallback(info, every_steps=train.checkpoint_every_steps, every_minutes=train.checkpoint_every_minutes,
+                           clock_steps=train.log_every_steps,
+                           score=(train.monitor, train.mode) if train.export == "best" else None, **report)
+        if within_epochs else ReportCallback(info, **report),
+        *([TensorBoardLog(*_tensorboard_folder(plan.tensorboard_dir), every_steps=train.log_every_steps,
+                          steps_per_epoch=steps, accumulation=train.gradient_accumulation_steps,
+                          global_batch=batch_size * info.world_size, world_size=info.world_size, tokens=tokens)]
+          if info.is_chief and plan.tensorboard_dir else []),
         *(make() for make in loop_config.get("callbacks", [])),  # the caller's: train(config, callbacks=...)
     ]
-    if initial_epoch < config.train.epochs:
-        # Keras' own fit, also for a keras-hub task: the task's `fit` exists to run its preprocessor over raw
-        # inputs (raynlp trains with `preprocessor=None` on rows it packed) and takes arrays, tf.data or grain but
-        # no generator. Wrapping the generator in tf.data for it cost 10% per step (measured on 2 CPU cores).
-        keras.Model.fit(model, batches("train", plan.steps_per_epoch), steps_per_epoch=plan.steps_per_epoch,
-                        epochs=config.train.epochs, initial_epoch=initial_epoch, validation_data=validation,
-                        validation_steps=plan.validation_steps, callbacks=callbacks, verbose=0,
-                        shuffle=False)  # raynlp deals the rows itself (train.shuffle)
+    # Keras' own fit, also for a keras-hub task: the task's `fit` exists to run its preprocessor over raw inputs
+    # (raynlp trains with `preprocessor=None` on rows it packed) and takes arrays, tf.data or grain but no
+    # generator. Wrapping the generator in tf.data for it cost 10% per step (measured on 2 CPU cores).
+    def fit(train_batches, **epochs):
+        keras.Model.fit(model, train_batches, callbacks=callbacks, verbose=0,
+                        shuffle=False, **epochs)  # raynlp deals the rows itself (train.shuffle)
+        return not model.stop_training
+
+    going = epoch < train.epochs and not stop_early(history.epochs, monitor=train.monitor, mode=train.mode,
+                                                    patience=train.early_stopping_patience)
+    if going and epoch_step:
+        # Resumed within an epoch: first the rest of it, from the batch after the checkpoint's, in the same order
+        # with the same masks, then the epochs after it.
+        rest = batches("train", steps, first_epoch=epoch, first_step=epoch_step, passes=1)
+        going = fit(rest, steps_per_epoch=steps - epoch_step, epochs=epoch + 1, initial_epoch=epoch)
+        collections.deque(rest, maxlen=0)  # reads the rest of the pass: the next one starts from its top
+        epoch += 1
+    if going and epoch < train.epochs:
+        fit(batches("train", steps, first_epoch=epoch), steps_per_epoch=steps, epochs=train.epochs,
+            initial_epoch=epoch)
+
+
+def _tensorboard_folder(folder: str) -> tuple[str, object]:
+    """Where rank 0 writes the event files, and what publishes them: the run's folder itself, or for an output
+    on object storage a folder on this node (holding what earlier attempts uploaded), uploaded every epoch."""
+    from raynlp._internal import storage
+
+    if not storage.is_uri(folder):
+        return folder, None
+    local = storage.local_dir("tensorboard", folder)
+    if storage.exists(folder):
+        storage.download(folder, local)
+    return str(local), lambda written: storage.upload(written, folder)
 
 
 def _as_float32_preset(folder: str) -> None:

@@ -23,12 +23,13 @@ class Plan:
     num_classes: int | None
     label_names: list[str] | None  # class names (a data set's, class folders, string labels); None for bare ids
     train_rows: int
-    steps_per_epoch: int
+    steps_per_epoch: int  # batches per epoch on every worker: optimizer steps × train.gradient_accumulation_steps
     validation_steps: int | None
     world_size: int
     validation_split: str = "test"  # the split validated on after every epoch
     test_steps: int | None = None  # a test split apart from validation: evaluated once, after the last epoch
     cache_shards: bool = True  # workers read their shards once and keep them in memory
+    tensorboard_dir: str | None = None  # where rank 0 writes TensorBoard event files (a path or URI)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,6 +46,7 @@ class Recipe:
     label_column: str | None = "label"
     weight_column: str | None = None
     packing: str = "none"  # `data.packing` when the config leaves it out
+    metrics: tuple[str, ...] = ("loss", "accuracy")  # what `compile_model` has `fit` report (and `val_` of each)
 
     def check(self, config: RecipeConfig) -> None:
         """Refuse a config this recipe cannot run: a ValueError, which the config's validation reports."""
@@ -60,6 +62,21 @@ class Recipe:
             if len(set(labels.values())) > 1:
                 raise ValueError(f"data.dataset: task {config.task} joins labelled sets whose labels agree; "
                                  + ", ".join(f"{n}: {', '.join(v) if v else 'unlabelled'}" for n, v in labels.items()))
+        self._check_monitor(config)
+
+    def _check_monitor(self, config: RecipeConfig) -> None:
+        train, data = config.train, config.data
+        reported = [*self.metrics, *(f"val_{m}" for m in self.metrics)]
+        if train.monitor not in reported:
+            raise ValueError(f"train.monitor: task {config.task} reports {', '.join(reported)}; got {train.monitor!r}")
+        evaluated = bool(data.dataset or data.validation or data.validation_fraction or data.test)
+        if train.monitor.startswith("val_") and not evaluated:
+            for field, asked in (("train.export", train.export == "best"),
+                                 ("train.early_stopping_patience", train.early_stopping_patience)):
+                if asked:
+                    raise ValueError(f"{field}: train.monitor {train.monitor} needs validation data; give "
+                                     "data.validation, data.validation_fraction or data.test, or monitor "
+                                     f"{train.monitor.removeprefix('val_')}")
 
     def masker(self, config: RecipeConfig, plan: Plan, split: str):
         """What masks each batch of `split` as a worker deals it (dynamic masked-LM masking), or None."""
@@ -115,12 +132,16 @@ def compile_model(model, config: RecipeConfig, plan: Plan, *, weighted: bool = F
         rate = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0 if warmup else rate, decay_steps=max(total - warmup, 1), alpha=0.0,
             warmup_target=rate if warmup else None, warmup_steps=warmup)
+    # Keras accumulates: each `fit` step adds a batch's gradients, every k-th applies their mean. The schedule
+    # counts `fit` steps (so it spans the run as without), `optimizer.iterations` counts updates.
+    accumulation = config.train.gradient_accumulation_steps
+    common = {"learning_rate": rate, "gradient_accumulation_steps": accumulation if accumulation > 1 else None}
     if opt.name == "adamw":
-        optimizer = keras.optimizers.AdamW(learning_rate=rate, weight_decay=opt.weight_decay)
+        optimizer = keras.optimizers.AdamW(weight_decay=opt.weight_decay, **common)
     elif opt.name == "adam":
-        optimizer = keras.optimizers.Adam(learning_rate=rate)
+        optimizer = keras.optimizers.Adam(**common)
     else:
-        optimizer = keras.optimizers.SGD(learning_rate=rate)
+        optimizer = keras.optimizers.SGD(**common)
     accuracy = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     model.compile(
         optimizer=optimizer,
