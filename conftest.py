@@ -8,6 +8,9 @@ from raynlp._internal.cluster import WORKER_ENV
 
 for _name, _value in WORKER_ENV.items():
     os.environ.setdefault(_name, _value)
+# The MLflow test's store is a folder: MLflow 3 refuses a file store unless allowed (a database store needs the
+# full mlflow package, not the skinny one). Set before any Ray cluster starts: its workers inherit it.
+os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -379,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("bench", help="run a benchmark; writes JSON (and a PNG) with ratios to plain keras-hub")
     p.add_argument("name", choices=BENCHMARKS,
                    help="tokenize: raynlp's tokenizer against keras-hub's preprocessor; train: data-parallel "
-                        "fine-tuning against a plain keras-hub fit; pretrain: masked-LM pretraining on packed "
+                        "fine-tuning against a plain keras-hub fit, each also with a checkpoint every 10 steps; "
+                        "pretrain: masked-LM pretraining on packed "
                         "documents against the guide's row-per-document recipe, in real tokens; serve: the batched "
                         "Serve deployment against batching off and the bare predict, under closed-loop load on "
                         "127.0.0.1")

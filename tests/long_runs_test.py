@@ -85,7 +85,8 @@ def straight(ray_cluster, tmp_path_factory):
     runs = {}
     for mode in ("memory", "stream"):
         folder = tmp_path_factory.mktemp(f"straight_{mode}")
-        runs[mode] = train(long_run(folder / "run", mode), callbacks=watchers(folder, kill=False)), folder
+        tracking = [f"tracking.mlflow_uri=file://{folder / 'mlruns'}"] if mode == "memory" else []
+        runs[mode] = train(long_run(folder / "run", mode, *tracking), callbacks=watchers(folder, kill=False)), folder
     return runs
 
 
@@ -171,3 +172,18 @@ def test_tensorboard_holds_the_scalars_at_the_logged_steps(straight):
     assert 1e-3 >= rates[0] > rates[1] > rates[2] > rates[3] > 0
     assert points["epoch/val_loss"] == pytest.approx({STEPS: result.metrics[0]["val_loss"],
                                                        2 * STEPS: result.metrics[1]["val_loss"]})
+
+
+def test_mlflow_holds_the_config_the_metrics_at_the_logged_steps_and_the_preset(straight):
+    from mlflow.tracking import MlflowClient
+
+    result, folder = straight["memory"]
+    client = MlflowClient(f"file://{folder / 'mlruns'}")
+    run = client.get_run(json.loads(Path(result.output, "mlflow_run.json").read_text())["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    assert run.data.params["train.batch_size"] == "8" and run.data.params["task"] == "pretrain"
+    assert run.data.tags["raynlp.preset"] == str(result.preset)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [4, 8, 12, 16]
+    validated = client.get_metric_history(run.info.run_id, "epoch/val_loss")
+    assert [(m.step, m.value) for m in validated] == [(STEPS * e, pytest.approx(m["val_loss"]))
+                                                      for e, m in enumerate(result.metrics, 1)]

@@ -170,6 +170,25 @@ class RunSettings(_Section):
     address: str | None = Field(None, description=ADDRESS_HELP)
 
 
+class TrackingSettings(_Section):
+    """Experiment tracking beside TensorBoard (which every run writes to <run.output>/tensorboard)."""
+
+    mlflow_uri: str | None = Field(None, description="also log the config and metrics to this MLflow tracking URI "
+                                                     "(http://host:5000, file:///path, databricks); needs the mlflow "
+                                                     "extra: pip install 'raynlp[mlflow]'")
+    mlflow_experiment: str = Field("raynlp", description="the MLflow experiment the run is logged under")
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _mlflow_installed(cls, uri):
+        if uri is not None:
+            try:
+                import mlflow  # noqa: F401
+            except ImportError:
+                raise ValueError("MLflow is not installed: pip install 'raynlp[mlflow]'") from None
+        return uri
+
+
 class RecipeConfig(_Section):
     task: str = Field(description="the recipe: a name in raynlp.train.recipes.RECIPES")
     preset: str | None = Field(None, description="keras-hub preset: raynlp name, keras-hub handle or folder")
@@ -179,6 +198,7 @@ class RecipeConfig(_Section):
     train: TrainSettings = TrainSettings()
     scaling: ScalingSettings = ScalingSettings()
     run: RunSettings = RunSettings()
+    tracking: TrackingSettings = TrackingSettings()
 
     @field_validator("task")
     @classmethod

@@ -58,7 +58,7 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
     from ray.train.v2.jax import JaxTrainer
 
     from raynlp._internal.cluster import ensure_ray
-    from raynlp.train._internal import prepare
+    from raynlp.train._internal import mlflow_run, prepare
     from raynlp.train._internal.loop import train_loop_per_worker
     from raynlp.train._internal.run_folder import RunFolder
 
@@ -73,7 +73,8 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
     data = prepare.prepare(config, splits, tokenizer, masked_lm=recipe.masked_lm, out=run.root)
     num_classes = prepare.num_classes(config, data, label_names) if recipe.labelled else None
     plan = _plan(config, recipe, data.rows, preset_dir=preset_dir, tokenizer_dir=tokenizer, num_classes=num_classes,
-                 label_names=label_names, tensorboard_dir=str(run.join("tensorboard")))
+                 label_names=label_names, tensorboard_dir=str(run.join("tensorboard")),
+                 mlflow_run_id=mlflow_run.open_run(config, run))
     accumulation = config.train.gradient_accumulation_steps
     logger.info("%s: %d training rows, %d workers × batch %d%s = global batch %d, %d optimizer steps per epoch, "
                 "shards %s, output %s", config.task, plan.train_rows, plan.world_size, config.train.batch_size,
@@ -101,12 +102,17 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
                    if config.train.export == "best" else {})),
         ),
     )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-
-    # 3. The preset out of the chosen checkpoint, metrics and curves out of the last, into the run's folder.
-    return _export(run, result, config)
+    try:
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+        # 3. The preset out of the chosen checkpoint, metrics and curves out of the last, into the run's folder.
+        exported = _export(run, result, config)
+    except BaseException:
+        mlflow_run.close_run(config, plan.mlflow_run_id, failed=True)
+        raise
+    mlflow_run.close_run(config, plan.mlflow_run_id, preset=str(exported.preset))
+    return exported
 
 
 def _plan(config: RecipeConfig, recipe, rows: dict[str, int], **settled) -> Plan:

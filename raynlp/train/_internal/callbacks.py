@@ -4,7 +4,7 @@ imports Keras.
 - `Evaluation` validates after every epoch;
 - `History` keeps every epoch's metrics (carried over a resume through the checkpoint) and logs progress;
 - `EarlyStopping` ends the run once `train.monitor` stops improving;
-- `TensorBoardLog` writes the scalars of rank 0 as TensorBoard event files;
+- `ScalarLog` writes the scalars of rank 0 as TensorBoard event files and to MLflow;
 - `KillInEpoch` ends a worker's process mid-epoch, for fault-tolerance tests (they pass it to `train(callbacks=)`).
 """
 
@@ -127,31 +127,31 @@ class EarlyStopping(keras.callbacks.Callback):
                     f"{self.patience} epochs")
 
 
-class TensorBoardLog(keras.callbacks.Callback):
-    """Rank 0's scalars as TensorBoard event files in `folder` (tensorboardX: TensorFlow's `tf.summary` needs the
-    `tensorboard` package, which nothing else here does), by optimizer step.
+class ScalarLog(keras.callbacks.Callback):
+    """Rank 0's scalars, by optimizer step, into each of `sinks` (`TensorBoardFiles`, `MLflowRun`).
 
     Every `every_steps` optimizer steps: the running `loss` and `accuracy` of the epoch so far (Keras' means, as
     the progress lines show), `learning_rate`, `examples_per_second` and `real_tokens_per_second` since the
     point before (real tokens: those not padding, counted on rank 0 by `tokens`, times the workers). At each
-    epoch's end: every metric of the epoch, `val_*` included, under `epoch/`. `publish(folder)`, where given, is
-    called after each epoch (an output on object storage uploads the folder).
+    epoch's end: every metric of the epoch, `val_*` included, under `epoch/`.
     """
 
     async_safe = True  # its batch hook reads only the logs and its own counters
 
-    def __init__(self, folder: str, publish=None, *, every_steps: int, steps_per_epoch: int, accumulation: int,
-                 global_batch: int, world_size: int, tokens: RealTokens):
+    def __init__(self, sinks: list, *, every_steps: int, steps_per_epoch: int, accumulation: int, global_batch: int,
+                 world_size: int, tokens: RealTokens):
         super().__init__()
-        self.folder, self.every_steps, self.steps, self.accumulation = folder, every_steps, steps_per_epoch, accumulation
-        self.global_batch, self.world_size, self.tokens, self.publish = global_batch, world_size, tokens, publish
+        self.sinks, self.every_steps, self.steps, self.accumulation = sinks, every_steps, steps_per_epoch, accumulation
+        self.global_batch, self.world_size, self.tokens = global_batch, world_size, tokens
 
     def on_train_begin(self, logs=None):
-        from tensorboardX import SummaryWriter
-
-        self.writer = SummaryWriter(self.folder)
+        for sink in self.sinks:
+            sink.open()
         optimizer = self.model.optimizer
-        self.rate = getattr(optimizer, "inner_optimizer", optimizer)._learning_rate  # a schedule or a number
+        rate = getattr(optimizer, "inner_optimizer", optimizer)._learning_rate
+        # A schedule is a function of the step; a constant rate is a variable, which JAX's `fit` empties while it
+        # holds the training state: read it now.
+        self.rate = rate if callable(rate) else float(np.asarray(rate))
         self.since = (time.perf_counter(), self.tokens.seen, 0)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -165,28 +165,76 @@ class TensorBoardLog(keras.callbacks.Callback):
             return
         now, tokens = time.perf_counter(), self.tokens.seen
         seconds = max(now - self.since[0], 1e-9)
-        rows = (batches - self.since[2]) * self.global_batch if self.since[2] else None
         scalars = {name: float(value) for name, value in (logs or {}).items()}
         scalars["learning_rate"] = float(self.rate(batches) if callable(self.rate) else self.rate)
-        if rows is not None:  # the first point has no interval before it
-            scalars["examples_per_second"] = rows / seconds
+        if self.since[2]:  # the first point has no interval before it
+            scalars["examples_per_second"] = (batches - self.since[2]) * self.global_batch / seconds
             scalars["real_tokens_per_second"] = (tokens - self.since[1]) * self.world_size / seconds
         self.since = (now, tokens, batches)
-        self._write(scalars, step)
+        for sink in self.sinks:
+            sink.write(scalars, step)
 
     def on_epoch_end(self, epoch, logs=None):
         step = (epoch + 1) * self.steps // self.accumulation
-        self._write({f"epoch/{name}": float(value) for name, value in (logs or {}).items()}, step)
+        for sink in self.sinks:
+            sink.write({f"epoch/{name}": float(value) for name, value in (logs or {}).items()}, step)
+            sink.flush()
+
+    def on_train_end(self, logs=None):
+        for sink in self.sinks:
+            sink.close()
+
+
+class TensorBoardFiles:
+    """TensorBoard event files in `folder` (tensorboardX: TensorFlow's `tf.summary` needs the `tensorboard`
+    package, which nothing else here does); `publish(folder)`, where given, runs after each epoch (an output on
+    object storage uploads the folder)."""
+
+    def __init__(self, folder: str, publish=None):
+        self.folder, self.publish = folder, publish
+
+    def open(self) -> None:
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(self.folder)
+
+    def write(self, scalars: dict, step: int) -> None:
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, global_step=step)
+
+    def flush(self) -> None:
         self.writer.flush()
         if self.publish is not None:
             self.publish(self.folder)
 
-    def on_train_end(self, logs=None):
+    def close(self) -> None:
         self.writer.close()
 
-    def _write(self, scalars: dict, step: int) -> None:
-        for name, value in scalars.items():
-            self.writer.add_scalar(name, value, global_step=step)
+
+class MLflowRun:
+    """The metrics of the MLflow run `run_id` at `uri` (which the driver opened: `raynlp.train._internal.mlflow`),
+    written with MLflow's own client, one batch a point."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+
+    def open(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(self.uri)
+
+    def write(self, scalars: dict, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        # MLflow names allow letters, digits and _-./ : epoch/val_loss as it is.
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in scalars.items()])
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class RealTokens:

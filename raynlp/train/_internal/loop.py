@@ -24,7 +24,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         Evaluation,
         History,
         RealTokens,
-        TensorBoardLog,
+        ScalarLog,
         stop_early,
     )
     from raynlp.train._internal.checkpoint import ReportCallback, StepReportCallback, restore_from_ray
@@ -107,9 +107,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
                            clock_steps=train.log_every_steps,
                            score=(train.monitor, train.mode) if train.export == "best" else None, **report)
         if within_epochs else ReportCallback(info, **report),
-        *([TensorBoardLog(*_tensorboard_folder(plan.tensorboard_dir), every_steps=train.log_every_steps,
-                          steps_per_epoch=steps, accumulation=train.gradient_accumulation_steps,
-                          global_batch=batch_size * info.world_size, world_size=info.world_size, tokens=tokens)]
+        *([ScalarLog(_scalar_sinks(plan, config), every_steps=train.log_every_steps, steps_per_epoch=steps,
+                     accumulation=train.gradient_accumulation_steps, global_batch=batch_size * info.world_size,
+                     world_size=info.world_size, tokens=tokens)]
           if info.is_chief and plan.tensorboard_dir else []),
         *(make() for make in loop_config.get("callbacks", [])),  # the caller's: train(config, callbacks=...)
     ]
@@ -135,17 +135,23 @@ def train_loop_per_worker(loop_config: dict) -> None:
             initial_epoch=epoch)
 
 
-def _tensorboard_folder(folder: str) -> tuple[str, object]:
-    """Where rank 0 writes the event files, and what publishes them: the run's folder itself, or for an output
-    on object storage a folder on this node (holding what earlier attempts uploaded), uploaded every epoch."""
+def _scalar_sinks(plan, config) -> list:
+    """Where rank 0's scalars go: TensorBoard files in the run's folder (for an output on object storage, a folder
+    on this node holding what earlier attempts uploaded, uploaded every epoch), and the run's MLflow run if any."""
     from raynlp._internal import storage
+    from raynlp.train._internal.callbacks import MLflowRun, TensorBoardFiles
 
-    if not storage.is_uri(folder):
-        return folder, None
-    local = storage.local_dir("tensorboard", folder)
-    if storage.exists(folder):
-        storage.download(folder, local)
-    return str(local), lambda written: storage.upload(written, folder)
+    folder = plan.tensorboard_dir
+    if storage.is_uri(folder):
+        local = storage.local_dir("tensorboard", folder)
+        if storage.exists(folder):
+            storage.download(folder, local)
+        sinks = [TensorBoardFiles(str(local), publish=lambda written: storage.upload(written, folder))]
+    else:
+        sinks = [TensorBoardFiles(folder)]
+    if plan.mlflow_run_id:
+        sinks.append(MLflowRun(config.tracking.mlflow_uri, plan.mlflow_run_id))
+    return sinks
 
 
 def _as_float32_preset(folder: str) -> None:

@@ -110,8 +110,12 @@ class RunFolder:
 
 
 def _comparable(config) -> dict:
-    """What makes two configs the same run: all but where it runs and how many epochs it runs for."""
+    """What makes two configs the same run: all but where it runs, how long it runs for, and how it is kept and
+    watched (checkpoints, the export, tracking)."""
     tree = config.model_dump()
-    tree.pop("run")
-    tree["train"].pop("epochs")
+    for section in ("run", "tracking"):
+        tree.pop(section, None)
+    for field in ("epochs", "early_stopping_patience", "checkpoint_every_steps", "checkpoint_every_minutes",
+                  "log_every_steps", "export", "monitor", "monitor_mode"):
+        tree["train"].pop(field, None)
     return tree

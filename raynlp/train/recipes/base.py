@@ -30,6 +30,7 @@ class Plan:
     test_steps: int | None = None  # a test split apart from validation: evaluated once, after the last epoch
     cache_shards: bool = True  # workers read their shards once and keep them in memory
     tensorboard_dir: str | None = None  # where rank 0 writes TensorBoard event files (a path or URI)
+    mlflow_run_id: str | None = None  # the MLflow run rank 0 logs to (tracking.mlflow_uri)
 
     def to_dict(self) -> dict:
         return asdict(self)
