@@ -140,7 +140,7 @@ def train_worker(config: dict) -> None:
             ReportCallback(
                 info, local_batch_size=LOCAL_BATCH, steps_per_epoch=STEPS, extra={"test": True},
                 # A keras-hub preset beside the raw variables, saved by rank 0 alone with the distribution off.
-                write_extra=(lambda folder: model.save_to_preset(os.path.join(folder, "preset")))
+                write_extra=(lambda folder, epoch_end: model.save_to_preset(os.path.join(folder, "preset")))
                 if config["model"] == "bert" else None,
             )
         ],
