@@ -145,9 +145,12 @@ PACKED, ROWS, MASKS = {"mode": "documents"}, None, {"seed": 0}
 
 @pytest.mark.parametrize("packing, masking, overrides, message", [
     (PACKED, None, [], "holds documents packed into windows for masked-LM pretraining, without labels; task finetune"),
-    (ROWS, None, ["task=pretrain"], "was tokenized one row a document, and data.packing=documents trains on packed "
-                                    "windows: set data.packing=none"),
-    (PACKED, None, ["task=pretrain", "data.packing=none"], "holds packed windows, and data.packing=none"),
+    (ROWS, None, ["task=pretrain"], "was tokenized with data.packing=none, the config says data.packing=documents: "
+                                    "set data.packing=none to train on it"),
+    (PACKED, None, ["task=pretrain", "data.packing=none"], "was tokenized with data.packing=documents, the config "
+                                                           "says data.packing=none"),
+    (PACKED, None, ["task=pretrain", "data.packing=whole_documents"], "was tokenized with data.packing=documents, "
+                                                                      "the config says data.packing=whole_documents"),
     (PACKED, MASKS, ["task=pretrain"], "holds masks drawn when it was tokenized, and model.masking.dynamic=true masks "
                                        "every batch anew"),
     (PACKED, None, ["task=pretrain", "model.masking.dynamic=false"], "was tokenized without masks, and "
@@ -169,7 +172,7 @@ def test_a_tokenized_folder_the_task_cannot_use_is_refused(packing, masking, ove
         check(packing, masking)
     # The folder the config asks for passes.
     masking = config.task == "pretrain" and not config.model.masking.dynamic
-    check(PACKED if config.data.packing == "documents" else ROWS, MASKS if masking else None)
+    check({"mode": config.data.packing} if config.data.packing != "none" else ROWS, MASKS if masking else None)
 
 
 def test_the_old_mixed_precision_flag_reads_as_bfloat16_with_a_deprecation_line(tmp_path, caplog):

@@ -4,7 +4,11 @@ One document a row wastes most of a pretraining step: a 20-token line in a 128-t
 745-word review cut at 128 tokens loses the rest. Packed, the documents' tokens are one stream, each document
 closed by `[SEP]`, cut into windows of `sequence_length` framed as `[CLS] ... [SEP]`: every window is full but
 the last, and a long document goes on in the next window (as Hugging Face's `run_mlm.py` `group_texts`, which
-drops the remainder instead, and MosaicBERT's unpadding).
+drops the remainder instead, and MosaicBERT's unpadding). `data.packing: whole_documents` (`WholeDocumentPacker`)
+splits no document that fits in a window: one that does not fit in the rest of a window starts the next (the rest
+is padding), so every window starts with a document, as every row does one document a row; this costs some
+padding, and a model trained on it also learns what the first tokens of a document look like (a speaker's name,
+a title), which a row a document at fine-tuning time starts with.
 
 Tokenizing is the costly part and runs on Ray Data's workers, a batch of documents into one stream row
 (`tokenize_documents`); cutting the streams into windows carries the last unfinished window from one batch to
@@ -35,7 +39,7 @@ class PackingStats:
     documents: int = 0
     tokens: int = 0  # the documents' own tokens (no special tokens)
     windows: int = 0
-    pad_tokens: int = 0  # [PAD]s in the windows (only the last window has any)
+    pad_tokens: int = 0  # [PAD]s in the windows
     # A row per document instead: its real tokens ([CLS] a [SEP], cut at sequence_length) and what the cut lost.
     unpacked_real_tokens: int = 0
     tokens_lost_unpacked: int = 0
@@ -76,8 +80,9 @@ class DocumentPacker:
         if self.sequence_length < 3:
             raise RaynlpError(f"packing needs a sequence length of at least 3, not {self.sequence_length}")
 
-    def add(self, stream: np.ndarray) -> np.ndarray:
-        """The full windows [n, sequence_length] that `stream` (documents, each closed by [SEP]) completes."""
+    def add(self, stream: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        """The full windows [n, sequence_length] that `stream` (documents, each closed by [SEP]) completes.
+        `lengths`, the documents' own tokens, only `WholeDocumentPacker` needs."""
         body = self.sequence_length - 2
         stream = np.concatenate([self.carry, np.asarray(stream, np.int32)])
         full = stream.size // body
@@ -101,6 +106,49 @@ class DocumentPacker:
         n = body.shape[0]
         return np.concatenate([np.full((n, 1), self.cls_id, np.int32), body,
                                np.full((n, 1), self.sep_id, np.int32)], axis=1)
+
+
+class WholeDocumentPacker(DocumentPacker):
+    """A `DocumentPacker` that splits only the documents longer than a window.
+
+    A window is `[CLS]` and whole documents, each closed by its `[SEP]`, then padding: a document that does not
+    fit in the rest of a window starts the next one. A document longer than a window starts one too and goes on
+    into the next, `[CLS] ... [SEP]` framed, its last part sharing a window with the documents after it.
+    """
+
+    def add(self, stream: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        room, body = self.sequence_length - 1, self.sequence_length - 2  # room: after [CLS], [SEP]s included
+        stream, windows = np.asarray(stream, np.int32), []
+        current = [self.carry] if self.carry.size else []
+        used = self.carry.size
+        ends = np.cumsum(np.asarray(lengths) + 1)
+        for start, end in zip(ends - np.asarray(lengths) - 1, ends):
+            document = stream[start:end]  # its tokens and its [SEP]
+            if used and used + document.size > room:
+                windows.append(self._close(current))
+                current, used = [], 0
+            while document.size > room:  # it goes on in the next window; its last part at most fills one
+                windows.append(self._frame(document[None, :body])[0])
+                document = document[body:]
+            current.append(document)
+            used += document.size
+        self.carry = np.concatenate(current) if current else np.zeros(0, np.int32)
+        return np.stack(windows) if windows else np.zeros((0, self.sequence_length), np.int32)
+
+    def finish(self) -> np.ndarray:
+        windows = self._close([self.carry])[None] if self.carry.size else np.zeros((0, self.sequence_length), np.int32)
+        self.carry = self.carry[:0]
+        return windows
+
+    def _close(self, documents: list[np.ndarray]) -> np.ndarray:
+        """`[CLS]`, the documents (each closed by its [SEP]), then padding."""
+        window = np.full(self.sequence_length, self.pad_id, np.int32)
+        content = np.concatenate(documents)
+        window[0], window[1 : 1 + content.size] = self.cls_id, content
+        return window
+
+
+PACKERS = {"documents": DocumentPacker, "whole_documents": WholeDocumentPacker}  # `data.packing` → its packer
 
 
 def packed_features(token_ids: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
@@ -150,9 +198,12 @@ def _tokenize_in_task(batch, *, preset: str, text_column: str):
     return _TOKENIZERS[key](batch)
 
 
-def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int, masking=None, mask_seed: int = 0,
-                 shuffle_seed: int | None = None, shard_windows: int = SHARD_WINDOWS) -> dict:
+def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int, mode: str = "documents",
+                 masking=None, mask_seed: int = 0, shuffle_seed: int | None = None,
+                 shard_windows: int = SHARD_WINDOWS) -> dict:
     """Cut `tokenize_documents`'s stream rows, in order, into windows written as Parquet shards with a manifest.
+
+    `mode`: a `data.packing` that packs (a key of `PACKERS`).
 
     With `shuffle_seed`, each shard's windows are written in an order seeded by it and the shard's number, so
     that a batch does not hold consecutive windows of one long document (a corpus read from a path comes
@@ -175,7 +226,7 @@ def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int,
     if not storage.is_empty(output):
         raise RaynlpError(f"output folder {output_dir} is not empty; choose a new folder or delete it")
     tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(resolve(preset))
-    packer = DocumentPacker(sequence_length, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
+    packer = PACKERS[mode](sequence_length, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
     stats = PackingStats(sequence_length)
     pending: list[np.ndarray] = []
     shards = 0
@@ -214,8 +265,9 @@ def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int,
     # In order: the carried window needs the documents that follow it.
     streams.context.execution_options.preserve_order = True
     for row in streams.iter_rows():
-        stats.add_documents(np.asarray(row["lengths"]))
-        pending.append(packer.add(np.asarray(row["stream"])))
+        lengths = np.asarray(row["lengths"])
+        stats.add_documents(lengths)
+        pending.append(packer.add(np.asarray(row["stream"]), lengths))
         if sum(w.shape[0] for w in pending) >= shard_windows:
             flush(shard_windows)
     pending.append(packer.finish())
@@ -224,7 +276,7 @@ def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int,
         "preset": preset,
         "sequence_length": sequence_length,
         "masking": masking.manifest(mask_seed) if masking else None,
-        "packing": {"mode": "documents", **stats.to_dict()},
+        "packing": {"mode": mode, **stats.to_dict()},
         "label_names": None,
         "rows": stats.windows,
         "shards": shards,

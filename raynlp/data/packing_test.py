@@ -1,4 +1,5 @@
-"""Tests for raynlp.data.packing: no token lost or duplicated, every window full but the last, on Ray Data too."""
+"""Tests for raynlp.data.packing: no token lost or duplicated, every window full but the last (or, packing whole
+documents, no document split that fits in a window), on Ray Data too."""
 
 import json
 
@@ -7,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raynlp import datasets
-from raynlp.data.packing import DocumentPacker, tokenize_documents, write_packed
+from raynlp.data.packing import DocumentPacker, WholeDocumentPacker, tokenize_documents, write_packed
 
 CLS, SEP, PAD = 101, 102, 0
 SPECIAL = [CLS, SEP, PAD]
@@ -65,6 +66,59 @@ def test_a_stream_that_fills_its_last_window_leaves_no_padded_window():
     assert packer.finish().shape == (0, 6)
     assert packer.add(np.array([5, SEP], np.int32)).shape == (0, 6)
     assert packer.finish().tolist() == [[CLS, 5, SEP, SEP, PAD, PAD]]
+
+
+def _check_whole_document_windows(windows: np.ndarray, documents: list[np.ndarray], length: int) -> None:
+    """`data.packing: whole_documents`: every token once, in order; a document that fits in a window lies whole in
+    one, right after [CLS] or a [SEP]; a longer one starts a window; a window is padded only where the document
+    after it would not fit in the rest."""
+    assert windows.dtype == np.int32 and windows.shape[1] == length and (windows[:, 0] == CLS).all()
+    real = windows != PAD
+    used = real.sum(axis=1)
+    assert (real == (np.arange(length) < used[:, None])).all()  # padding only at the end
+    assert (windows[np.arange(len(windows)), used - 1] == SEP).all()  # after a [SEP]
+    at = np.argwhere(~np.isin(windows, SPECIAL))  # (window, position) of every document token, in order
+    np.testing.assert_array_equal(windows[~np.isin(windows, SPECIAL)], np.concatenate(documents))
+    firsts, start = [], 0
+    for document in (d for d in documents if d.size):
+        where = at[start : start + document.size]
+        window, first = where[0]
+        firsts.append((window, first, document.size))
+        if document.size <= length - 2:
+            assert (where[:, 0] == window).all() and (np.diff(where[:, 1]) == 1).all()
+            assert windows[window, first - 1] in (CLS, SEP) and windows[window, where[-1, 1] + 1] == SEP
+        else:
+            assert first == 1
+        start += document.size
+    # Greedy: a padded window's next window starts with a document longer than its padding (with its [SEP]).
+    starting = {window: size for window, first, size in firsts if first == 1}
+    for window in np.flatnonzero(used[:-1] < length):
+        assert window + 1 in starting and starting[window + 1] + 1 > length - used[window]
+
+
+@pytest.mark.parametrize("batch", [1, 7, 1000], ids=["a document a call", "seven a call", "all at once"])
+def test_whole_document_windows_split_only_the_documents_longer_than_a_window(batch):
+    documents, length = _documents(300, seed=1), 16
+    kept = [d for d in documents if d.size]
+    packer = WholeDocumentPacker(length, CLS, SEP, PAD)
+    parts = [packer.add(_stream(kept[i : i + batch]), np.array([d.size for d in kept[i : i + batch]]))
+             for i in range(0, len(kept), batch)]
+    windows = np.concatenate([*parts, packer.finish()])
+    _check_whole_document_windows(windows, documents, length)
+    assert packer.finish().shape == (0, length)
+    whole = WholeDocumentPacker(length, CLS, SEP, PAD)
+    np.testing.assert_array_equal(windows, np.concatenate([whole.add(_stream(kept), np.array([d.size for d in kept])),
+                                                           whole.finish()]))
+    # Some padding, where a document would have been split.
+    assert 0 < (windows == PAD).mean() < 0.5
+
+
+def test_whole_documents_start_the_next_window_when_the_rest_is_too_short():
+    packer = WholeDocumentPacker(6, CLS, SEP, PAD)
+    documents = [np.array(d, np.int32) for d in ([5, 6], [7, 8, 9], [1, 2, 3, 4, 5, 6], [8])]
+    windows = np.concatenate([packer.add(_stream(documents), np.array([d.size for d in documents])), packer.finish()])
+    assert windows.tolist() == [[CLS, 5, 6, SEP, PAD, PAD], [CLS, 7, 8, 9, SEP, PAD], [CLS, 1, 2, 3, 4, SEP],
+                                [CLS, 5, 6, SEP, 8, SEP]]
 
 
 @pytest.fixture(scope="module")

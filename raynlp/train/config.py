@@ -43,9 +43,11 @@ class DataSettings(_Section):
     max_train_rows: int | None = Field(None, gt=0, description="use only this many training rows (small runs): "
                                                                 "documents, where pretraining packs them")
     max_test_rows: int | None = Field(None, gt=0, description="use only this many rows of the test and validation splits")
-    packing: Literal["none", "documents"] | None = Field(
+    packing: Literal["none", "documents", "whole_documents"] | None = Field(
         None, description="documents: join the documents into full windows of sequence_length (masked-LM "
-                          "pretraining's default); none: one row a document, cut at sequence_length")
+                          "pretraining's default); whole_documents: the same, but a document that fits in a window "
+                          "is never split (it starts the next window, the rest padded), so every window starts "
+                          "with a document; none: one row a document, cut at sequence_length")
     tokenizer_actors: int = Field(PACKING_ACTORS, ge=1, description="Ray Data actors that tokenize the corpus before training")
     shard_cache: Literal["auto", "memory", "stream"] = Field(
         "auto", description="memory: each worker reads its shard once and keeps it in memory; stream: read it "

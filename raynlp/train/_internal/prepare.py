@@ -260,15 +260,13 @@ def check_manifest(path: str, config: RecipeConfig, *, masked_lm: bool) -> None:
     if manifest["sequence_length"] != config.data.sequence_length:
         raise RaynlpError(f"{path} was tokenized at sequence length {manifest['sequence_length']}, the config says "
                           f"data.sequence_length={config.data.sequence_length}; make them agree")
-    packed = bool(manifest.get("packing"))
-    if packed and not masked_lm:
+    packing = (manifest.get("packing") or {}).get("mode", "none")
+    if packing != "none" and not masked_lm:
         raise RaynlpError(f"{path} holds documents packed into windows for masked-LM pretraining, without labels; "
                           f"task {config.task} trains on labelled rows tokenized one a row (raynlp tokenize)")
-    if masked_lm and packed != (config.data.packing == "documents"):
-        raise RaynlpError(f"{path} was tokenized one row a document, and data.packing=documents trains on packed "
-                          "windows: set data.packing=none to train on its rows" if not packed else
-                          f"{path} holds packed windows, and data.packing=none trains on one row a document: set "
-                          "data.packing=documents")
+    if masked_lm and packing != config.data.packing:
+        raise RaynlpError(f"{path} was tokenized with data.packing={packing}, the config says "
+                          f"data.packing={config.data.packing}: set data.packing={packing} to train on it")
     masked = bool(manifest.get("masking"))
     if masked and not masked_lm:
         raise RaynlpError(f"{path} was tokenized with masked-LM masking, which task {config.task} cannot use")
@@ -311,11 +309,11 @@ def _tokenize_into(folder: str, dataset, config: RecipeConfig, tokenizer_dir: st
     d = config.data
     # A partial folder from an interrupted attempt holds no manifest: start it over.
     storage.delete(folder)
-    if d.packing == "documents":
-        logger.info("tokenizing the %s split in Ray tasks and packing its documents into windows of %d in %s",
-                    split, d.sequence_length, folder)
+    if d.packing != "none":
+        logger.info("tokenizing the %s split in Ray tasks and packing its documents into windows of %d in %s (%s)",
+                    split, d.sequence_length, folder, d.packing)
         write_packed(tokenize_documents(dataset, tokenizer_dir), folder, preset=tokenizer_dir,
-                     sequence_length=d.sequence_length, masking=masking, mask_seed=config.train.seed,
+                     sequence_length=d.sequence_length, mode=d.packing, masking=masking, mask_seed=config.train.seed,
                      shuffle_seed=config.train.seed if split == "train" and config.train.shuffle else None)
         return
     rows = limit or _known_rows(config, split)

@@ -53,8 +53,9 @@ class Recipe:
         """Refuse a config this recipe cannot run: a ValueError, which the config's validation reports."""
         if self.needs_preset and not config.preset:
             raise ValueError(f"task {config.task} needs a preset")
-        if config.data.packing == "documents" and not self.masked_lm:
-            raise ValueError(f"data.packing=documents joins documents into windows for masked-LM pretraining; task "
+        if config.data.packing != "none" and not self.masked_lm:
+            raise ValueError(f"data.packing={config.data.packing} joins documents into windows for masked-LM "
+                             f"pretraining; task "
                              f"{config.task} trains on labelled rows: leave data.packing out or set it to none")
         if self.labelled and len(config.data.datasets) > 1:
             from raynlp.datasets.registry import DATASETS
