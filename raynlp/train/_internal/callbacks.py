@@ -1,6 +1,7 @@
 """The Keras callbacks of raynlp's training loop. Imported inside the Ray Train workers only: the driver never
 imports Keras.
 
+- `EpochCallback` knows where `fit` is in raynlp's epochs (the base of those that count steps);
 - `Evaluation` validates after every epoch;
 - `History` keeps every epoch's metrics (carried over a resume through the checkpoint) and logs progress;
 - `EarlyStopping` ends the run once `train.monitor` stops improving;
@@ -19,7 +20,30 @@ import keras
 import numpy as np
 
 
-class History(keras.callbacks.Callback):
+class EpochCallback(keras.callbacks.Callback):
+    """A callback that knows where `fit` is: `epoch`, `trained(batch)` (the batches of the epoch trained once
+    `batch` is) and `optimizer_step(trained)`, under gradient accumulation (`accumulation` batches a step).
+
+    A `fit` over the rest of an epoch resumed within it has fewer steps than `steps_per_epoch`: the batches
+    before, trained by the run before, are `skipped`.
+    """
+
+    def __init__(self, *, steps_per_epoch: int, accumulation: int = 1):
+        super().__init__()
+        self.steps_per_epoch, self.accumulation = steps_per_epoch, accumulation
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.skipped = self.steps_per_epoch - self.params.get("steps", self.steps_per_epoch)
+
+    def trained(self, batch: int) -> int:
+        return self.skipped + batch + 1
+
+    def optimizer_step(self, trained: int, *, epoch: int | None = None) -> int:
+        return ((self.epoch if epoch is None else epoch) * self.steps_per_epoch + trained) // self.accumulation
+
+
+class History(EpochCallback):
     """Every epoch's metrics, and progress lines from rank 0.
 
     About ten times an epoch it also notes the metrics so far (Keras' running means over the epoch) at that
@@ -33,25 +57,22 @@ class History(keras.callbacks.Callback):
     # every step wait). Keras waits for the pending hooks before each epoch's end.
     async_safe = True
 
-    def __init__(self, *, is_chief: bool, previous: list[dict], global_batch: int, steps: int, accumulation: int = 1,
-                 test=None):
-        super().__init__()
-        self.is_chief, self.global_batch, self.steps, self.test = is_chief, global_batch, steps, test
-        self.accumulation = accumulation
+    def __init__(self, *, is_chief: bool, previous: list[dict], global_batch: int, steps_per_epoch: int,
+                 accumulation: int = 1, test=None):
+        super().__init__(steps_per_epoch=steps_per_epoch, accumulation=accumulation)
+        self.is_chief, self.global_batch, self.test = is_chief, global_batch, test
         self.epochs = [dict(e) for e in previous]
 
     def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
         self.started = time.perf_counter()
-        self.epoch = epoch
         self.progress = []
-        # A `fit` over the rest of an epoch resumed within it has fewer steps: those before were trained.
-        self.skipped = self.steps - self.params.get("steps", self.steps)
 
     def on_train_batch_end(self, batch, logs=None):
-        done, steps = self.skipped + batch + 1, self.steps
+        done, steps = self.trained(batch), self.steps_per_epoch
         if done % max(steps // 10, 1) or done == steps:
             return
-        self.progress.append({"global_step": (self.epoch * steps + done) // self.accumulation,
+        self.progress.append({"global_step": self.optimizer_step(done),
                               **{k: round(float(v), 5) for k, v in (logs or {}).items()}})
         if not self.is_chief:
             return
@@ -66,7 +87,7 @@ class History(keras.callbacks.Callback):
         tested = self.test() if self.test is not None and last else {}
         entry = {"epoch": epoch + 1, "global_step": int(np.asarray(self.model.optimizer.iterations)),
                  "seconds": round(seconds, 2),
-                 "examples_per_second": round((self.steps - self.skipped) * self.global_batch / seconds, 1),
+                 "examples_per_second": round((self.steps_per_epoch - self.skipped) * self.global_batch / seconds, 1),
                  **{k: float(v) for k, v in (logs or {}).items()},
                  **{f"test_{k}": float(v) for k, v in tested.items()}, "progress": self.progress}
         self.epochs = [e for e in self.epochs if e["epoch"] < entry["epoch"]] + [entry]
@@ -127,7 +148,7 @@ class EarlyStopping(keras.callbacks.Callback):
                     f"{self.patience} epochs")
 
 
-class ScalarLog(keras.callbacks.Callback):
+class ScalarLog(EpochCallback):
     """Rank 0's scalars, by optimizer step, into each of `sinks` (`TensorBoardFiles`, `MLflowRun`).
 
     Every `every_steps` optimizer steps: the running `loss` and `accuracy` of the epoch so far (Keras' means, as
@@ -140,27 +161,24 @@ class ScalarLog(keras.callbacks.Callback):
 
     def __init__(self, sinks: list, *, every_steps: int, steps_per_epoch: int, accumulation: int, global_batch: int,
                  world_size: int, tokens: RealTokens):
-        super().__init__()
-        self.sinks, self.every_steps, self.steps, self.accumulation = sinks, every_steps, steps_per_epoch, accumulation
+        super().__init__(steps_per_epoch=steps_per_epoch, accumulation=accumulation)
+        self.sinks, self.every_steps = sinks, every_steps
         self.global_batch, self.world_size, self.tokens = global_batch, world_size, tokens
 
     def on_train_begin(self, logs=None):
-        for sink in self.sinks:
-            sink.open()
         optimizer = self.model.optimizer
+        for sink in self.sinks:
+            sink.open(first_step=int(np.asarray(optimizer.iterations)))
         rate = getattr(optimizer, "inner_optimizer", optimizer)._learning_rate
         # A schedule is a function of the step; a constant rate is a variable, which JAX's `fit` empties while it
         # holds the training state: read it now.
         self.rate = rate if callable(rate) else float(np.asarray(rate))
         self.since = (time.perf_counter(), self.tokens.seen, 0)
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch, self.skipped = epoch, self.steps - self.params.get("steps", self.steps)
-
     def on_train_batch_end(self, batch, logs=None):
-        done = self.skipped + batch + 1
-        batches = self.epoch * self.steps + done
-        step = batches // self.accumulation
+        done = self.trained(batch)
+        batches = self.epoch * self.steps_per_epoch + done
+        step = self.optimizer_step(done)
         if done % self.accumulation or step % self.every_steps:
             return
         now, tokens = time.perf_counter(), self.tokens.seen
@@ -175,7 +193,7 @@ class ScalarLog(keras.callbacks.Callback):
             sink.write(scalars, step)
 
     def on_epoch_end(self, epoch, logs=None):
-        step = (epoch + 1) * self.steps // self.accumulation
+        step = self.optimizer_step(self.steps_per_epoch, epoch=epoch)
         for sink in self.sinks:
             sink.write({f"epoch/{name}": float(value) for name, value in (logs or {}).items()}, step)
             sink.flush()
@@ -188,15 +206,19 @@ class ScalarLog(keras.callbacks.Callback):
 class TensorBoardFiles:
     """TensorBoard event files in `folder` (tensorboardX: TensorFlow's `tf.summary` needs the `tensorboard`
     package, which nothing else here does); `publish(folder)`, where given, runs after each epoch (an output on
-    object storage uploads the folder)."""
+    object storage uploads the folder).
+
+    Opened by a resumed run (`first_step`, the checkpoint's), it hides from TensorBoard what the attempt before
+    wrote after that step (a purge step), so the steps it trains again show once.
+    """
 
     def __init__(self, folder: str, publish=None):
         self.folder, self.publish = folder, publish
 
-    def open(self) -> None:
+    def open(self, first_step: int = 0) -> None:
         from tensorboardX import SummaryWriter
 
-        self.writer = SummaryWriter(self.folder)
+        self.writer = SummaryWriter(self.folder, purge_step=first_step + 1 if first_step else None)
 
     def write(self, scalars: dict, step: int) -> None:
         for name, value in scalars.items():
@@ -218,7 +240,7 @@ class MLflowRun:
     def __init__(self, uri: str, run_id: str):
         self.uri, self.run_id = uri, run_id
 
-    def open(self) -> None:
+    def open(self, first_step: int = 0) -> None:  # MLflow keeps every point: steps trained again show twice
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(self.uri)

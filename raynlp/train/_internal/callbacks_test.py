@@ -33,6 +33,38 @@ def test_scalar_log_writes_tensorboard_points_with_a_constant_learning_rate(tmp_
     assert sorted(points["real_tokens_per_second"]) == [4, 6, 8, 10, 12]
 
 
+def _as_tensorboard_shows(folder) -> dict:
+    """The scalars by tag and step as TensorBoard shows them: a writer's `SessionLog.START` at step T (tensorboardX's
+    `purge_step`) hides the points written before it at steps from T on."""
+    import tensorflow as tf
+
+    points = {}
+    for events in sorted(folder.glob("events.out.tfevents.*")):  # named by the second each was opened
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                points = {tag: {s: v for s, v in steps.items() if s < event.step} for tag, steps in points.items()}
+            for value in event.summary.value:
+                points.setdefault(value.tag, {})[event.step] = value.simple_value
+    return points
+
+
+def test_a_resumed_log_hides_the_steps_the_attempt_before_wrote_after_the_checkpoint(tmp_path):
+    import time
+
+    crashed = TensorBoardFiles(str(tmp_path))
+    crashed.open()
+    crashed.write({"loss": 1.0}, 5)
+    crashed.write({"loss": 0.9}, 10)  # after the checkpoint at step 5: trained again by the next attempt
+    crashed.write({"loss": 0.8}, 15)
+    crashed.close()
+    time.sleep(1.1)  # a file of its own
+    resumed = TensorBoardFiles(str(tmp_path))
+    resumed.open(first_step=5)
+    resumed.write({"loss": 0.7}, 10)
+    resumed.close()
+    assert _as_tensorboard_shows(tmp_path) == {"loss": {5: 1.0, 10: pytest.approx(0.7)}}
+
+
 @pytest.mark.parametrize("values, mode, patience, stops", [
     ([3, 2, 2, 2], "min", 2, True),  # a tie is no improvement: the best stays the first 2
     ([3, 2, 2], "min", 2, False),

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 
 from raynlp.errors import RaynlpError
+from raynlp.train._internal.callbacks import EpochCallback
 from raynlp.train._internal.distributed import WorkerInfo, distribution_off
 
 MODEL_FILE = "model_variables.npz"
@@ -119,7 +120,7 @@ def restore_from_ray(model: keras.Model, checkpoint: Any = None) -> dict | None:
         return restore_checkpoint(folder, model)
 
 
-class ReportCallback(keras.callbacks.Callback):
+class ReportCallback(EpochCallback):
     """At each epoch end: report metrics to Ray Train on every rank, with a checkpoint from rank 0.
 
     `ray.train.report` is a barrier every rank must call equally often, so every rank reports every epoch;
@@ -153,19 +154,17 @@ class ReportCallback(keras.callbacks.Callback):
         extra: dict | None = None,
         write_extra: Callable[..., None] | None = None,
     ):
-        super().__init__()
+        super().__init__(steps_per_epoch=steps_per_epoch, accumulation=accumulation)
         self.info = info
         self.global_batch_size = info.global_batch_size(local_batch_size)
-        self.steps_per_epoch, self.accumulation = steps_per_epoch, accumulation
         self.checkpoint = checkpoint
         self.extra = extra
         self.write_extra = write_extra
         self._epoch_started = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch, self._epoch_started = epoch, time.perf_counter()
-        # A `fit` over the rest of an epoch resumed within it has fewer steps: those before were trained.
-        self._skipped = self.steps_per_epoch - self.params.get("steps", self.steps_per_epoch)
+        super().on_epoch_begin(epoch, logs)
+        self._epoch_started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._epoch_started
@@ -173,7 +172,7 @@ class ReportCallback(keras.callbacks.Callback):
         metrics = {
             "epoch": completed,
             "global_step": int(np.asarray(self.model.optimizer.iterations)),
-            "examples_per_second": (self.steps_per_epoch - self._skipped) * self.global_batch_size / max(seconds, 1e-9),
+            "examples_per_second": (self.steps_per_epoch - self.skipped) * self.global_batch_size / max(seconds, 1e-9),
             "epoch_seconds": seconds,
         }
         metrics.update({name: float(value) for name, value in (logs or {}).items()})
@@ -218,18 +217,18 @@ class StepReportCallback(ReportCallback):
         self._last = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
-        done = self._skipped + batch + 1  # batches of this epoch trained
+        done = self.trained(batch)
         if done % self.accumulation or done == self.steps_per_epoch:  # the epoch's end reports anyway
             return
-        step = (self._epoch * self.steps_per_epoch + done) // self.accumulation
+        step = self.optimizer_step(done)
         if not (self.every_steps and step % self.every_steps == 0 or self._time_is_up(step)):
             return
-        metrics = {"epoch": self._epoch, "epoch_step": done, "global_step": step}
+        metrics = {"epoch": self.epoch, "epoch_step": done, "global_step": step}
         if self.score is not None:
             # The worst finite score: Ray Train keeps its checkpoints' scores as JSON, where infinity reads back null.
             name, mode = self.score
             metrics[name] = sys.float_info.max if mode == "min" else -sys.float_info.max
-        self._report(metrics, epoch=self._epoch, epoch_step=done)
+        self._report(metrics, epoch=self.epoch, epoch_step=done)
         self._last = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):

@@ -81,7 +81,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # 4. Fit; each epoch ends with a report to Ray Train and, from rank 0, a checkpoint holding the preset (and,
     # with train.checkpoint_every_*, reports and checkpoints within epochs too).
     history = History(is_chief=info.is_chief, previous=_read_history(checkpoint),
-                      global_batch=batch_size * info.world_size, steps=steps,
+                      global_batch=batch_size * info.world_size, steps_per_epoch=steps,
                       accumulation=train.gradient_accumulation_steps,
                       test=functools.partial(evaluate, "test", plan.test_steps) if plan.test_steps else None)
 
