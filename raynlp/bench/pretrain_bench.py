@@ -7,7 +7,9 @@ optimizer, constant learning rate and number of passes, on the same budget of re
 - `keras_hub_guide_1_process`: the guide's way: a document a row, cut at the sequence length,
   `BertMaskedLMPreprocessor` (`MaskedLMMaskGenerator`) mapped over a `tf.data` pipeline, `fit`, 32 rows a step;
 - `raynlp_packed_1_worker`, `raynlp_packed_2_workers`: `raynlp.train.train` with the documents packed into full
-  windows (`data.packing: documents`) and masks drawn as each worker deals a batch.
+  windows (`data.packing: documents`) and masks drawn as each worker deals a batch;
+- `raynlp_whole_documents_1_worker`: the same with `data.packing: whole_documents` (no document split that fits
+  in a window: every window starts with one, at the cost of some padding).
 
 What counts is real tokens: the documents' own tokens a step trains on (no [CLS], [SEP] or [PAD]). A row per
 document spends most of a window on padding where documents are short (Shakespeare's paragraphs) and throws the
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raynlp.bench._clock import step_clock
 from raynlp.bench._report import machine, write_report
 
 logger = logging.getLogger(__name__)
@@ -47,34 +50,9 @@ HELDOUT_DOCUMENTS = 1000  # at most, from the test split
 # Where in a window a masked token sits, for the held-out loss by position.
 POSITION_BUCKETS = ((1, 16), (17, 32), (33, 64), (65, SEQUENCE_LENGTH - 2))
 BASELINE = "keras_hub_guide_1_process"
+# raynlp's ways: (data.packing, workers).
+PACKED_WAYS = (("documents", 1), ("documents", 2), ("whole_documents", 1))
 CURVE_POINTS_PER_EPOCH = 5
-
-
-def step_clock(path: str, weights: str):
-    """A Keras callback (made inside each process that trains) that writes, from process 0, when each training
-    step of each epoch ended and the epoch's running mean loss then, and the trained weights at the end (reading
-    a variable is local under `DataParallel`). Not async-safe on purpose: every way waits for each step's loss
-    alike."""
-    import jax
-    import keras
-
-    class StepClock(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.epochs = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epochs.append({"started": time.perf_counter(), "step_ends": [], "running_loss": []})
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.epochs[-1]["step_ends"].append(time.perf_counter())
-            self.epochs[-1]["running_loss"].append(float(logs["loss"]))
-
-        def on_train_end(self, logs=None):
-            if jax.process_index() == 0:
-                Path(path).write_text(json.dumps(self.epochs))
-                np.savez(weights, *[np.asarray(v.numpy()) for v in self.model.weights])
-
-    return StepClock()
 
 
 def _write_corpus(folder: Path, dataset: str, documents: int) -> Path:
@@ -135,25 +113,26 @@ def _guide_fit(corpus: Path, clock: Path, weights: Path) -> dict:
             "wall_seconds": round(time.perf_counter() - start, 1)}
 
 
-def _pack(texts: list[str]) -> tuple[np.ndarray, int]:
-    """The windows raynlp's packing makes of `texts` (its own tokenizer and packer, in this process), and the
-    documents' own tokens they hold (no [CLS], [SEP] or [PAD], as every way counts real tokens)."""
-    from raynlp.data.packing import DocumentPacker, DocumentTokenizer
+def _pack(texts: list[str], mode: str = "documents") -> tuple[np.ndarray, int]:
+    """The windows raynlp's packing (`mode`, a `data.packing`) makes of `texts` (its own tokenizer and packer, in
+    this process), and the documents' own tokens they hold (no [CLS], [SEP] or [PAD], as every way counts real
+    tokens)."""
+    from raynlp.data.packing import PACKERS, DocumentTokenizer
 
     tokenizer = DocumentTokenizer(PRESET)
     documents = tokenizer({"text": np.asarray(texts, dtype=object)})
     ids = tokenizer.tokenizer
-    packer = DocumentPacker(SEQUENCE_LENGTH, ids.cls_token_id, ids.sep_token_id, ids.pad_token_id)
-    windows = np.concatenate([packer.add(documents["stream"][0]), packer.finish()])
+    packer = PACKERS[mode](SEQUENCE_LENGTH, ids.cls_token_id, ids.sep_token_id, ids.pad_token_id)
+    windows = np.concatenate([packer.add(documents["stream"][0], documents["lengths"][0]), packer.finish()])
     return windows, int(documents["lengths"][0].sum())
 
 
-def _packed_plan(corpus: Path, guide: dict, workers: tuple[int, ...]) -> dict:
+def _packed_plan(corpus: Path, guide: dict, workers: tuple[int, ...], packing: str) -> dict:
     """Windows a step holding the guide's real tokens a step (a multiple of every worker count), and steps a
     pass giving the guide's real tokens in all."""
     import pyarrow.parquet as pq
 
-    windows, tokens = _pack(pq.read_table(corpus)["text"].to_pylist())
+    windows, tokens = _pack(pq.read_table(corpus)["text"].to_pylist(), packing)
     per_window = tokens / len(windows)
     unit = int(np.lcm.reduce(workers))
     batch = max(unit, round(guide["real_tokens_per_step"] / per_window / unit) * unit)
@@ -163,7 +142,7 @@ def _packed_plan(corpus: Path, guide: dict, workers: tuple[int, ...]) -> dict:
             "steps_per_epoch": steps}
 
 
-def _raynlp_fit(corpus: Path, out: Path, clock: Path, weights: Path, workers: int, plan: dict) -> dict:
+def _raynlp_fit(corpus: Path, out: Path, clock: Path, weights: Path, workers: int, plan: dict, packing: str) -> dict:
     from raynlp.train import load_config, train
 
     # The workers run in their own working folders.
@@ -172,7 +151,8 @@ def _raynlp_fit(corpus: Path, out: Path, clock: Path, weights: Path, workers: in
     start = time.perf_counter()
     config = load_config(None, [
         "task=pretrain", f"preset={PRESET}", f"data.train={corpus}", f"data.sequence_length={SEQUENCE_LENGTH}",
-        f"model.masking.selection_rate={SELECTION_RATE}", f"model.masking.max_selections={MAX_SELECTIONS}",
+        f"data.packing={packing}", f"model.masking.selection_rate={SELECTION_RATE}",
+        f"model.masking.max_selections={MAX_SELECTIONS}",
         f"optimizer.learning_rate={LEARNING_RATE}", "optimizer.schedule=constant", f"train.epochs={EPOCHS}",
         f"train.batch_size={plan['rows_per_step'] // workers}", f"train.steps_per_epoch={plan['steps_per_epoch']}",
         f"scaling.num_workers={workers}", f"run.output={out}",
@@ -264,7 +244,7 @@ def _loss_at(curve: list, tokens: float) -> float:
     return round(float(np.interp(tokens, x, y)), 4)
 
 
-def _bench_corpus(output_dir: Path, dataset: str, documents: int, workers: tuple[int, ...]) -> dict:
+def _bench_corpus(output_dir: Path, dataset: str, documents: int, ways: tuple[tuple[str, int], ...]) -> dict:
     from raynlp._internal.cluster import ensure_ray
 
     folder = output_dir / dataset
@@ -274,18 +254,19 @@ def _bench_corpus(output_dir: Path, dataset: str, documents: int, workers: tuple
     logger.info("pretrain bench: %s, %d documents, %s, sequence length %d, %d passes",
                 dataset, documents, PRESET, SEQUENCE_LENGTH, EPOCHS)
     heldout = _heldout_sets(dataset)
-    results, packing, scores = {}, None, {}
+    results, packing, scores = {}, {}, {}
     clock, weights = folder / f"clock_{BASELINE}.json", folder / f"weights_{BASELINE}.npz"
     guide = _guide_fit(corpus, clock, weights)
     results[BASELINE] = _figures(guide, clock)
     scores[BASELINE] = _heldout_scores(weights, heldout)
-    plan = _packed_plan(corpus, guide, workers)
+    modes = dict.fromkeys(mode for mode, _ in ways)
+    plans = {mode: _packed_plan(corpus, guide, tuple(n for m, n in ways if m == mode), mode) for mode in modes}
     ensure_ray()
-    for count in workers:
-        name = f"raynlp_packed_{count}_worker{'s' if count > 1 else ''}"
+    for mode, count in ways:
+        name = f"raynlp_{'packed' if mode == 'documents' else mode}_{count}_worker{'s' if count > 1 else ''}"
         clock, weights = folder / f"clock_{name}.json", folder / f"weights_{name}.npz"
-        run = _raynlp_fit(corpus, folder / "runs" / name, clock, weights, count, plan)
-        packing = run["packing"]
+        run = _raynlp_fit(corpus, folder / "runs" / name, clock, weights, count, plans[mode], mode)
+        packing[mode] = run["packing"]
         results[name] = _figures(run, clock)
         scores[name] = _heldout_scores(weights, heldout)
     for name, figures in results.items():
@@ -311,14 +292,15 @@ def _bench_corpus(output_dir: Path, dataset: str, documents: int, workers: tuple
 
 
 def run_pretrain_bench(output_dir: Path, documents: int | None = None, corpora: tuple[str, ...] | None = None,
-                       workers: tuple[int, ...] = (1, 2)) -> Path:
-    """`documents`: how many of each corpus (default: DEFAULT_DOCUMENTS), at most its training split."""
+                       ways: tuple[tuple[str, int], ...] = PACKED_WAYS) -> Path:
+    """`documents`: how many of each corpus (default: DEFAULT_DOCUMENTS), at most its training split; `ways`:
+    raynlp's, as (data.packing, workers)."""
     corpora = corpora or tuple(DEFAULT_DOCUMENTS)
     report = {
         "benchmark": "pretrain", "preset": PRESET, "sequence_length": SEQUENCE_LENGTH,
         "guide_rows_per_step": GUIDE_BATCH, "epochs": EPOCHS, "learning_rate": LEARNING_RATE,
         "selection_rate": SELECTION_RATE, "max_selections": MAX_SELECTIONS, "machine": machine(),
-        "corpora": {name: _bench_corpus(output_dir, name, documents or DEFAULT_DOCUMENTS[name], workers)
+        "corpora": {name: _bench_corpus(output_dir, name, documents or DEFAULT_DOCUMENTS[name], ways)
                     for name in corpora},
         "note": "real tokens: the documents' own tokens a step trains on (no [CLS], [SEP], [PAD]); speeds over the "
                 "training steps of the passes after the first. Every way trains on the same real tokens a step "

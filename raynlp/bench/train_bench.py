@@ -13,9 +13,11 @@ epochs, at the same global batch size everywhere:
 Each way but the Ray task also runs with a checkpoint every `checkpoint_every` optimizer steps (`…_checkpointing`):
 the plain fit with Keras' `ModelCheckpoint(save_freq=N)` writing the whole model and its optimizer (a `.keras`
 file), raynlp with `train.checkpoint_every_steps=N` (weights and optimizer state through Ray Train's report).
-`checkpoint_cost` gives, for each, the examples/s against the same way without, and the seconds each checkpoint
-adds (the steady epochs' extra time over their checkpoints); checkpoints do not change the training, so both
-end at the same losses.
+`checkpoint_cost` gives, for each, the examples/s against the same way without, and the seconds a checkpoint
+adds to the step that writes it: from the checkpointing run's own step clock (`raynlp.bench._clock`), the median
+time of the steps that checkpoint less the median of the others in the steady epochs (two runs' epoch times
+differ by more than their checkpoints cost on this machine). Checkpoints do not change the training, so both end
+at the same losses.
 
 Ratios are given to both baselines: to the plain process (the issue's measure) and to the fit inside a Ray task,
 which isolates what raynlp adds on top of Ray.
@@ -38,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raynlp.bench._clock import step_clock
 from raynlp.bench._report import machine, ratio_bars, write_report
 
 logger = logging.getLogger(__name__)
@@ -102,26 +105,34 @@ def _plain_fit(rows: int, checkpoint_every: int | None = None, folder: str | Non
     callbacks = [timer]
     if checkpoint_every:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        callbacks.append(keras.callbacks.ModelCheckpoint(f"{folder}/checkpoint.keras", save_freq=checkpoint_every))
+        callbacks += [keras.callbacks.ModelCheckpoint(f"{folder}/checkpoint.keras", save_freq=checkpoint_every),
+                      step_clock(f"{folder}/clock.json")]
     history = model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=EPOCHS, shuffle=False, callbacks=callbacks, verbose=0)
     steady = timer.seconds[1:]
     return {"examples_per_second": round(steps * GLOBAL_BATCH * len(steady) / sum(steady), 1),
             "epoch_seconds": [round(s, 2) for s in timer.seconds], "wall_seconds": round(time.perf_counter() - start, 1),
-            "epoch_losses": [round(float(v), 4) for v in history.history["loss"]]}
+            "epoch_losses": [round(float(v), 4) for v in history.history["loss"]],
+            **({"clock": f"{folder}/clock.json"} if checkpoint_every else {})}
 
 
 def _raynlp_fit(out: Path, rows: int, workers: int, checkpoint_every: int | None = None) -> dict:
+    import functools
+
     from raynlp.train import train
 
+    out = out.resolve()  # the workers run in their own working folders
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    result = train(_config(out, rows, workers, checkpoint_every))
+    clock = out.parent / f"{out.name}_clock.json"
+    result = train(_config(out, rows, workers, checkpoint_every),
+                   callbacks=[functools.partial(step_clock, str(clock))] if checkpoint_every else [])
     steady = result.metrics[1:]
     examples = sum(m["examples_per_second"] * m["seconds"] for m in steady)
     return {"examples_per_second": round(examples / sum(m["seconds"] for m in steady), 1),
             "epoch_seconds": [m["seconds"] for m in result.metrics],
             "wall_seconds": round(time.perf_counter() - start, 1),
-            "epoch_losses": [round(m["loss"], 4) for m in result.metrics]}
+            "epoch_losses": [round(m["loss"], 4) for m in result.metrics],
+            **({"clock": str(clock)} if checkpoint_every else {})}
 
 
 def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[int, ...] = (1, 2),
@@ -143,7 +154,6 @@ def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[in
                                                        checkpoint_every)
     base = results["keras_hub_fit_1_process"]["examples_per_second"]
     in_ray = results["keras_hub_fit_in_ray_task"]["examples_per_second"]
-    steps = rows // GLOBAL_BATCH
     report = {
         "benchmark": "train",
         "preset": PRESET, "rows": rows, "sequence_length": SEQUENCE_LENGTH, "global_batch": GLOBAL_BATCH,
@@ -153,32 +163,37 @@ def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[in
         "ratio_to_keras_hub_fit": {name: round(r["examples_per_second"] / base, 2) for name, r in results.items()},
         "ratio_to_keras_hub_fit_in_ray_task": {name: round(r["examples_per_second"] / in_ray, 2)
                                                for name, r in results.items() if name.startswith("raynlp")},
-        "checkpoint_cost": {name: _checkpoint_cost(results[name], results[f"{name}_checkpointing"], steps,
-                                                   checkpoint_every, at_epoch_ends=name.startswith("keras"))
+        "checkpoint_cost": {name: _checkpoint_cost(results[name], results[f"{name}_checkpointing"], checkpoint_every)
                             for name in results if f"{name}_checkpointing" in results},
         "note": "examples/s over the epochs after the first (steady state); the workers share this machine's cores, "
                 "so 2 workers on one machine measure the cost of synchronisation, not a speed-up; the fit in a Ray "
                 "task is the plain fit with Ray around it, no raynlp code. Wall times: raynlp's workers load programs "
                 "compiled before from JAX's compilation cache (off: JAX_ENABLE_COMPILATION_CACHE=false). "
-                "checkpoint_cost: examples/s with checkpoints against without, and the seconds a checkpoint adds "
-                "(the steady epochs' extra time over their checkpoints).",
+                "checkpoint_cost: examples/s with checkpoints against without (two runs), and the seconds a "
+                "checkpoint adds to the step that writes it (one run's step clock: median of those steps less the "
+                "median of the others, epochs after the first).",
     }
     path = write_report(output_dir, "train", report, _plot)
     logger.info("train bench: %s; checkpoints: %s", report["ratio_to_keras_hub_fit"], report["checkpoint_cost"])
     return path
 
 
-def _checkpoint_cost(without: dict, with_checkpoints: dict, steps: int, every: int, *, at_epoch_ends: bool) -> dict:
-    """What the checkpoints of the steady epochs (all but the first) cost. Keras' `save_freq` saves at every N-th
-    step, an epoch's end included; raynlp at every N-th step within an epoch (its epoch ends checkpoint either way)."""
-    steady = slice(1, None)
-    epochs = len(without["epoch_seconds"])
-    checkpoints = sum(1 for step in range(steps + 1, epochs * steps + 1)
-                      if step % every == 0 and (at_epoch_ends or step % steps))
-    extra = sum(with_checkpoints["epoch_seconds"][steady]) - sum(without["epoch_seconds"][steady])
+def _checkpoint_cost(without: dict, with_checkpoints: dict, every: int) -> dict:
+    """What a checkpoint every `every` steps costs: examples/s against the same way without, and the seconds it adds
+    to the step that writes it (median of those steps less the median of the others, epochs after the first; an
+    epoch's last step is left out, where an epoch's own end work lands in the plain fit)."""
+    import json
+
+    epochs = json.loads(Path(with_checkpoints["clock"]).read_text())[1:]
+    writing, other = [], []
+    for epoch in epochs:
+        ends = np.asarray([epoch["started"], *epoch["step_ends"]])
+        for step, seconds in enumerate(np.diff(ends)[:-1], start=1):
+            (writing if step % every == 0 else other).append(seconds)
     return {"examples_per_second_ratio": round(with_checkpoints["examples_per_second"] / without["examples_per_second"], 3),
-            "checkpoints": checkpoints,
-            "seconds_per_checkpoint": round(extra / checkpoints, 3) if checkpoints else None}
+            "checkpoints_timed": len(writing),
+            "seconds_per_checkpoint": round(float(np.median(writing) - np.median(other)), 3),
+            "median_step_seconds": round(float(np.median(other)), 3)}
 
 
 def _plot(report: dict, path: Path) -> None:

@@ -41,13 +41,15 @@ def test_every_way_trained_the_same_steps_and_reports_throughput(report):
             expected = data["results"][way]["examples_per_second"] / baseline["examples_per_second"]
             assert ratio == pytest.approx(expected, abs=0.006), way
     assert set(data["ratio_to_keras_hub_fit_in_ray_task"]) == {"raynlp_1_worker", "raynlp_1_worker_checkpointing"}
-    # Checkpoints every 2 of an epoch's 6 steps do not change the training; over the 2 steady epochs Keras saves
-    # at 6 steps (epoch ends included), raynlp within epochs at 4 (it checkpoints every epoch's end anyway).
+    # Checkpoints every 2 of an epoch's 6 steps do not change the training; the steps timed as writing one are
+    # steps 2 and 4 of the 2 steady epochs (an epoch's last is left out), and writing the weights and optimizer
+    # state of an 11M-parameter model takes time on that step (a clock put before the checkpoint would not see it).
     cost = data["checkpoint_cost"]
     assert set(cost) == {"keras_hub_fit_1_process", "raynlp_1_worker"}
-    for way, checkpoints in (("keras_hub_fit_1_process", 6), ("raynlp_1_worker", 4)):
+    for way in cost:
         assert data["results"][f"{way}_checkpointing"]["epoch_losses"] == data["results"][way]["epoch_losses"]
-        assert cost[way]["checkpoints"] == checkpoints and cost[way]["examples_per_second_ratio"] > 0, way
+        assert cost[way]["checkpoints_timed"] == 4 and cost[way]["examples_per_second_ratio"] > 0, way
+        assert cost[way]["seconds_per_checkpoint"] > 0 < cost[way]["median_step_seconds"], way
     assert (folder / "runs" / "keras_checkpoints" / "checkpoint.keras").exists()
     assert (folder / "train.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (folder / "runs" / "raynlp_1_worker" / "preset" / "task.json").exists()
