@@ -6,13 +6,11 @@ imports Keras.
 - `History` keeps every epoch's metrics (carried over a resume through the checkpoint) and logs progress;
 - `EarlyStopping` ends the run once `train.monitor` stops improving;
 - `ScalarLog` writes the scalars of rank 0 as TensorBoard event files and to MLflow;
-- `KillInEpoch` ends a worker's process mid-epoch, for fault-tolerance tests (they pass it to `train(callbacks=)`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -279,31 +277,3 @@ def say(line: str) -> None:
     wrapped `sys.stdout` (it does), to print it as well, so a plain `print` reaches the driver twice.
     """
     print(line, file=sys.__stdout__, flush=True)
-
-
-class KillInEpoch(keras.callbacks.Callback):
-    """Ends the process of the worker of world rank `rank` halfway through epoch `epoch` (0-based), once: the
-    file `marker` records that it did, so the restarted worker trains on.
-
-    It waits until a few seconds into the epoch: Ray Train commits the previous epoch's checkpoint only once its
-    controller has polled every rank (every 2 s), and a crash before that would lose the checkpoint.
-    """
-
-    SETTLE_SECONDS = 5.0
-
-    def __init__(self, *, rank: int, epoch: int, marker: str):
-        super().__init__()
-        self.rank, self.epoch, self.marker = rank, epoch, marker
-
-    def on_epoch_begin(self, epoch, logs=None):
-        import ray.train
-
-        self.current, self.started = epoch, time.monotonic()
-        self.mine = ray.train.get_context().get_world_rank() == self.rank
-
-    def on_train_batch_end(self, batch, logs=None):
-        halfway = batch >= self.params.get("steps", 2) // 2
-        if self.mine and self.current == self.epoch and halfway and not os.path.exists(self.marker):
-            time.sleep(max(0.0, self.SETTLE_SECONDS - (time.monotonic() - self.started)))
-            open(self.marker, "w").close()
-            os._exit(1)

@@ -6,6 +6,8 @@ A checkpoint folder holds:
   dropout continues exactly where it stopped),
 - `optimizer_variables.npz`: every entry of `model.optimizer.variables` in order (step counter, learning rate,
   Adam moments, ...),
+- `metrics_variables.npz` (a checkpoint within an epoch): every entry of `model.metrics_variables`, the state of
+  the epoch's running means (`loss`, `accuracy`), which `fit` resets when it starts the rest of the epoch,
 - `metadata.json`: completed epochs, global step, the caller's `extra`, and the names and shapes saved.
 
 Values are matched *by order*, not by name: names differ between two instances of the same model
@@ -35,6 +37,7 @@ from raynlp.train._internal.distributed import WorkerInfo, distribution_off
 
 MODEL_FILE = "model_variables.npz"
 OPTIMIZER_FILE = "optimizer_variables.npz"
+METRICS_FILE = "metrics_variables.npz"
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
 
@@ -58,6 +61,8 @@ def save_checkpoint(folder: str, model: keras.Model, *, epoch: int, step: int, e
     optimizer_variables = list(model.optimizer.variables) if model.optimizer is not None else []
     _write_values(os.path.join(folder, MODEL_FILE), model_variables)
     _write_values(os.path.join(folder, OPTIMIZER_FILE), optimizer_variables)
+    if epoch_step:
+        _write_values(os.path.join(folder, METRICS_FILE), list(model.metrics_variables))
     metadata = {
         "format": FORMAT_VERSION,
         "epoch": int(epoch),
@@ -78,7 +83,9 @@ def restore_checkpoint(folder: str, model: keras.Model) -> dict:
 
     `model` must be built the same way as the saved one and compiled with the same kind of optimizer.
     Every rank must call it (assigning variables under `DataParallel` is collective). Resume with
-    `model.fit(..., initial_epoch=metadata["epoch"])`, after the batches `metadata["epoch_step"]` of that epoch.
+    `model.fit(..., initial_epoch=metadata["epoch"])`, after the batches `metadata["epoch_step"]` of that epoch;
+    for such a checkpoint within an epoch, `metadata["running_metrics"]` holds the epoch's running metric state,
+    for `RunningMetrics` to give back to `fit` once it has reset its metrics.
 
     Raises:
         RaynlpError: when the folder is not a checkpoint or does not fit the model.
@@ -90,7 +97,7 @@ def restore_checkpoint(folder: str, model: keras.Model) -> dict:
         metadata = json.load(f)
     metadata.setdefault("epoch_step", 0)  # checkpoints from before step checkpoints
 
-    _assign_values(os.path.join(folder, MODEL_FILE), list(model.variables), "model")
+    _assign_values(_read_values(os.path.join(folder, MODEL_FILE)), list(model.variables), "model")
     if metadata["optimizer_variables"]:
         if model.optimizer is None:
             raise RaynlpError("the checkpoint holds optimizer state but the model is not compiled: compile it first")
@@ -102,7 +109,10 @@ def restore_checkpoint(folder: str, model: keras.Model) -> dict:
         if not model.optimizer.built:
             # Creates the slot variables (moments, ...) in the same order as the saved run had them.
             model.optimizer.build(model.trainable_variables)
-        _assign_values(os.path.join(folder, OPTIMIZER_FILE), list(model.optimizer.variables), "optimizer")
+        _assign_values(_read_values(os.path.join(folder, OPTIMIZER_FILE)), list(model.optimizer.variables),
+                       "optimizer")
+    if metadata["epoch_step"] and os.path.exists(os.path.join(folder, METRICS_FILE)):
+        metadata["running_metrics"] = _read_values(os.path.join(folder, METRICS_FILE))
     return metadata
 
 
@@ -195,6 +205,22 @@ class ReportCallback(EpochCallback):
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
+class RunningMetrics(keras.callbacks.Callback):
+    """Gives the first epoch of a `fit` the running metric state `values` (a checkpoint's `running_metrics`):
+    a run resumed within an epoch then reports that epoch's `loss` and `accuracy` over all of its batches, as the
+    run that went straight through does. Keras resets the metrics just before `on_epoch_begin`, and reads them
+    into its training state at the first batch; every rank assigns (a collective under `DataParallel`)."""
+
+    def __init__(self, values: list[np.ndarray]):
+        super().__init__()
+        self.values = values
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.values is not None:
+            _assign_values(self.values, list(self.model.metrics_variables), "metrics")
+            self.values = None
+
+
 class StepReportCallback(ReportCallback):
     """A `ReportCallback` that also checkpoints within an epoch: every `every_steps` optimizer steps, and when
     `every_minutes` have passed since the last checkpoint (whichever comes first).
@@ -252,9 +278,12 @@ def _describe(variables: list) -> list[dict]:
     return [{"path": v.path, "shape": list(v.shape), "dtype": str(v.dtype)} for v in variables]
 
 
-def _assign_values(path: str, variables: list, what: str) -> None:
+def _read_values(path: str) -> list[np.ndarray]:
     with np.load(path) as saved:
-        values = [saved[f"v{i:05d}"] for i in range(len(saved.files))]
+        return [saved[f"v{i:05d}"] for i in range(len(saved.files))]
+
+
+def _assign_values(values: list[np.ndarray], variables: list, what: str) -> None:
     if len(values) != len(variables):
         raise RaynlpError(
             f"the checkpoint holds {len(values)} {what} variables, the {what} has {len(variables)}: "

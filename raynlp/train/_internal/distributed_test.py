@@ -450,6 +450,41 @@ def test_checkpoint_round_trip_in_one_process(tmp_path):
         restore_checkpoint(str(tmp_path), other)
 
 
+def test_a_checkpoint_within_an_epoch_keeps_the_epochs_running_loss(tmp_path):
+    """Checkpointed after 2 of an epoch's 4 batches, restored into a fresh model: the rest of the epoch, given the
+    checkpoint's running metrics, reports the epoch's loss over all 4 batches, as the straight run does; without
+    them, over the last 2."""
+    import keras
+
+    from raynlp.train._internal.checkpoint import RunningMetrics, restore_checkpoint, save_checkpoint
+
+    rows = make_rows(LOCAL_BATCH * STEPS)
+
+    def epoch_loss(model, *callbacks, first_step=0):
+        batches = shard_batches(OrderedRows(rows, 0, 1), batch_size=LOCAL_BATCH, feature_columns=DENSE_FEATURES,
+                                label_column="label", steps=STEPS, first_step=first_step, passes=1)
+        fitted = model.fit(batches, steps_per_epoch=STEPS - first_step, epochs=1, callbacks=list(callbacks),
+                           verbose=0)
+        return fitted.history["loss"][0]
+
+    keras.utils.set_random_seed(SEED)
+    straight = epoch_loss(build_dense())
+    keras.utils.set_random_seed(SEED)
+    first = build_dense()
+    half = shard_batches(OrderedRows(rows, 0, 1), batch_size=LOCAL_BATCH, feature_columns=DENSE_FEATURES,
+                         label_column="label", steps=STEPS, passes=1)
+    first.fit(half, steps_per_epoch=2, epochs=1, verbose=0)
+    save_checkpoint(str(tmp_path), first, epoch=0, step=2, epoch_step=2)
+
+    def resumed(callbacks):
+        model = build_dense()
+        metadata = restore_checkpoint(str(tmp_path), model)
+        return epoch_loss(model, *callbacks(metadata), first_step=metadata["epoch_step"])
+
+    assert resumed(lambda metadata: [RunningMetrics(metadata["running_metrics"])]) == straight
+    assert resumed(lambda metadata: []) != pytest.approx(straight, rel=1e-3)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # On Ray: 2 CPU workers.
 

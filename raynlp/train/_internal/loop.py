@@ -27,7 +27,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         ScalarLog,
         stop_early,
     )
-    from raynlp.train._internal.checkpoint import ReportCallback, StepReportCallback, restore_from_ray
+    from raynlp.train._internal.checkpoint import (
+        ReportCallback,
+        RunningMetrics,
+        StepReportCallback,
+        restore_from_ray,
+    )
     from raynlp.train._internal.distributed import check_replicas_agree, setup_data_parallel
     from raynlp.train._internal.feeding import ShardCache, shard_batches
     from raynlp.train.config import RecipeConfig
@@ -116,8 +121,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # Keras' own fit, also for a keras-hub task: the task's `fit` exists to run its preprocessor over raw inputs
     # (raynlp trains with `preprocessor=None` on rows it packed) and takes arrays, tf.data or grain but no
     # generator. Wrapping the generator in tf.data for it cost 10% per step (measured on 2 CPU cores).
-    def fit(train_batches, **epochs):
-        keras.Model.fit(model, train_batches, callbacks=callbacks, verbose=0,
+    def fit(train_batches, *first, **epochs):
+        keras.Model.fit(model, train_batches, callbacks=[*first, *callbacks], verbose=0,
                         shuffle=False, **epochs)  # raynlp deals the rows itself (train.shuffle)
         return not model.stop_training
 
@@ -125,9 +130,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                                     patience=train.early_stopping_patience)
     if going and epoch_step:
         # Resumed within an epoch: first the rest of it, from the batch after the checkpoint's, in the same order
-        # with the same masks, then the epochs after it.
+        # with the same masks and the epoch's running means so far, then the epochs after it.
         rest = batches("train", steps, first_epoch=epoch, first_step=epoch_step, passes=1)
-        going = fit(rest, steps_per_epoch=steps - epoch_step, epochs=epoch + 1, initial_epoch=epoch)
+        going = fit(rest, RunningMetrics(restored.get("running_metrics")), steps_per_epoch=steps - epoch_step,
+                    epochs=epoch + 1, initial_epoch=epoch)
         collections.deque(rest, maxlen=0)  # reads the rest of the pass: the next one starts from its top
         epoch += 1
     if going and epoch < train.epochs:
