@@ -29,6 +29,12 @@ def finetune(out: Path, *overrides: str):
     (["data.validation_fraction=1.5"], "config field data.validation_fraction: Input should be less than 1"),
     (["data.packing=documents"], "data.packing=documents joins documents into windows for masked-LM pretraining; "
                                  "task finetune trains on labelled rows"),
+    (["model.document_attention=true"], "model.document_attention keeps attention within the documents of packed "
+                                        "windows for masked-LM pretraining; task finetune trains on labelled rows"),
+    (["task=pretrain", "data.packing=none", "model.document_attention=true"],
+     "data.packing=none gives a document a row: leave it out or pack the documents"),
+    (["task=pretrain", "model.masking.dynamic=false", "model.document_attention=true"],
+     "model.masking.dynamic=false does not keep: leave one of them out"),
     (["task=pretrain", "model.masking.selection_rate=1"],
      "config field model.masking.selection_rate: Input should be less than 1"),
     (["data.dataset=imdb"], "config field data.dataset: unknown data set 'imdb'; available: rotten_tomatoes, "

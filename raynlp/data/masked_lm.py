@@ -168,14 +168,24 @@ class BatchMasker:
     A batch's masks come from a generator seeded by (seed, split, epoch, step, rank): every epoch of the training
     split sees new masks, and a run resumed at an epoch draws exactly the masks the uninterrupted run drew there.
     Other splits draw the same masks every epoch, so that their loss compares across epochs.
+
+    `documents`: the (`[SEP]`, `[PAD]`) ids of packed windows, to add each token's `document_ids` and
+    `position_ids` (`raynlp.data.packing.document_positions`, from the ids before masking), for a model that
+    keeps attention within documents.
     """
 
     SPLITS = ("train", "validation", "test")
 
-    def __init__(self, mask_kwargs: dict, seed: int, split: str = "train"):
-        self.mask_kwargs, self.seed, self.split = mask_kwargs, seed, split
+    def __init__(self, mask_kwargs: dict, seed: int, split: str = "train", documents: tuple[int, int] | None = None):
+        self.mask_kwargs, self.seed, self.split, self.documents = mask_kwargs, seed, split, documents
 
     def __call__(self, batch: dict[str, np.ndarray], *, epoch: int, step: int, rank: int) -> dict[str, np.ndarray]:
+        from raynlp.data.packing import document_positions
+
         epoch = epoch if self.split == "train" else 0
         rng = np.random.default_rng([self.seed, self.SPLITS.index(self.split), epoch, step, rank])
-        return masked_lm_features(batch, **self.mask_kwargs, rng=rng)
+        features = masked_lm_features(batch, **self.mask_kwargs, rng=rng)
+        if self.documents is not None:
+            sep_id, pad_id = self.documents
+            features.update(document_positions(batch["token_ids"], sep_id=sep_id, pad_id=pad_id))
+        return features

@@ -252,6 +252,23 @@ def test_dynamic_masks_are_new_each_epoch_and_the_same_for_the_same_seed_epoch_s
     assert set(first) == {"token_ids", "segment_ids", "padding_mask", "mask_positions", "mask_ids", "mask_weights"}
 
 
+def test_a_masker_for_document_attention_finds_the_documents_in_the_ids_before_masking(real_packed, tokenizer):
+    """Every [SEP] ends a document, whichever token a random replacement drew; the masks are the plain masker's."""
+    from raynlp.data.packing import DocumentPacker, document_positions
+
+    rows = real_packed["token_ids"][:400]
+    stream = rows[(rows != CLS) & (rows != PAD)]  # each sentence closed by its [SEP]
+    ids = DocumentPacker(128, CLS, SEP, PAD).add(stream)
+    kwargs = {**MaskingSettings().mask_kwargs(tokenizer), "random_token_rate": 0.2}
+    plain = BatchMasker(kwargs, seed=3)(_batch(ids), epoch=0, step=0, rank=0)
+    masked = BatchMasker(kwargs, seed=3, documents=(SEP, PAD))(_batch(ids), epoch=0, step=0, rank=0)
+    assert set(masked) - set(plain) == {"document_ids", "position_ids"}
+    assert all(np.array_equal(masked[k], plain[k]) for k in plain)
+    expected = document_positions(ids, sep_id=SEP, pad_id=PAD)
+    assert all(np.array_equal(masked[k], expected[k]) for k in expected)
+    assert (masked["document_ids"].max(axis=1) > 0).all()  # real windows hold several documents
+
+
 def test_dynamic_masking_statistics_over_many_batches(real_packed, tokenizer):
     """15% of the tokens selected, 80/10/10 of them masked / random / kept, over 25 epochs of 4 batches."""
     ids = real_packed["token_ids"][:400]

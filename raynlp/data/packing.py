@@ -156,6 +156,26 @@ def packed_features(token_ids: np.ndarray, pad_id: int) -> dict[str, np.ndarray]
     return {"token_ids": token_ids, "segment_ids": np.zeros_like(token_ids), "padding_mask": token_ids != pad_id}
 
 
+def document_positions(token_ids: np.ndarray, *, sep_id: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Where each token of packed windows sits in its own document, for attention kept within documents.
+
+    A document ends with its `[SEP]`. Returns `document_ids` int32 [n, L] (0 for the document a window starts
+    with, whose part the window's `[CLS]` is, 1 for the next, ...; -1 at padding) and `position_ids` int32 [n, L]
+    (counted from the document's start as in a row of its own: `[CLS]` at 0, a later document's first token at 1).
+    Derive them from the unmasked ids: a random replacement may draw the `[SEP]` id.
+    """
+    ids = np.asarray(token_ids)
+    n, length = ids.shape
+    is_sep = ids == sep_id
+    documents = np.cumsum(is_sep, axis=1) - is_sep  # the [SEP]s before a token: a [SEP] is its document's
+    columns = np.broadcast_to(np.arange(length), (n, length))
+    starts = np.concatenate([np.ones((n, 1), bool), documents[:, 1:] != documents[:, :-1]], axis=1)
+    start_of = np.maximum.accumulate(np.where(starts, columns, 0), axis=1)
+    positions = columns - start_of + (documents > 0)
+    return {"document_ids": np.where(ids == pad_id, -1, documents).astype(np.int32),
+            "position_ids": positions.astype(np.int32)}
+
+
 class DocumentTokenizer:
     """Ray Data batch of documents → one row: their token ids as one stream, each closed by [SEP], and counts."""
 

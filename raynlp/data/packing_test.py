@@ -213,3 +213,15 @@ def test_a_users_folder_of_latin_1_files_with_an_empty_one_packs_every_token(ray
     windows = np.stack(pq.read_table(tmp_path / "packed")["token_ids"].to_numpy(zero_copy_only=False))
     tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(resolve(preset))
     _check_windows(windows.astype(np.int32), [np.asarray(t, np.int32) for t in tokenizer.tokenize(texts)], 64)
+
+
+def test_document_positions_count_from_each_documents_start():
+    from raynlp.data.packing import document_positions
+
+    cls, sep, pad = 2, 3, 0
+    windows = np.array([[cls, 7, 8, sep, 9, sep, 5, 6],  # ends within a document, which the next window goes on
+                        [cls, 6, sep, 4, 4, sep, pad, pad]])
+    found = document_positions(windows, sep_id=sep, pad_id=pad)
+    assert found["document_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 2, 2], [0, 0, 0, 1, 1, 1, -1, -1]]
+    assert found["position_ids"].tolist() == [[0, 1, 2, 3, 1, 2, 1, 2], [0, 1, 2, 1, 2, 3, 1, 2]]
+    assert found["document_ids"].dtype == found["position_ids"].dtype == np.int32

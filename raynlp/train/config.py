@@ -95,6 +95,10 @@ class ModelSettings(_Section):
     num_heads: int = Field(2, ge=1)
     intermediate_dim: int = Field(128, ge=8)
     masking: MaskingSettings = MaskingSettings()
+    document_attention: bool | None = Field(
+        None, description="masked-LM pretraining on packed windows: each document attends only to itself and counts "
+                          "its positions from its own start, as in a row of its own (needs dynamic masking); left "
+                          "out: on wherever windows are packed and masked dynamically")
 
 
 class OptimizerSettings(_Section):

@@ -71,7 +71,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     def batches(split: str, steps: int, **position):
         shuffle_seed = train.seed if split == "train" and train.shuffle else None
         dealt = shard_batches(ray.train.get_dataset_shard(split), batch_size=batch_size,
-                              feature_columns=recipe.feature_columns, label_column=recipe.label_column,
+                              feature_columns=recipe.inputs(config), label_column=recipe.label_column,
                               weight_column=recipe.weight_column, steps=steps, cache=caches.get(split),
                               shuffle_seed=None if caches else shuffle_seed, rank=info.rank,
                               transform=recipe.masker(config, plan, split), **position)

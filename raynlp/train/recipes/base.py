@@ -53,6 +53,9 @@ class Recipe:
         """Refuse a config this recipe cannot run: a ValueError, which the config's validation reports."""
         if self.needs_preset and not config.preset:
             raise ValueError(f"task {config.task} needs a preset")
+        if config.model.document_attention and not self.masked_lm:
+            raise ValueError(f"model.document_attention keeps attention within the documents of packed windows for "
+                             f"masked-LM pretraining; task {config.task} trains on labelled rows: leave it out")
         if config.data.packing != "none" and not self.masked_lm:
             raise ValueError(f"data.packing={config.data.packing} joins documents into windows for masked-LM "
                              f"pretraining; task "
@@ -79,6 +82,10 @@ class Recipe:
                     raise ValueError(f"{field}: train.monitor {train.monitor} needs validation data; give "
                                      "data.validation, data.validation_fraction or data.test, or monitor "
                                      f"{train.monitor.removeprefix('val_')}")
+
+    def inputs(self, config: RecipeConfig) -> tuple[str, ...]:
+        """The columns the model takes, as a worker deals them: `feature_columns`, and what the masker adds."""
+        return self.feature_columns
 
     def masker(self, config: RecipeConfig, plan: Plan, split: str):
         """What masks each batch of `split` as a worker deals it (dynamic masked-LM masking), or None."""
