@@ -7,9 +7,10 @@ optimizer, constant learning rate and number of passes, on the same budget of re
 - `keras_hub_guide_1_process`: the guide's way: a document a row, cut at the sequence length,
   `BertMaskedLMPreprocessor` (`MaskedLMMaskGenerator`) mapped over a `tf.data` pipeline, `fit`, 32 rows a step;
 - `raynlp_packed_1_worker`, `raynlp_packed_2_workers`: `raynlp.train.train` with the documents packed into full
-  windows (`data.packing: documents`) and masks drawn as each worker deals a batch;
-- `raynlp_whole_documents_1_worker`: the same with `data.packing: whole_documents` (no document split that fits
-  in a window: every window starts with one, at the cost of some padding).
+  windows (`data.packing: documents`), masks drawn as each worker deals a batch, and each document attending
+  only to itself (`model.document_attention`, raynlp's default);
+- `raynlp_packed_across_documents_1_worker`: the same with `model.document_attention: false` (a window's
+  documents read each other and count positions from the window's start), what document attention buys.
 
 What counts is real tokens: the documents' own tokens a step trains on (no [CLS], [SEP] or [PAD]). A row per
 document spends most of a window on padding where documents are short (Shakespeare's paragraphs) and throws the
@@ -19,8 +20,9 @@ rows a step, packing would take fewer, larger steps and its loss per token would
 packing), and as many steps a pass as give the guide's real tokens in all. Each way reports its real tokens per
 optimizer step and per second (training steps of the passes after the first, so compilation and reading the
 shards are left out), its training loss against the real tokens seen, and, at the end, its masked-LM loss on
-held-out documents of the data set's test split, both as the guide feeds them (a document a row) and packed;
-every way is scored on the same masked arrays.
+held-out documents of the data set's test split, both as the guide feeds them (a document a row) and packed
+(read as the way trained: with document attention, each document of a window by itself); every way is scored on
+the same masked arrays.
 """
 
 import functools
@@ -34,6 +36,7 @@ import numpy as np
 
 from raynlp.bench._clock import step_clock
 from raynlp.bench._report import machine, write_report
+from raynlp.data.packing import document_positions
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +53,8 @@ HELDOUT_DOCUMENTS = 1000  # at most, from the test split
 # Where in a window a masked token sits, for the held-out loss by position.
 POSITION_BUCKETS = ((1, 16), (17, 32), (33, 64), (65, SEQUENCE_LENGTH - 2))
 BASELINE = "keras_hub_guide_1_process"
-# raynlp's ways: (data.packing, workers).
-PACKED_WAYS = (("documents", 1), ("documents", 2), ("whole_documents", 1))
+# raynlp's ways: (data.packing, workers, model.document_attention).
+PACKED_WAYS = (("documents", 1, True), ("documents", 2, True), ("documents", 1, False))
 CURVE_POINTS_PER_EPOCH = 5
 
 
@@ -142,7 +145,8 @@ def _packed_plan(corpus: Path, guide: dict, workers: tuple[int, ...], packing: s
             "steps_per_epoch": steps}
 
 
-def _raynlp_fit(corpus: Path, out: Path, clock: Path, weights: Path, workers: int, plan: dict, packing: str) -> dict:
+def _raynlp_fit(corpus: Path, out: Path, clock: Path, weights: Path, workers: int, plan: dict, packing: str,
+                document_attention: bool) -> dict:
     from raynlp.train import load_config, train
 
     # The workers run in their own working folders.
@@ -151,7 +155,8 @@ def _raynlp_fit(corpus: Path, out: Path, clock: Path, weights: Path, workers: in
     start = time.perf_counter()
     config = load_config(None, [
         "task=pretrain", f"preset={PRESET}", f"data.train={corpus}", f"data.sequence_length={SEQUENCE_LENGTH}",
-        f"data.packing={packing}", f"model.masking.selection_rate={SELECTION_RATE}",
+        f"data.packing={packing}", f"model.document_attention={str(document_attention).lower()}",
+        f"model.masking.selection_rate={SELECTION_RATE}",
         f"model.masking.max_selections={MAX_SELECTIONS}",
         f"optimizer.learning_rate={LEARNING_RATE}", "optimizer.schedule=constant", f"train.epochs={EPOCHS}",
         f"train.batch_size={plan['rows_per_step'] // workers}", f"train.steps_per_epoch={plan['steps_per_epoch']}",
@@ -178,25 +183,32 @@ def _heldout_sets(dataset: str) -> dict[str, tuple]:
     rows = keras.tree.map_structure(np.asarray, preprocessor(tf.constant(texts)))
     windows, _ = _pack(texts)
     masked = {k: np.asarray(v) for k, v in preprocessor.masker(tf.constant(windows)).items()}
+    tokenizer = preprocessor.tokenizer
     x = {"token_ids": masked["token_ids"], "segment_ids": np.zeros_like(windows),
-         "padding_mask": windows != preprocessor.tokenizer.pad_token_id, "mask_positions": masked["mask_positions"]}
+         "padding_mask": windows != tokenizer.pad_token_id, "mask_positions": masked["mask_positions"],
+         **document_positions(windows, sep_id=tokenizer.sep_token_id, pad_id=tokenizer.pad_token_id)}
     return {"a_document_a_row": rows, "packed": (x, masked["mask_ids"], masked["mask_weights"])}
 
 
-def _heldout_scores(weights: Path, sets: dict[str, tuple]) -> dict:
+def _heldout_scores(weights: Path, sets: dict[str, tuple], document_attention: bool = False) -> dict:
     """Masked-LM loss (the mean over every masked position of the set) and accuracy of the trained weights, and
-    the loss by where in the window the masked token sits (a row form starts every document at position 1)."""
+    the loss by where in the window the masked token sits (a row form starts every document at position 1).
+    Packed windows are read as the way trained on them: with `document_attention`, each document by itself."""
     import keras
     import keras_hub
 
     from raynlp.presets import resolve
+    from raynlp.train.recipes.document_masked_lm import DocumentMaskedLM
 
-    model = keras_hub.models.BertMaskedLM.from_preset(resolve(PRESET), preprocessor=None)
+    plain = keras_hub.models.BertMaskedLM.from_preset(resolve(PRESET), preprocessor=None)
     with np.load(weights) as saved:
-        for i, variable in enumerate(model.weights):
+        for i, variable in enumerate(plain.weights):
             variable.assign(saved[f"arr_{i}"])
     scores = {}
     for name, (x, y, w) in sets.items():
+        model = DocumentMaskedLM(plain) if document_attention and "document_ids" in x else plain
+        if model is plain:
+            x = {k: v for k, v in x.items() if k not in ("document_ids", "position_ids")}
         nll, right = np.zeros(y.shape), np.zeros(y.shape)
         for i in range(0, len(y), 64):
             logits = model.predict_on_batch({k: v[i:i + 64] for k, v in x.items()})
@@ -244,7 +256,13 @@ def _loss_at(curve: list, tokens: float) -> float:
     return round(float(np.interp(tokens, x, y)), 4)
 
 
-def _bench_corpus(output_dir: Path, dataset: str, documents: int, ways: tuple[tuple[str, int], ...]) -> dict:
+def _way_name(packing: str, workers: int, document_attention: bool) -> str:
+    across = "" if document_attention else "_across_documents"
+    return (f"raynlp_{'packed' if packing == 'documents' else packing}{across}_{workers}_"
+            f"worker{'s' if workers > 1 else ''}")
+
+
+def _bench_corpus(output_dir: Path, dataset: str, documents: int, ways: tuple[tuple[str, int, bool], ...]) -> dict:
     from raynlp._internal.cluster import ensure_ray
 
     folder = output_dir / dataset
@@ -259,16 +277,17 @@ def _bench_corpus(output_dir: Path, dataset: str, documents: int, ways: tuple[tu
     guide = _guide_fit(corpus, clock, weights)
     results[BASELINE] = _figures(guide, clock)
     scores[BASELINE] = _heldout_scores(weights, heldout)
-    modes = dict.fromkeys(mode for mode, _ in ways)
-    plans = {mode: _packed_plan(corpus, guide, tuple(n for m, n in ways if m == mode), mode) for mode in modes}
+    modes = dict.fromkeys(mode for mode, _, _ in ways)
+    plans = {mode: _packed_plan(corpus, guide, tuple(n for m, n, _ in ways if m == mode), mode) for mode in modes}
     ensure_ray()
-    for mode, count in ways:
-        name = f"raynlp_{'packed' if mode == 'documents' else mode}_{count}_worker{'s' if count > 1 else ''}"
+    for mode, count, document_attention in ways:
+        name = _way_name(mode, count, document_attention)
         clock, weights = folder / f"clock_{name}.json", folder / f"weights_{name}.npz"
-        run = _raynlp_fit(corpus, folder / "runs" / name, clock, weights, count, plans[mode], mode)
+        run = _raynlp_fit(corpus, folder / "runs" / name, clock, weights, count, plans[mode], mode,
+                          document_attention)
         packing[mode] = run["packing"]
         results[name] = _figures(run, clock)
-        scores[name] = _heldout_scores(weights, heldout)
+        scores[name] = _heldout_scores(weights, heldout, document_attention)
     for name, figures in results.items():
         figures["heldout"] = scores[name]
     base = results[BASELINE]
@@ -292,9 +311,9 @@ def _bench_corpus(output_dir: Path, dataset: str, documents: int, ways: tuple[tu
 
 
 def run_pretrain_bench(output_dir: Path, documents: int | None = None, corpora: tuple[str, ...] | None = None,
-                       ways: tuple[tuple[str, int], ...] = PACKED_WAYS) -> Path:
+                       ways: tuple[tuple[str, int, bool], ...] = PACKED_WAYS) -> Path:
     """`documents`: how many of each corpus (default: DEFAULT_DOCUMENTS), at most its training split; `ways`:
-    raynlp's, as (data.packing, workers)."""
+    raynlp's, as (data.packing, workers, model.document_attention)."""
     corpora = corpora or tuple(DEFAULT_DOCUMENTS)
     report = {
         "benchmark": "pretrain", "preset": PRESET, "sequence_length": SEQUENCE_LENGTH,

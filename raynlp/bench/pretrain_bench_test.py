@@ -1,5 +1,5 @@
-"""`raynlp bench pretrain` at a tiny size: the guide's recipe and raynlp packed on 1 worker, both packings, on the
-same documents.
+"""`raynlp bench pretrain` at a tiny size: the guide's recipe and raynlp packed on 1 worker, both packings (documents
+attending to themselves only, and whole documents attending across), on the same documents.
 
 The 2-worker way is left out here (each raynlp run costs tens of seconds of start-up on 2 cores; 2-worker
 pretraining is tested in tests/train_test.py). What is checked is what the figures stand on: the real tokens
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from raynlp.bench.pretrain_bench import (
     BASELINE,
@@ -42,7 +43,7 @@ def report(ray_cluster, tmp_path_factory):
     os.chdir(base)
     try:
         path = run_pretrain_bench(Path("bench"), documents=DOCUMENTS, corpora=("shakespeare",),
-                                  ways=(("documents", 1), ("whole_documents", 1)))
+                                  ways=(("documents", 1, True), ("whole_documents", 1, False)))
         return json.loads((base / path).read_text()), base / "bench"
     finally:
         os.chdir(here)
@@ -53,7 +54,12 @@ def test_real_tokens_speeds_and_losses_of_every_way(report):
     shakespeare = data["corpora"]["shakespeare"]
     results = shakespeare["results"]
     assert list(data["corpora"]) == ["shakespeare"]
-    assert list(results) == [BASELINE, "raynlp_packed_1_worker", "raynlp_whole_documents_1_worker"]
+    ways = {"raynlp_packed_1_worker": ("documents", True),
+            "raynlp_whole_documents_across_documents_1_worker": ("whole_documents", False)}
+    assert list(results) == [BASELINE, *ways]
+    for way, (packing, document_attention) in ways.items():
+        run = yaml.safe_load((folder / "shakespeare" / "runs" / way / "config.yaml").read_text())
+        assert (run["data"]["packing"], run["model"]["document_attention"]) == (packing, document_attention)
     guide = results[BASELINE]
 
     # Real tokens a step, recounted: the guide trains on the first whole batches of rows, each cut to
@@ -74,7 +80,7 @@ def test_real_tokens_speeds_and_losses_of_every_way(report):
     # only where a paragraph would have been split.
     assert packings["documents"]["padding_before"] > 0.5 and packings["documents"]["padding_after"] < 0.01
     assert 0.01 < packings["whole_documents"]["padding_after"] < 0.3
-    for mode, way in (("documents", "raynlp_packed_1_worker"), ("whole_documents", "raynlp_whole_documents_1_worker")):
+    for way, (mode, _) in ways.items():
         packed, per_window = results[way], lengths.sum() / packings[mode]["windows"]
         # As many windows a step as hold the guide's real tokens a step, and as many steps as give the guide's
         # real tokens in all (each within half a window, half a step; whole documents plan on the corpus' own
