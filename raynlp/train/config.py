@@ -96,8 +96,9 @@ class ModelSettings(_Section):
     intermediate_dim: int = Field(128, ge=8)
     masking: MaskingSettings = MaskingSettings()
     document_attention: bool | None = Field(
-        None, description="masked-LM pretraining on packed windows: each document attends only to itself and counts "
-                          "its positions from its own start, as in a row of its own (needs dynamic masking); left "
+        None, description="masked-LM pretraining on packed windows: each document attends only to itself and the "
+                          "window's [CLS] and counts its positions from its own start, as in a row of its own (needs "
+                          "dynamic masking); left "
                           "out: on wherever windows are packed and masked dynamically")
 
 

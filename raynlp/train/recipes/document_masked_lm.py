@@ -7,6 +7,11 @@ attends only to the tokens of its own document, and takes the position embedding
 (`document_ids`, `position_ids`: `raynlp.data.packing.document_positions`), as packing without
 cross-contamination (Krell et al., 2021) and Hugging Face's `DataCollatorWithFlattening` do.
 
+Every document also attends to the window's `[CLS]`, which opens every row. Seen only by the window's first
+part (most often the rest of a document begun in the window before), `[CLS]` would come to mean "mid-document",
+and a model would read a row's opening tokens as a continuation. In the first layer the `[CLS]` a later document
+reads is exactly its row's; in deeper ones it has read the window's first document instead of this one.
+
 It is the masked LM's own layers called in the backbone's order (no weight of its own), so `backbone` is the
 plain `BertBackbone` that a preset exports and a row-a-document model runs.
 """
@@ -30,6 +35,8 @@ class DocumentMaskedLM(keras.Model):
         x = backbone.embeddings_dropout(backbone.embeddings_layer_norm(x), training=training)
         documents = inputs["document_ids"]
         same_document = keras.ops.equal(documents[:, :, None], documents[:, None, :])
+        is_cls = keras.ops.equal(keras.ops.arange(keras.ops.shape(documents)[1]), 0)
+        attends = keras.ops.logical_or(same_document, is_cls[None, None, :])
         for layer in backbone.transformer_layers:
-            x = layer(x, padding_mask=inputs["padding_mask"], attention_mask=same_document, training=training)
+            x = layer(x, padding_mask=inputs["padding_mask"], attention_mask=attends, training=training)
         return self.masked_lm.masked_lm_head(x, inputs["mask_positions"])
