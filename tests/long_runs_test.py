@@ -118,7 +118,7 @@ def test_a_run_whose_process_ended_within_an_epoch_resumes_there_when_run_again(
     run (checkpoints do not change the training)."""
     config = long_run(tmp_path / "run", "stream", "run.max_failures=0", "train.checkpoint_every_steps=null",
                       "train.checkpoint_every_minutes=0.0005", "train.log_every_steps=5")
-    with pytest.raises(Exception) as failure:  # noqa: B017 - whatever Ray Train raises for a failed worker
+    with pytest.raises(Exception) as failure:  # whatever Ray Train raises for a failed worker
         train(config, callbacks=watchers(tmp_path, kill=True))
     assert (tmp_path / "killed").exists(), f"the run failed before the test hook fired: {failure.value!r}"
     result = train(config, callbacks=watchers(tmp_path, kill=False))
