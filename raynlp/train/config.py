@@ -98,8 +98,7 @@ class ModelSettings(_Section):
     document_attention: bool | None = Field(
         None, description="masked-LM pretraining on packed windows: each document attends only to itself and the "
                           "window's [CLS] and counts its positions from its own start, as in a row of its own (needs "
-                          "dynamic masking); left "
-                          "out: on wherever windows are packed and masked dynamically")
+                          "dynamic masking); left out: on wherever windows are packed and masked dynamically")
 
 
 class OptimizerSettings(_Section):
