@@ -164,6 +164,10 @@ def test_pretrain_lowers_masked_lm_loss_and_exports_a_backbone(pretrained):
     assert packing["documents"] == 1500 and packing["windows"] == manifest["rows"] > 1500
     assert packing["padding_after"] < 0.01 < 0.3 < packing["padding_before"] and manifest["masking"] is None
     assert pretrained.metrics[0]["global_step"] == manifest["rows"] // 32  # every window trained (batch 32)
+    # Each window says where its first document's part starts, for the masker's positions (document attention).
+    firsts = pq.read_table(pretrained.output / "data" / "train", columns=["first_position"])["first_position"]
+    firsts = firsts.to_numpy()
+    assert len(firsts) == manifest["rows"] and firsts.min() == 1 and (firsts > 1).mean() > 0.25  # long passages
 
 
 def test_finetune_from_the_pretrained_backbone_and_cached_tokens_on_two_workers(pretrained, cached_tokens, tmp_path):

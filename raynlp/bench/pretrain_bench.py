@@ -116,18 +116,19 @@ def _guide_fit(corpus: Path, clock: Path, weights: Path) -> dict:
             "wall_seconds": round(time.perf_counter() - start, 1)}
 
 
-def _pack(texts: list[str], mode: str = "documents") -> tuple[np.ndarray, int]:
+def _pack(texts: list[str], mode: str = "documents") -> tuple[np.ndarray, np.ndarray, int]:
     """The windows raynlp's packing (`mode`, a `data.packing`) makes of `texts` (its own tokenizer and packer, in
-    this process), and the documents' own tokens they hold (no [CLS], [SEP] or [PAD], as every way counts real
-    tokens)."""
+    this process), their first positions, and the documents' own tokens they hold (no [CLS], [SEP] or [PAD], as
+    every way counts real tokens)."""
     from raynlp.data.packing import PACKERS, DocumentTokenizer
 
     tokenizer = DocumentTokenizer(PRESET)
     documents = tokenizer({"text": np.asarray(texts, dtype=object)})
     ids = tokenizer.tokenizer
     packer = PACKERS[mode](SEQUENCE_LENGTH, ids.cls_token_id, ids.sep_token_id, ids.pad_token_id)
-    windows = np.concatenate([packer.add(documents["stream"][0], documents["lengths"][0]), packer.finish()])
-    return windows, int(documents["lengths"][0].sum())
+    parts = [packer.add(documents["stream"][0], documents["lengths"][0]), packer.finish()]
+    return (np.concatenate([w for w, _ in parts]), np.concatenate([f for _, f in parts]),
+            int(documents["lengths"][0].sum()))
 
 
 def _packed_plan(corpus: Path, guide: dict, workers: tuple[int, ...], packing: str) -> dict:
@@ -135,7 +136,7 @@ def _packed_plan(corpus: Path, guide: dict, workers: tuple[int, ...], packing: s
     pass giving the guide's real tokens in all."""
     import pyarrow.parquet as pq
 
-    windows, tokens = _pack(pq.read_table(corpus)["text"].to_pylist(), packing)
+    windows, _, tokens = _pack(pq.read_table(corpus)["text"].to_pylist(), packing)
     per_window = tokens / len(windows)
     unit = int(np.lcm.reduce(workers))
     batch = max(unit, round(guide["real_tokens_per_step"] / per_window / unit) * unit)
@@ -176,17 +177,20 @@ def _heldout_sets(dataset: str) -> dict[str, tuple]:
     import tensorflow as tf
 
     from raynlp import datasets
+    from raynlp.data.tokenize import max_sequence_length
+    from raynlp.presets import resolve
 
     texts = datasets.read_split(dataset, "test")["text"].to_pylist()[:HELDOUT_DOCUMENTS]
     preprocessor = _guide_preprocessor()
     keras.utils.set_random_seed(0)
     rows = keras.tree.map_structure(np.asarray, preprocessor(tf.constant(texts)))
-    windows, _ = _pack(texts)
+    windows, firsts, _ = _pack(texts)
     masked = {k: np.asarray(v) for k, v in preprocessor.masker(tf.constant(windows)).items()}
     tokenizer = preprocessor.tokenizer
     x = {"token_ids": masked["token_ids"], "segment_ids": np.zeros_like(windows),
          "padding_mask": windows != tokenizer.pad_token_id, "mask_positions": masked["mask_positions"],
-         **document_positions(windows, sep_id=tokenizer.sep_token_id, pad_id=tokenizer.pad_token_id)}
+         **document_positions(windows, sep_id=tokenizer.sep_token_id, pad_id=tokenizer.pad_token_id,
+                              first_positions=firsts, max_position=max_sequence_length(resolve(PRESET)))}
     return {"a_document_a_row": rows, "packed": (x, masked["mask_ids"], masked["mask_weights"])}
 
 

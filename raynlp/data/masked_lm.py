@@ -169,14 +169,14 @@ class BatchMasker:
     split sees new masks, and a run resumed at an epoch draws exactly the masks the uninterrupted run drew there.
     Other splits draw the same masks every epoch, so that their loss compares across epochs.
 
-    `documents`: the (`[SEP]`, `[PAD]`) ids of packed windows, to add each token's `document_ids` and
-    `position_ids` (`raynlp.data.packing.document_positions`, from the ids before masking), for a model that
-    keeps attention within documents.
+    `documents`: `document_positions`' keywords for packed windows (`sep_id`, `pad_id`, `max_position`), to add
+    each token's `document_ids` and `position_ids` (`raynlp.data.packing.document_positions`, from the ids before
+    masking and the windows' `first_position`), for a model that keeps attention within documents.
     """
 
     SPLITS = ("train", "validation", "test")
 
-    def __init__(self, mask_kwargs: dict, seed: int, split: str = "train", documents: tuple[int, int] | None = None):
+    def __init__(self, mask_kwargs: dict, seed: int, split: str = "train", documents: dict | None = None):
         self.mask_kwargs, self.seed, self.split, self.documents = mask_kwargs, seed, split, documents
 
     def __call__(self, batch: dict[str, np.ndarray], *, epoch: int, step: int, rank: int) -> dict[str, np.ndarray]:
@@ -186,6 +186,6 @@ class BatchMasker:
         rng = np.random.default_rng([self.seed, self.SPLITS.index(self.split), epoch, step, rank])
         features = masked_lm_features(batch, **self.mask_kwargs, rng=rng)
         if self.documents is not None:
-            sep_id, pad_id = self.documents
-            features.update(document_positions(batch["token_ids"], sep_id=sep_id, pad_id=pad_id))
+            features.update(document_positions(batch["token_ids"], first_positions=batch.get("first_position"),
+                                               **self.documents))
         return features

@@ -258,13 +258,16 @@ def test_a_masker_for_document_attention_finds_the_documents_in_the_ids_before_m
 
     rows = real_packed["token_ids"][:400]
     stream = rows[(rows != CLS) & (rows != PAD)]  # each sentence closed by its [SEP]
-    ids = DocumentPacker(128, CLS, SEP, PAD).add(stream)
+    ids, firsts = DocumentPacker(128, CLS, SEP, PAD).add(stream)
     kwargs = {**MaskingSettings().mask_kwargs(tokenizer), "random_token_rate": 0.2}
-    plain = BatchMasker(kwargs, seed=3)(_batch(ids), epoch=0, step=0, rank=0)
-    masked = BatchMasker(kwargs, seed=3, documents=(SEP, PAD))(_batch(ids), epoch=0, step=0, rank=0)
+    batch = {**_batch(ids), "first_position": firsts}
+    plain = BatchMasker(kwargs, seed=3)(batch, epoch=0, step=0, rank=0)
+    documents = {"sep_id": SEP, "pad_id": PAD, "max_position": 512}
+    masked = BatchMasker(kwargs, seed=3, documents=documents)(batch, epoch=0, step=0, rank=0)
     assert set(masked) - set(plain) == {"document_ids", "position_ids"}
     assert all(np.array_equal(masked[k], plain[k]) for k in plain)
-    expected = document_positions(ids, sep_id=SEP, pad_id=PAD)
+    expected = document_positions(ids, first_positions=firsts, **documents)
+    assert (firsts > 1).any()
     assert all(np.array_equal(masked[k], expected[k]) for k in expected)
     assert (masked["document_ids"].max(axis=1) > 0).all()  # real windows hold several documents
 

@@ -10,6 +10,11 @@ is padding), so every window starts with a document, as every row does one docum
 padding, and a model trained on it also learns what the first tokens of a document look like (a speaker's name,
 a title), which a row a document at fine-tuning time starts with.
 
+A window also records where its first document's part starts in that document (`first_position`: 1 when the
+window opens the document, further on when it goes on with one begun in the window before), so that a model
+that reads each document by itself (`document_positions`) counts a continuation's positions on from there, and
+position 1 always holds a document's first token, as it does in a row.
+
 Tokenizing is the costly part and runs on Ray Data's workers, a batch of documents into one stream row
 (`tokenize_documents`); cutting the streams into windows carries the last unfinished window from one batch to
 the next, so it runs in order in one place (`write_packed`), streaming: memory holds one shard of windows.
@@ -68,39 +73,57 @@ class PackingStats:
 
 @dataclass
 class DocumentPacker:
-    """Cuts a stream of documents into `[CLS] ... [SEP]` windows, carrying an unfinished window to the next call."""
+    """Cuts a stream of documents into `[CLS] ... [SEP]` windows, carrying an unfinished window to the next call.
+
+    `add` and `finish` return the windows [n, sequence_length] and each window's `first_position` [n]: where its
+    first token after `[CLS]` sits in its document's own row (1 for a document's first token).
+    """
 
     sequence_length: int
     cls_id: int
     sep_id: int
     pad_id: int
     carry: np.ndarray = field(init=False, default_factory=lambda: np.zeros(0, np.int32))  # the unfinished window
+    carry_position: int = field(init=False, default=1)  # the first_position of the carried tokens
 
     def __post_init__(self):
         if self.sequence_length < 3:
             raise RaynlpError(f"packing needs a sequence length of at least 3, not {self.sequence_length}")
 
-    def add(self, stream: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-        """The full windows [n, sequence_length] that `stream` (documents, each closed by [SEP]) completes.
+    def add(self, stream: np.ndarray, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The full windows that `stream` (documents, each closed by [SEP]) completes, and their first positions.
         `lengths`, the documents' own tokens, only `WholeDocumentPacker` needs."""
         body = self.sequence_length - 2
         stream = np.concatenate([self.carry, np.asarray(stream, np.int32)])
+        positions = self._positions(stream)
         full = stream.size // body
         self.carry = stream[full * body:]
-        return self._frame(stream[: full * body].reshape(full, body))
+        self.carry_position = int(positions[full * body]) if self.carry.size else 1
+        return self._frame(stream[: full * body].reshape(full, body)), positions[: full * body : body]
 
-    def finish(self) -> np.ndarray:
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
         """The last window, padded: [1, sequence_length], or [0, sequence_length] when nothing is left."""
+        first = np.array([self.carry_position], np.int32)
         if (self.carry == self.sep_id).all():  # nothing, or the last document's [SEP]: the frame closes it
-            self.carry = self.carry[:0]
-            return np.zeros((0, self.sequence_length), np.int32)
+            self._reset()
+            return np.zeros((0, self.sequence_length), np.int32), first[:0]
         body = np.full((1, self.sequence_length - 2), self.pad_id, np.int32)
         body[0, : self.carry.size] = self.carry
         windows = self._frame(body)
         windows[0, 1 + self.carry.size:] = self.pad_id  # the closing [SEP] follows the last token
         windows[0, 1 + self.carry.size] = self.sep_id
-        self.carry = self.carry[:0]
-        return windows
+        self._reset()
+        return windows, first
+
+    def _positions(self, stream: np.ndarray) -> np.ndarray:
+        """Each token's place in its document's row; the stream opens with the carried tokens' document."""
+        index = np.arange(stream.size)
+        opens = np.concatenate([[True], stream[:-1] == self.sep_id])  # a document starts after each [SEP]
+        start_of = np.maximum.accumulate(np.where(opens, index, 0))
+        return (index - start_of + np.where(start_of == 0, self.carry_position, 1)).astype(np.int32)
+
+    def _reset(self) -> None:
+        self.carry, self.carry_position = self.carry[:0], 1
 
     def _frame(self, body: np.ndarray) -> np.ndarray:
         n = body.shape[0]
@@ -116,29 +139,37 @@ class WholeDocumentPacker(DocumentPacker):
     into the next, `[CLS] ... [SEP]` framed, its last part sharing a window with the documents after it.
     """
 
-    def add(self, stream: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+    def add(self, stream: np.ndarray, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         room, body = self.sequence_length - 1, self.sequence_length - 2  # room: after [CLS], [SEP]s included
-        stream, windows = np.asarray(stream, np.int32), []
+        stream, windows, firsts = np.asarray(stream, np.int32), [], []
         current = [self.carry] if self.carry.size else []
-        used = self.carry.size
+        used, first = self.carry.size, self.carry_position
         ends = np.cumsum(np.asarray(lengths) + 1)
         for start, end in zip(ends - np.asarray(lengths) - 1, ends):
-            document = stream[start:end]  # its tokens and its [SEP]
+            document, position = stream[start:end], 1  # its tokens and its [SEP]
             if used and used + document.size > room:
                 windows.append(self._close(current))
+                firsts.append(first)
                 current, used = [], 0
             while document.size > room:  # it goes on in the next window; its last part at most fills one
                 windows.append(self._frame(document[None, :body])[0])
-                document = document[body:]
+                firsts.append(position)
+                document, position = document[body:], position + body
+            if not current:
+                first = position
             current.append(document)
             used += document.size
         self.carry = np.concatenate(current) if current else np.zeros(0, np.int32)
-        return np.stack(windows) if windows else np.zeros((0, self.sequence_length), np.int32)
+        self.carry_position = first if current else 1
+        return (np.stack(windows) if windows else np.zeros((0, self.sequence_length), np.int32),
+                np.array(firsts, np.int32))
 
-    def finish(self) -> np.ndarray:
-        windows = self._close([self.carry])[None] if self.carry.size else np.zeros((0, self.sequence_length), np.int32)
-        self.carry = self.carry[:0]
-        return windows
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.carry.size:
+            return np.zeros((0, self.sequence_length), np.int32), np.zeros(0, np.int32)
+        windows, first = self._close([self.carry])[None], np.array([self.carry_position], np.int32)
+        self._reset()
+        return windows, first
 
     def _close(self, documents: list[np.ndarray]) -> np.ndarray:
         """`[CLS]`, the documents (each closed by its [SEP]), then padding."""
@@ -156,12 +187,16 @@ def packed_features(token_ids: np.ndarray, pad_id: int) -> dict[str, np.ndarray]
     return {"token_ids": token_ids, "segment_ids": np.zeros_like(token_ids), "padding_mask": token_ids != pad_id}
 
 
-def document_positions(token_ids: np.ndarray, *, sep_id: int, pad_id: int) -> dict[str, np.ndarray]:
+def document_positions(token_ids: np.ndarray, *, sep_id: int, pad_id: int, first_positions: np.ndarray | None = None,
+                       max_position: int | None = None) -> dict[str, np.ndarray]:
     """Where each token of packed windows sits in its own document, for attention kept within documents.
 
     A document ends with its `[SEP]`. Returns `document_ids` int32 [n, L] (0 for the document a window starts
     with, whose part the window's `[CLS]` is, 1 for the next, ...; -1 at padding) and `position_ids` int32 [n, L]
     (counted from the document's start as in a row of its own: `[CLS]` at 0, a later document's first token at 1).
+    `first_positions` [n] (the packer's `first_position`) places each window's first document, a continuation
+    further on; one that would go past the position table (`max_position`, the backbone's
+    `max_sequence_length`) ends at its last place instead. Without, every window's first document starts at 1.
     Derive them from the unmasked ids: a random replacement may draw the `[SEP]` id.
     """
     ids = np.asarray(token_ids)
@@ -172,6 +207,11 @@ def document_positions(token_ids: np.ndarray, *, sep_id: int, pad_id: int) -> di
     starts = np.concatenate([np.ones((n, 1), bool), documents[:, 1:] != documents[:, :-1]], axis=1)
     start_of = np.maximum.accumulate(np.where(starts, columns, 0), axis=1)
     positions = columns - start_of + (documents > 0)
+    if first_positions is not None:
+        first = np.asarray(first_positions, np.int64)
+        if max_position is not None:  # the first document's last token at most at max_position - 1
+            first = np.minimum(first, max_position - (documents == 0).sum(axis=1) + 1)
+        positions = np.where((documents == 0) & (columns > 0), positions + first[:, None] - 1, positions)
     return {"document_ids": np.where(ids == pad_id, -1, documents).astype(np.int32),
             "position_ids": positions.astype(np.int32)}
 
@@ -248,21 +288,24 @@ def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int,
     tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(resolve(preset))
     packer = PACKERS[mode](sequence_length, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
     stats = PackingStats(sequence_length)
-    pending: list[np.ndarray] = []
+    pending: list[tuple[np.ndarray, np.ndarray]] = []  # (windows, their first positions)
     shards = 0
 
-    def write(windows: np.ndarray) -> None:
+    def write(windows: np.ndarray, first_positions: np.ndarray) -> None:
         nonlocal shards
         if shuffle_seed is not None:
-            windows = windows[np.random.default_rng([shuffle_seed, shards]).permutation(len(windows))]
+            order = np.random.default_rng([shuffle_seed, shards]).permutation(len(windows))
+            windows, first_positions = windows[order], first_positions[order]
         columns = packed_features(windows, tokenizer.pad_token_id)
         if masking is not None:
             from raynlp.data.masked_lm import masked_lm_features
 
             columns = masked_lm_features(columns, **masking.mask_kwargs(tokenizer),
                                          rng=np.random.default_rng([mask_seed, shards]))
-        # Tensor columns, as Ray Data's own `write_parquet` writes them (`write_tokenized`).
-        table = pa.table({name: ArrowTensorArray.from_numpy(values) for name, values in columns.items()})
+        columns["first_position"] = first_positions
+        # Tensor columns, as Ray Data's own `write_parquet` writes them (`write_tokenized`); a number a row plain.
+        table = pa.table({name: pa.array(values) if values.ndim == 1 else ArrowTensorArray.from_numpy(values)
+                          for name, values in columns.items()})
         path = storage.join(output, f"part-{shards:05d}.parquet")
         if storage.is_uri(path):
             fs, inner = storage.filesystem(str(path))
@@ -276,11 +319,12 @@ def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int,
 
     def flush(at_least: int) -> None:
         nonlocal pending
-        windows = np.concatenate(pending) if pending else np.zeros((0, sequence_length), np.int32)
+        windows = np.concatenate([w for w, _ in pending]) if pending else np.zeros((0, sequence_length), np.int32)
+        firsts = np.concatenate([f for _, f in pending]) if pending else np.zeros(0, np.int32)
         while windows.shape[0] >= max(at_least, 1):
-            write(windows[:shard_windows])
-            windows = windows[shard_windows:]
-        pending = [windows] if windows.size else []
+            write(windows[:shard_windows], firsts[:shard_windows])
+            windows, firsts = windows[shard_windows:], firsts[shard_windows:]
+        pending = [(windows, firsts)] if windows.size else []
 
     # In order: the carried window needs the documents that follow it.
     streams.context.execution_options.preserve_order = True
@@ -288,7 +332,7 @@ def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int,
         lengths = np.asarray(row["lengths"])
         stats.add_documents(lengths)
         pending.append(packer.add(np.asarray(row["stream"]), lengths))
-        if sum(w.shape[0] for w in pending) >= shard_windows:
+        if sum(w.shape[0] for w, _ in pending) >= shard_windows:
             flush(shard_windows)
     pending.append(packer.finish())
     flush(1)

@@ -25,6 +25,23 @@ def _stream(documents: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.append(d, SEP) for d in documents if d.size]).astype(np.int32)
 
 
+def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The windows and first positions of a packer's calls, in order."""
+    return np.concatenate([w for w, _ in parts]), np.concatenate([f for _, f in parts])
+
+
+def _check_first_positions(windows: np.ndarray, firsts: np.ndarray, documents: list[np.ndarray]) -> None:
+    """Read each document by itself (`document_positions` with the packer's first positions), every document
+    token sits where it does in the document's own row: its k-th token at position k, in whichever window."""
+    from raynlp.data.packing import document_positions
+
+    assert firsts.dtype == np.int32 and firsts.shape == (len(windows),)
+    positions = document_positions(windows, sep_id=SEP, pad_id=PAD, first_positions=firsts)["position_ids"]
+    np.testing.assert_array_equal(positions[~np.isin(windows, SPECIAL)],
+                                  np.concatenate([np.arange(1, d.size + 1) for d in documents]))
+    assert (firsts > 1).any()  # some window goes on with a document
+
+
 def _check_windows(windows: np.ndarray, documents: list[np.ndarray], length: int) -> None:
     assert windows.dtype == np.int32 and windows.shape[1] == length
     assert (windows[:, 0] == CLS).all()
@@ -47,25 +64,35 @@ def test_windows_hold_every_token_in_order_and_all_are_full_but_the_last(batch):
     documents, length = _documents(300), 16
     packer = DocumentPacker(length, CLS, SEP, PAD)
     parts = [packer.add(_stream(documents[i : i + batch])) if any(d.size for d in documents[i : i + batch])
-             else np.zeros((0, length), np.int32) for i in range(0, len(documents), batch)]
-    windows = np.concatenate([*parts, packer.finish()])
+             else (np.zeros((0, length), np.int32), np.zeros(0, np.int32)) for i in range(0, len(documents), batch)]
+    windows, firsts = _joined([*parts, packer.finish()])
     _check_windows(windows, documents, length)
-    assert packer.finish().shape == (0, length)  # nothing is left, nothing comes twice
+    _check_first_positions(windows, firsts, documents)
+    assert packer.finish()[0].shape == (0, length)  # nothing is left, nothing comes twice
     # However the documents come in batches, the windows are the same.
     whole = DocumentPacker(length, CLS, SEP, PAD)
-    np.testing.assert_array_equal(windows, np.concatenate([whole.add(_stream(documents)), whole.finish()]))
+    again = _joined([whole.add(_stream(documents)), whole.finish()])
+    np.testing.assert_array_equal(windows, again[0])
+    np.testing.assert_array_equal(firsts, again[1])
 
 
 def test_a_stream_that_fills_its_last_window_leaves_no_padded_window():
     packer = DocumentPacker(6, CLS, SEP, PAD)
-    windows = packer.add(np.array([5, 6, 7, SEP, 8, 9, 10, SEP], np.int32))
+    windows, firsts = packer.add(np.array([5, 6, 7, SEP, 8, 9, 10, SEP], np.int32))
     assert windows.tolist() == [[CLS, 5, 6, 7, SEP, SEP], [CLS, 8, 9, 10, SEP, SEP]]
-    assert packer.finish().shape == (0, 6)
+    assert firsts.tolist() == [1, 1]
+    assert packer.finish()[0].shape == (0, 6)
     # A last document that ends a window leaves only its [SEP]: no window of [CLS] [SEP] [SEP] for it.
-    assert packer.add(np.array([5, 6, 7, 8, SEP], np.int32)).tolist() == [[CLS, 5, 6, 7, 8, SEP]]
-    assert packer.finish().shape == (0, 6)
-    assert packer.add(np.array([5, SEP], np.int32)).shape == (0, 6)
-    assert packer.finish().tolist() == [[CLS, 5, SEP, SEP, PAD, PAD]]
+    assert packer.add(np.array([5, 6, 7, 8, SEP], np.int32))[0].tolist() == [[CLS, 5, 6, 7, 8, SEP]]
+    assert packer.finish()[0].shape == (0, 6)
+    assert packer.add(np.array([5, SEP], np.int32))[0].shape == (0, 6)
+    assert packer.finish()[0].tolist() == [[CLS, 5, SEP, SEP, PAD, PAD]]
+    # A document that goes on in the next window goes on at its own place.
+    windows, firsts = packer.add(np.array([1, 2, 3, 4, 5, 6, SEP, 7, 8, SEP, 9, 10, 11, 12, 13], np.int32))
+    assert windows.tolist() == [[CLS, 1, 2, 3, 4, SEP], [CLS, 5, 6, SEP, 7, SEP], [CLS, 8, SEP, 9, 10, SEP]]
+    assert firsts.tolist() == [1, 5, 2]
+    windows, firsts = packer.finish()
+    assert windows.tolist() == [[CLS, 11, 12, 13, SEP, PAD]] and firsts.tolist() == [3]
 
 
 def _check_whole_document_windows(windows: np.ndarray, documents: list[np.ndarray], length: int) -> None:
@@ -103,12 +130,14 @@ def test_whole_document_windows_split_only_the_documents_longer_than_a_window(ba
     packer = WholeDocumentPacker(length, CLS, SEP, PAD)
     parts = [packer.add(_stream(kept[i : i + batch]), np.array([d.size for d in kept[i : i + batch]]))
              for i in range(0, len(kept), batch)]
-    windows = np.concatenate([*parts, packer.finish()])
+    windows, firsts = _joined([*parts, packer.finish()])
     _check_whole_document_windows(windows, documents, length)
-    assert packer.finish().shape == (0, length)
+    _check_first_positions(windows, firsts, documents)
+    assert packer.finish()[0].shape == (0, length)
     whole = WholeDocumentPacker(length, CLS, SEP, PAD)
-    np.testing.assert_array_equal(windows, np.concatenate([whole.add(_stream(kept), np.array([d.size for d in kept])),
-                                                           whole.finish()]))
+    again = _joined([whole.add(_stream(kept), np.array([d.size for d in kept])), whole.finish()])
+    np.testing.assert_array_equal(windows, again[0])
+    np.testing.assert_array_equal(firsts, again[1])
     # Some padding, where a document would have been split.
     assert 0 < (windows == PAD).mean() < 0.5
 
@@ -116,9 +145,11 @@ def test_whole_document_windows_split_only_the_documents_longer_than_a_window(ba
 def test_whole_documents_start_the_next_window_when_the_rest_is_too_short():
     packer = WholeDocumentPacker(6, CLS, SEP, PAD)
     documents = [np.array(d, np.int32) for d in ([5, 6], [7, 8, 9], [1, 2, 3, 4, 5, 6], [8])]
-    windows = np.concatenate([packer.add(_stream(documents), np.array([d.size for d in documents])), packer.finish()])
+    windows, firsts = _joined([packer.add(_stream(documents), np.array([d.size for d in documents])),
+                               packer.finish()])
     assert windows.tolist() == [[CLS, 5, 6, SEP, PAD, PAD], [CLS, 7, 8, 9, SEP, PAD], [CLS, 1, 2, 3, 4, SEP],
                                 [CLS, 5, 6, SEP, 8, SEP]]
+    assert firsts.tolist() == [1, 1, 1, 5]  # the long document's last part goes on at its fifth token
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +180,8 @@ def test_packing_on_ray_data_loses_no_token_and_reports_its_padding(ray_cluster,
     windows = np.stack(table["token_ids"].to_numpy(zero_copy_only=False)).astype(np.int32)
     documents = [np.asarray(ids, np.int32) for ids in tokenizer.tokenize(reviews)]
     _check_windows(windows, documents, 128)
+    firsts = table["first_position"].to_numpy()
+    _check_first_positions(windows, firsts, documents)
     assert manifest["rows"] == len(windows) and manifest["shards"] == -(-len(windows) // 64) > 1
     assert json.loads((folder / "_raynlp_tokenized.json").read_text()) == manifest
     np.testing.assert_array_equal(np.stack(table["padding_mask"].to_numpy(zero_copy_only=False)), windows != PAD)
@@ -163,10 +196,13 @@ def test_packing_on_ray_data_loses_no_token_and_reports_its_padding(ray_cluster,
     # A training split's windows are written shuffled within each shard (seeded): the same windows.
     shuffled = write_packed(streams, str(tmp_path / "shuffled"), preset=preset, sequence_length=128, shard_windows=64,
                             shuffle_seed=3)
-    again = np.stack(pq.read_table(tmp_path / "shuffled")["token_ids"].to_numpy(zero_copy_only=False))
+    table = pq.read_table(tmp_path / "shuffled")
+    again = np.stack(table["token_ids"].to_numpy(zero_copy_only=False)).astype(np.int32)
     assert shuffled["rows"] == len(windows) and not np.array_equal(again, windows)
-    np.testing.assert_array_equal(np.sort(again.view([("", again.dtype)] * 128), axis=0),
-                                  np.sort(windows.view([("", windows.dtype)] * 128), axis=0))
+    # Each window keeps its first position.
+    rows, rows_again = np.column_stack([windows, firsts]), np.column_stack([again, table["first_position"].to_numpy()])
+    np.testing.assert_array_equal(np.sort(rows_again.view([("", rows_again.dtype)] * 129), axis=0),
+                                  np.sort(rows.view([("", rows.dtype)] * 129), axis=0))
 
 
 def test_static_masking_masks_the_packed_windows_once(ray_cluster, reviews, tmp_path):
@@ -225,3 +261,10 @@ def test_document_positions_count_from_each_documents_start():
     assert found["document_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 2, 2], [0, 0, 0, 1, 1, 1, -1, -1]]
     assert found["position_ids"].tolist() == [[0, 1, 2, 3, 1, 2, 1, 2], [0, 1, 2, 1, 2, 3, 1, 2]]
     assert found["document_ids"].dtype == found["position_ids"].dtype == np.int32
+    # With the packer's first positions the second window goes on with the first one's last document; one that
+    # would pass the position table (here 10 places) ends at its last place.
+    on = document_positions(windows, sep_id=sep, pad_id=pad, first_positions=np.array([1, 3]))
+    assert on["position_ids"].tolist() == [[0, 1, 2, 3, 1, 2, 1, 2], [0, 3, 4, 1, 2, 3, 1, 2]]
+    assert on["document_ids"].tolist() == found["document_ids"].tolist()
+    far = document_positions(windows, sep_id=sep, pad_id=pad, first_positions=np.array([1, 30]), max_position=10)
+    assert far["position_ids"].tolist() == [[0, 1, 2, 3, 1, 2, 1, 2], [0, 8, 9, 1, 2, 3, 1, 2]]

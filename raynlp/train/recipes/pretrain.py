@@ -43,12 +43,16 @@ class PretrainRecipe(Recipe):
     def masker(self, config, plan: Plan, split: str):
         from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
         from raynlp.data.masked_lm import BatchMasker
+        from raynlp.data.tokenize import max_sequence_length
 
         masking = config.model.masking
         if not masking.dynamic:
             return None
         tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(plan.tokenizer_dir)
-        documents = (tokenizer.sep_token_id, tokenizer.pad_token_id) if self.document_attention(config) else None
+        documents = None
+        if self.document_attention(config):
+            documents = {"sep_id": tokenizer.sep_token_id, "pad_id": tokenizer.pad_token_id,
+                         "max_position": max_sequence_length(plan.preset_dir)}
         return BatchMasker(masking.mask_kwargs(tokenizer), config.train.seed, split=split, documents=documents)
 
     def build(self, config, plan: Plan):
