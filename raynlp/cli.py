@@ -230,7 +230,7 @@ def _add_input_flags(p: argparse.ArgumentParser, split: str = "train") -> None:
 # The flags of each task beyond --config/--set, as dest → config field; a training task takes only those two.
 
 def _add_training_flags(p: argparse.ArgumentParser) -> dict[str, str]:
-    _add_config_flags(p, "train.epochs=3 --set scaling.num_workers=4")
+    _add_config_flags(p, "train.epochs=3 --set scaling.num_workers=2")
     return {}
 
 

@@ -11,6 +11,7 @@ import yaml
 
 from raynlp.cli import main
 from raynlp.tasks import load_task_config, task_of
+from raynlp.train._internal.layout import Node, check_layout
 
 CLUSTER = Path("cluster")
 KUBERAY = CLUSTER / "kuberay"
@@ -116,6 +117,8 @@ def test_rayjob_runs_valid_configs_that_fit_the_cluster_it_targets():
         config = load_task_config(task_of(config_path), config_path, sets)
         assert config.scaling.use_gpu and config.scaling.num_workers <= gpus_available
         assert config.run.output.startswith("/mnt/raynlp/")  # on the shared volume
+        # What raynlp checks on joining the cluster (a head and GPU workers; the autoscaler adds them).
+        check_layout(config, [Node(0), *[Node(8, gpus_of(gpu_group))] * gpu_group["maxReplicas"]], can_grow=True)
         outputs[config.task] = config
     # Fine-tuning starts from what pretraining exported.
     assert outputs["finetune"].preset == f"{outputs['pretrain'].run.output}/preset"

@@ -104,13 +104,28 @@ def test_whole_word_masking_needs_a_vocabulary_of_word_pieces(tmp_path):
 def test_an_output_folder_holding_another_run_is_refused(tmp_path):
     from raynlp.train._internal.run_folder import RunFolder
 
-    RunFolder.claim(finetune(tmp_path / "run"))
+    RunFolder.open(finetune(tmp_path / "run")).claim(finetune(tmp_path / "run"))
     with pytest.raises(RaynlpError, match="holds another run"):
         train(finetune(tmp_path / "run", "optimizer.learning_rate=0.1"))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(RaynlpError, match="not empty and holds no raynlp run"):
         train(finetune(tmp_path / "other"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["scaling.use_gpu=true"], r"^scaling.use_gpu=true, but no node of this cluster has a GPU \(4 CPUs\)"),
+    (["scaling.num_workers=5"], r"^scaling.num_workers=5 workers of scaling.cpus_per_worker=1 CPUs: this cluster's "
+                                r"nodes \(4 CPUs\) hold 4 at most"),
+    (["scaling.num_workers=2", "scaling.cpus_per_worker=2"], r"^scaling.cpus_per_worker=2 leaves no room beside the 2 "
+                                                             r"workers .*: lower scaling.cpus_per_worker to 1.75 at most"),
+])
+def test_workers_the_cluster_cannot_hold_are_refused_before_the_output_is_claimed(ray_cluster, tmp_path, overrides,
+                                                                                  message):
+    """On the suite's real cluster (one node, 4 CPUs), where Ray Train would wait for them forever."""
+    with pytest.raises(RaynlpError, match=message):
+        train(finetune(tmp_path / "run", *overrides))
+    assert not (tmp_path / "run").exists()
 
 
 def test_labelled_task_on_unlabelled_data_is_refused(ray_cluster, tmp_path):

@@ -173,6 +173,12 @@ class RunSettings(_Section):
     max_failures: int = Field(2, ge=0, description="worker failures to recover from before giving up")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in the run's folder: the latest, and the "
                                                        "best by train.monitor where train.export is best")
+    feed_timeout_s: float = Field(600, gt=0, description="end the run when a worker's data feed gives no batch for "
+                                                         "this long (it names what waits for resources) instead "
+                                                         "of waiting forever")
+    shared_filesystem: bool = Field(False, description="every node of the cluster mounts run.output at the same "
+                                                       "path (NFS, a shared volume): a local run.output is then "
+                                                       "allowed on a cluster of several nodes")
     address: str | None = Field(None, description=ADDRESS_HELP)
 
 

@@ -59,13 +59,16 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
 
     from raynlp._internal.cluster import ensure_ray
     from raynlp.train._internal import mlflow_run, prepare
+    from raynlp.train._internal.layout import check_layout, cluster_nodes
     from raynlp.train._internal.loop import train_loop_per_worker
     from raynlp.train._internal.run_folder import RunFolder
 
     recipe = RECIPES[config.task]
     preset_dir = _check_preset(config, recipe)  # before any Ray resource is taken
-    run = RunFolder.claim(config)
+    run = RunFolder.open(config)
     ensure_ray(config.run.address)
+    check_layout(config, *cluster_nodes())  # before the folder is claimed (a fixed config must not be "another run")
+    run.claim(config)
 
     # 1. Tokenize every split once, on Ray Data, into Parquet shards in the run's folder.
     splits, label_names = prepare.raw_splits(config, labelled=recipe.labelled)

@@ -397,6 +397,40 @@ def test_shard_batches_forms_weights_and_feature_only_tuples():
     assert list(unlabelled) == ["token_ids"]
 
 
+class StalledShard(ListShard):
+    """A shard whose reading stops after `ready` batches, as Ray Data's does when its tasks wait for resources."""
+
+    def __init__(self, rows: int, ready: int):
+        super().__init__(rows)
+        self.ready = ready
+
+    def iter_batches(self, **options):
+        for i, batch in enumerate(super().iter_batches(**options)):
+            if i == self.ready:
+                time.sleep(30)
+            yield batch
+
+
+def test_a_feed_that_stops_ends_the_run_naming_the_setting_instead_of_waiting_forever():
+    batches = shard_batches(StalledShard(rows=64, ready=2), batch_size=8, feature_columns=FEATURES,
+                            label_column="label", steps=6, timeout_s=1.0)
+    assert len([next(batches), next(batches)]) == 2  # a working feed goes through the deadline untouched
+    start = time.monotonic()
+    with pytest.raises(RaynlpError, match=r"^this worker's data feed gave no batch for 1 s \(run.feed_timeout_s\).*"
+                                          r"lower scaling.cpus_per_worker or add nodes$"):
+        next(batches)
+    assert time.monotonic() - start < 5
+    # Within the deadline, every batch and the shard's own errors come through as without one.
+    timed = shard_batches(ListShard(rows=50), batch_size=8, feature_columns=FEATURES, label_column="label",
+                          steps=4, timeout_s=5.0)
+    plain = shard_batches(ListShard(rows=50), batch_size=8, feature_columns=FEATURES, label_column="label", steps=4)
+    for _ in range(10):
+        np.testing.assert_array_equal(next(timed)[1], next(plain)[1])
+    with pytest.raises(RaynlpError, match="ran out after 2 of 3 batches"):
+        list(shard_batches(ListShard(rows=16), batch_size=8, feature_columns=FEATURES, label_column="label", steps=3,
+                           timeout_s=5.0))
+
+
 def test_shard_batches_fails_loudly_on_a_short_shard_and_missing_columns():
     with pytest.raises(RaynlpError, match="ran out after 2 of 3 batches"):
         list(shard_batches(ListShard(rows=16), batch_size=8, feature_columns=FEATURES, label_column="label", steps=3))

@@ -49,6 +49,7 @@ def shard_batches(
     first_step: int = 0,
     passes: int | None = None,
     transform: Callable[..., dict] | None = None,
+    timeout_s: float | None = None,
 ) -> Iterator[Any]:
     """An endless generator of training batches over `shard`, for `fit(generator, steps_per_epoch=steps)`.
 
@@ -87,9 +88,12 @@ def shard_batches(
     The generator never ends by itself: Keras keeps one iterator across epochs when `steps_per_epoch` is set
     and stops taking batches after `epochs * steps`.
 
+        timeout_s: end the run when the shard gives no batch for this long (`run.feed_timeout_s`): its
+            reading tasks wait for resources no node has left, say, and would otherwise wait forever.
+
     Raises:
         RaynlpError: when the shard holds fewer than `steps` full batches in a pass (the other ranks would
-            otherwise wait for this one forever).
+            otherwise wait for this one forever), or gives none for `timeout_s`.
     """
     if steps < 1:
         raise RaynlpError(f"steps must be at least 1, got {steps}")
@@ -107,12 +111,12 @@ def shard_batches(
     epoch, skip = first_epoch, first_step
     for _ in itertools.count() if passes is None else range(passes):
         if cache is None:
-            yield from deal(_one_pass(shard, batch_size, steps, stream_shuffle(shuffle_seed, epoch, rank, batch_size)),
-                            epoch, skip)
+            yield from deal(_one_pass(shard, batch_size, steps, stream_shuffle(shuffle_seed, epoch, rank, batch_size),
+                                      timeout_s), epoch, skip)
             epoch += 1  # a pass abandoned midway never gets here
         else:
             if not cache:
-                cache.fill(list(_one_pass(shard, batch_size, steps, {})))  # the only pass that goes to Ray Data
+                cache.fill(list(_one_pass(shard, batch_size, steps, {}, timeout_s)))  # the only pass from Ray Data
             yield from deal(cache.replay(), cache.epoch, skip)
         skip = 0
 
@@ -129,10 +133,11 @@ def stream_shuffle(seed: int | None, epoch: int, rank: int, batch_size: int) -> 
             "local_shuffle_seed": int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])}
 
 
-def _one_pass(shard: Any, batch_size: int, steps: int, shuffle: dict) -> Iterator[dict]:
+def _one_pass(shard: Any, batch_size: int, steps: int, shuffle: dict, timeout_s: float | None = None) -> Iterator[dict]:
     """One pass over `shard`: its first `steps` batches; then the rest of the pass, read and dropped."""
     taken = 0
-    for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True, **shuffle):
+    batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True, **shuffle)
+    for batch in batches if timeout_s is None else within(batches, timeout_s):
         if taken == steps:
             # Keep reading to the end of the pass: a streaming split moves on to its next epoch only
             # when every consumer has finished the current one.
@@ -144,6 +149,52 @@ def _one_pass(shard: Any, batch_size: int, steps: int, shuffle: dict) -> Iterato
             f"this worker's data shard ran out after {taken} of {steps} batches of {batch_size} rows in a pass: "
             "compute steps with steps_per_epoch() from the global row count"
         )
+
+
+def within(batches: Iterator[dict], timeout_s: float) -> Iterator[dict]:
+    """`batches`, read in a thread of their own, ending the run when the next one takes longer than `timeout_s`
+    to come, with what Ray says is waiting for resources."""
+    import queue
+    import threading
+
+    box: queue.Queue = queue.Queue(maxsize=1)
+    end = object()
+
+    def pull() -> None:
+        try:
+            for batch in batches:
+                box.put(batch)
+            box.put(end)
+        except BaseException as error:  # handed to the reader
+            box.put(error)
+
+    threading.Thread(target=pull, name="raynlp-feed", daemon=True).start()
+    while True:
+        try:
+            item = box.get(timeout=timeout_s)
+        except queue.Empty:
+            raise RaynlpError(f"this worker's data feed gave no batch for {timeout_s:g} s (run.feed_timeout_s)"
+                              f"{_waiting_tasks()}: the workers may leave no CPU for reading their data: lower "
+                              "scaling.cpus_per_worker or add nodes") from None
+        if item is end:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _waiting_tasks() -> str:
+    """Ray's tasks that wait for a node with the resources they ask for, by name ("" if none or unknown)."""
+    try:
+        from collections import Counter
+
+        from ray.util.state import list_tasks
+
+        waiting = Counter(t.name for t in list_tasks(filters=[("state", "=", "PENDING_NODE_ASSIGNMENT")], limit=100))
+    except Exception:  # the state API needs the dashboard; the message stands without it
+        return ""
+    return ("; waiting for resources: " + ", ".join(f"{name} ×{n}" for name, n in waiting.most_common(3))
+            if waiting else "")
 
 
 class ShardCache:

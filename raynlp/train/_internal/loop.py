@@ -74,7 +74,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                               feature_columns=recipe.inputs(config), label_column=recipe.label_column,
                               weight_column=recipe.weight_column, steps=steps, cache=caches.get(split),
                               shuffle_seed=None if caches else shuffle_seed, rank=info.rank,
-                              transform=recipe.masker(config, plan, split), **position)
+                              transform=recipe.masker(config, plan, split), timeout_s=config.run.feed_timeout_s,
+                              **position)
         return tokens.counted(dealt) if split == "train" else dealt
 
     def evaluate(split: str, steps: int) -> dict:

@@ -36,9 +36,10 @@ class PreparedData:
     limited: tuple[str, ...] = ()  # splits of which only the first `rows` rows are used
 
     def read(self, split: str):
-        from raynlp._internal.ray_data import read_parquet
+        """The split's rows for the workers' feed, read by tasks that fit beside the workers."""
+        from raynlp._internal.ray_data import FEED_TASK_CPUS, read_parquet
 
-        dataset = read_parquet(self.folders[split])
+        dataset = read_parquet(self.folders[split], num_cpus=FEED_TASK_CPUS)
         return dataset.limit(self.rows[split]) if split in self.limited else dataset
 
 

@@ -1,6 +1,7 @@
 """A training run's folder: a local path or a storage URI, and everything that differs between the two.
 
-    >>> run = RunFolder.claim(config)          # new, or this very run again (it resumes); another run's is refused
+    >>> run = RunFolder.open(config)           # new, or this very run again (it resumes); another run's is refused
+    >>> run.claim(config)                      # the folder is this run's from now on
     >>> run.staged("metrics.json")             # where the driver makes a file: the folder, or a local staging folder
     >>> run.publish("metrics.json")            # ... uploaded to the URI (nothing to do for a local folder)
 
@@ -35,8 +36,9 @@ class RunFolder:
         self.local: Path = storage.local_dir("staging", self.root, tail=0) if self.remote else self.root
 
     @classmethod
-    def claim(cls, config) -> RunFolder:
-        """The run's folder: new, or holding this very run (then it resumes). Another run's folder is refused."""
+    def open(cls, config) -> RunFolder:
+        """The run's folder, new or holding this very run (then it resumes), writing nothing yet: another run's
+        folder is refused."""
         run = cls(config.run.output)
         run_file, comparable = run.join(RUN_FILE), _comparable(config)
         try:
@@ -52,15 +54,19 @@ class RunFolder:
             logger.info("output folder %s holds this run: resuming from its latest checkpoint", run.root)
         elif not empty:
             raise RaynlpError(f"output folder {run.root} is not empty and holds no raynlp run; choose a new run.output")
-        try:
-            storage.write_text(run_file, json.dumps(comparable, indent=2))
-            storage.write_text(run.join("config.yaml"), yaml.safe_dump(config.model_dump(), sort_keys=False))
-        except storage.ERRORS as e:
-            raise run._unusable(e) from e
-        if run.remote:  # a fresh staging folder for what the driver makes
-            shutil.rmtree(run.local, ignore_errors=True)
-            run.local.mkdir(parents=True)
         return run
+
+    def claim(self, config) -> RunFolder:
+        """Mark the folder as this run's (what `open` compares a later run with) and record its config."""
+        try:
+            storage.write_text(self.join(RUN_FILE), json.dumps(_comparable(config), indent=2))
+            storage.write_text(self.join("config.yaml"), yaml.safe_dump(config.model_dump(), sort_keys=False))
+        except storage.ERRORS as e:
+            raise self._unusable(e) from e
+        if self.remote:  # a fresh staging folder for what the driver makes
+            shutil.rmtree(self.local, ignore_errors=True)
+            self.local.mkdir(parents=True)
+        return self
 
     def join(self, *names: str) -> Path | str:
         """A path (or URI) inside the run's folder."""

@@ -1,0 +1,92 @@
+"""Whether a run fits the cluster it joined, checked before anything is tokenized or Ray Train starts.
+
+Ray Train waits for resources it cannot get without a word: workers that no node can hold, a GPU on a cluster of
+CPUs, or a data feed with no CPU left beside the workers (Ray Data's reading tasks then wait forever while the
+workers wait for their batches). A cluster with an autoscaler may grow into a layout, so only the checks that do
+not depend on its size apply there. Each refusal is one line naming the setting to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from raynlp._internal import storage
+from raynlp._internal.ray_data import FEED_TASK_CPUS
+from raynlp.errors import RaynlpError
+
+
+@dataclass(frozen=True)
+class Node:
+    """An alive node's resources, as `ray.nodes()` gives them."""
+
+    cpus: float
+    gpus: float = 0
+
+    def __str__(self) -> str:
+        return f"{self.cpus:g} CPUs" + (f" + {self.gpus:g} GPUs" if self.gpus else "")
+
+
+def cluster_nodes() -> tuple[list[Node], bool]:
+    """The alive nodes of the cluster this process joined, and whether an autoscaler may add more."""
+    import ray
+    from ray._private import state
+
+    nodes = [Node(n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["Alive"]]
+    try:
+        can_grow = state.state.get_cluster_config() is not None  # an autoscaler publishes its node types
+    except Exception:  # an older head without the record: assume it may grow, as Ray Train would wait
+        can_grow = True
+    return nodes, can_grow
+
+
+def check_layout(config, nodes: list[Node], can_grow: bool = False) -> None:
+    """Refuse a run whose output, workers or data feed cannot work on `nodes`."""
+    s, output = config.scaling, config.run.output
+    if len(nodes) > 1 and not storage.is_uri(output) and not config.run.shared_filesystem:
+        raise RaynlpError(f"run.output={output} is a folder on this machine, but the cluster has {len(nodes)} nodes: "
+                          "give a storage URI (s3://bucket/runs/x) or set run.shared_filesystem=true where every "
+                          "node mounts it")
+    if can_grow:
+        return
+    described = ", ".join(str(n) for n in nodes)
+    if s.use_gpu and not any(n.gpus for n in nodes):
+        raise RaynlpError(f"scaling.use_gpu=true, but no node of this cluster has a GPU ({described}): set "
+                          "scaling.use_gpu=false or join a cluster with GPUs (run.address)")
+    placed = _place(nodes, s.num_workers, s.cpus_per_worker, s.use_gpu)
+    if placed is None:
+        fit = sum(_capacity(n, s.cpus_per_worker, s.use_gpu) for n in nodes)
+        raise RaynlpError(f"scaling.num_workers={s.num_workers} workers of scaling.cpus_per_worker="
+                          f"{s.cpus_per_worker:g} CPUs{' and a GPU' if s.use_gpu else ''}: this cluster's nodes "
+                          f"({described}) hold {fit} at most: lower scaling.num_workers or scaling.cpus_per_worker")
+    if max(n.cpus - k * s.cpus_per_worker for n, k in zip(nodes, placed)) < FEED_TASK_CPUS - 1e-9:
+        most = _most_cpus_per_worker(nodes, s.num_workers, s.use_gpu)
+        advice = f"lower scaling.cpus_per_worker to {most:g} at most" if most else "lower scaling.num_workers"
+        raise RaynlpError(f"scaling.cpus_per_worker={s.cpus_per_worker:g} leaves no room beside the "
+                          f"{s.num_workers} workers for the tasks that read their data ({FEED_TASK_CPUS:g} CPU each; "
+                          f"nodes: {described}): {advice}")
+
+
+def _capacity(node: Node, cpus: float, gpu: bool) -> int:
+    fit = int(node.cpus // cpus + 1e-9)
+    return min(fit, int(node.gpus)) if gpu else fit
+
+
+def _place(nodes: list[Node], workers: int, cpus: float, gpu: bool) -> list[int] | None:
+    """Workers a node as Ray Train's PACK placement lays them out (the fullest nodes first), None if they do not
+    all fit."""
+    placed, left = [0] * len(nodes), workers
+    for i in sorted(range(len(nodes)), key=lambda i: -_capacity(nodes[i], cpus, gpu)):
+        placed[i] = min(left, _capacity(nodes[i], cpus, gpu))
+        left -= placed[i]
+    return placed if left == 0 else None
+
+
+def _most_cpus_per_worker(nodes: list[Node], workers: int, gpu: bool) -> float | None:
+    """The most CPUs a worker, in steps of FEED_TASK_CPUS, that places every worker and leaves a reading task
+    room on some node."""
+    steps = int(max(n.cpus for n in nodes) / FEED_TASK_CPUS)
+    for cpus in (k * FEED_TASK_CPUS for k in range(steps, 0, -1)):
+        placed = _place(nodes, workers, cpus, gpu)
+        if placed and max(n.cpus - k * cpus for n, k in zip(nodes, placed)) >= FEED_TASK_CPUS - 1e-9:
+            return cpus
+    return None

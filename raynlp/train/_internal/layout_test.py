@@ -1,0 +1,61 @@
+"""Tests for raynlp.train._internal.layout: a run that cannot work on the cluster's nodes is refused in one line
+naming the setting; the layouts that can work pass."""
+
+import pytest
+
+from raynlp.errors import RaynlpError
+from raynlp.train import load_config
+from raynlp.train._internal.layout import Node, check_layout, cluster_nodes
+
+TWO_SMALL_NODES = [Node(2), Node(2)]
+
+
+def _config(*overrides: str):
+    return load_config(None, ["task=finetune", "preset=bert_tiny_en_uncased", "data.dataset=rotten_tomatoes",
+                              "run.output=s3://bucket/runs/x",
+                              *overrides])
+
+
+def test_one_worker_a_node_with_most_of_its_cpus_leaves_room_for_reading():
+    """The layout that once hung: 2 nodes of 2 CPUs, a worker of 1.5 CPUs on each; reading tasks of 0.25 fit."""
+    check_layout(_config("scaling.num_workers=2", "scaling.cpus_per_worker=1.5"), TWO_SMALL_NODES)
+    check_layout(_config("scaling.num_workers=4", "scaling.cpus_per_worker=1"), [Node(4), Node(1)])
+
+
+@pytest.mark.parametrize("overrides, nodes, message", [
+    (["scaling.num_workers=2", "scaling.cpus_per_worker=2"], TWO_SMALL_NODES,
+     r"^scaling.cpus_per_worker=2 leaves no room beside the 2 workers for the tasks that read their data \(0.25 CPU "
+     r"each; nodes: 2 CPUs, 2 CPUs\): lower scaling.cpus_per_worker to 1.75 at most$"),
+    (["scaling.num_workers=3", "scaling.cpus_per_worker=1.5"], TWO_SMALL_NODES,
+     r"^scaling.num_workers=3 workers of scaling.cpus_per_worker=1.5 CPUs: this cluster's nodes \(2 CPUs, 2 CPUs\) "
+     r"hold 2 at most: lower scaling.num_workers or scaling.cpus_per_worker$"),
+    (["scaling.num_workers=4", "scaling.cpus_per_worker=1"], [Node(4)],
+     r"^scaling.cpus_per_worker=1 leaves no room .*: lower scaling.cpus_per_worker to 0.75 at most$"),
+    (["scaling.use_gpu=true"], TWO_SMALL_NODES,
+     r"^scaling.use_gpu=true, but no node of this cluster has a GPU \(2 CPUs, 2 CPUs\): set scaling.use_gpu=false"),
+    (["scaling.use_gpu=true", "scaling.num_workers=3"], [Node(8, 1), Node(8, 1)],
+     r"^scaling.num_workers=3 workers of scaling.cpus_per_worker=1 CPUs and a GPU: this cluster's nodes "
+     r"\(8 CPUs \+ 1 GPUs, 8 CPUs \+ 1 GPUs\) hold 2 at most"),
+    (["run.output=runs/x"], TWO_SMALL_NODES,
+     r"^run.output=runs/x is a folder on this machine, but the cluster has 2 nodes: give a storage URI "
+     r"\(s3://bucket/runs/x\) or set run.shared_filesystem=true where every node mounts it$"),
+])
+def test_a_layout_that_cannot_work_is_refused_naming_the_setting(overrides, nodes, message):
+    with pytest.raises(RaynlpError, match=message):
+        check_layout(_config(*overrides), nodes)
+
+
+def test_what_a_cluster_that_grows_or_shares_a_folder_may_do():
+    # An autoscaler may add the GPUs and CPUs: only the output folder is checked.
+    check_layout(_config("scaling.use_gpu=true", "scaling.num_workers=8"), [Node(2)], can_grow=True)
+    with pytest.raises(RaynlpError, match="^run.output=/data/x is a folder on this machine"):
+        check_layout(_config("run.output=/data/x"), TWO_SMALL_NODES, can_grow=True)
+    check_layout(_config("run.output=/data/x", "run.shared_filesystem=true"), TWO_SMALL_NODES)
+    check_layout(_config("run.output=runs/x", "scaling.num_workers=1"), [Node(4)])  # one node: a local folder
+    check_layout(_config("scaling.use_gpu=true", "scaling.num_workers=2", "scaling.cpus_per_worker=4"),
+                 [Node(16, 2)])
+
+
+def test_the_nodes_of_a_real_cluster(ray_cluster):
+    nodes, can_grow = cluster_nodes()
+    assert nodes == [Node(4, 0)] and not can_grow  # conftest's cluster: one node, 4 CPUs, no autoscaler
