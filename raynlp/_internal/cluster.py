@@ -11,6 +11,14 @@ logger = logging.getLogger(__name__)
 # TensorFlow's start-up chatter would hide the logs.
 WORKER_ENV = {"KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "jax"), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
+
+
+def worker_env(num_gpus: float = 0) -> dict[str, str]:
+    """WORKER_ENV for a process given `num_gpus`. One that shares a GPU (a fraction of one) also keeps JAX from
+    taking most of the GPU's memory when it starts, its default, which would leave the other sharers none."""
+    return {**WORKER_ENV, **({"XLA_PYTHON_CLIENT_PREALLOCATE": "false"} if 0 < num_gpus < 1 else {})}
+
+
 # Which cluster a command runs on, as `ensure_ray` chooses it: for every --address flag and `address` field.
 ADDRESS_HELP = ("Ray cluster to join (default: RAY_ADDRESS, else the local cluster `ray start` runs on this machine, "
                 "else a new local cluster for this command)")

@@ -166,7 +166,7 @@ class ClassifierServer:
 
 def deployment_options(config: ServeConfig) -> dict:
     """Replicas, resources and autoscaling of the deployment, from the config."""
-    from raynlp._internal.cluster import WORKER_ENV
+    from raynlp._internal.cluster import worker_env
 
     scaling = config.autoscaling
     autoscaling = {"min_replicas": scaling.min_replicas, "max_replicas": scaling.max_replicas,
@@ -178,7 +178,7 @@ def deployment_options(config: ServeConfig) -> dict:
         "max_ongoing_requests": config.replica.max_ongoing_requests,
         "logging_config": {"enable_access_log": config.access_log},
         "ray_actor_options": {"num_cpus": config.replica.num_cpus, "num_gpus": config.replica.num_gpus,
-                              "runtime_env": {"env_vars": dict(WORKER_ENV)}},
+                              "runtime_env": {"env_vars": worker_env(config.replica.num_gpus)}},
     }
 
 

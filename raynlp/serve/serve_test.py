@@ -238,6 +238,17 @@ def test_config_errors_name_the_field():
         load_serve_config("configs/serve.yaml", ["preset=null"])
 
 
+def test_replicas_that_share_a_gpu_keep_jax_from_taking_its_memory_at_start():
+    from raynlp.serve.app import deployment_options
+
+    def env(num_gpus: str) -> dict:
+        config = load_serve_config(None, ["preset=x", f"replica.num_gpus={num_gpus}"])
+        return deployment_options(config)["ray_actor_options"]["runtime_env"]["env_vars"]
+
+    assert env("0.5")["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false" and env("0.5")["KERAS_BACKEND"] == "jax"
+    assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in env("1") and "XLA_PYTHON_CLIENT_PREALLOCATE" not in env("0")
+
+
 def _replica_pids(app: str) -> dict[str, int]:
     """Live replicas of `app`'s deployment: actor name → process id."""
     import ray
