@@ -246,9 +246,12 @@ def test_a_users_folder_of_latin_1_files_with_an_empty_one_packs_every_token(ray
     preset = "bert_tiny_en_uncased_scratch"
     write_packed(tokenize_documents(corpus, preset, batch_size=16), str(tmp_path / "packed"), preset=preset,
                  sequence_length=64, shard_windows=32)
-    windows = np.stack(pq.read_table(tmp_path / "packed")["token_ids"].to_numpy(zero_copy_only=False))
+    table = pq.read_table(tmp_path / "packed")
+    windows = np.stack(table["token_ids"].to_numpy(zero_copy_only=False)).astype(np.int32)
     tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(resolve(preset))
-    _check_windows(windows.astype(np.int32), [np.asarray(t, np.int32) for t in tokenizer.tokenize(texts)], 64)
+    documents = [np.asarray(t, np.int32) for t in tokenizer.tokenize(texts)]
+    _check_windows(windows, documents, 64)
+    _check_first_positions(windows, table["first_position"].to_numpy(), documents)
 
 
 def test_document_positions_count_from_each_documents_start():

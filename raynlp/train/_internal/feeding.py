@@ -79,6 +79,8 @@ def shard_batches(
         transform: applied to each batch (a dict of columns) as it is dealt, as
             `transform(batch, epoch=, step=, rank=)`, before the columns are picked: dynamic masked-LM masking
             (`raynlp.data.masked_lm.BatchMasker`). A cache keeps the batches as read, untransformed.
+        timeout_s: end the run when the shard gives no batch for this long (`run.feed_timeout_s`): its
+            reading tasks wait for resources no node has left, say, and would otherwise wait forever.
 
     Yields:
         `features`, `(features, labels)` or `(features, labels, weights)`, with numpy arrays.
@@ -87,9 +89,6 @@ def shard_batches(
     batches, then reads the rest of that pass without yielding it, so the next epoch starts from the top.
     The generator never ends by itself: Keras keeps one iterator across epochs when `steps_per_epoch` is set
     and stops taking batches after `epochs * steps`.
-
-        timeout_s: end the run when the shard gives no batch for this long (`run.feed_timeout_s`): its
-            reading tasks wait for resources no node has left, say, and would otherwise wait forever.
 
     Raises:
         RaynlpError: when the shard holds fewer than `steps` full batches in a pass (the other ranks would

@@ -58,7 +58,7 @@ def check_layout(config, nodes: list[Node], can_grow: bool = False) -> None:
         raise RaynlpError(f"scaling.num_workers={s.num_workers} workers of scaling.cpus_per_worker="
                           f"{s.cpus_per_worker:g} CPUs{' and a GPU' if s.use_gpu else ''}: this cluster's nodes "
                           f"({described}) hold {fit} at most: lower scaling.num_workers or scaling.cpus_per_worker")
-    if max(n.cpus - k * s.cpus_per_worker for n, k in zip(nodes, placed)) < FEED_TASK_CPUS - 1e-9:
+    if not _room_to_read(nodes, placed, s.cpus_per_worker):
         most = _most_cpus_per_worker(nodes, s.num_workers, s.use_gpu)
         advice = f"lower scaling.cpus_per_worker to {most:g} at most" if most else "lower scaling.num_workers"
         raise RaynlpError(f"scaling.cpus_per_worker={s.cpus_per_worker:g} leaves no room beside the "
@@ -81,12 +81,17 @@ def _place(nodes: list[Node], workers: int, cpus: float, gpu: bool) -> list[int]
     return placed if left == 0 else None
 
 
+def _room_to_read(nodes: list[Node], placed: list[int], cpus: float) -> bool:
+    """Whether some node keeps a reading task's CPUs beside the workers placed on it."""
+    return max(n.cpus - k * cpus for n, k in zip(nodes, placed)) >= FEED_TASK_CPUS - 1e-9
+
+
 def _most_cpus_per_worker(nodes: list[Node], workers: int, gpu: bool) -> float | None:
     """The most CPUs a worker, in steps of FEED_TASK_CPUS, that places every worker and leaves a reading task
     room on some node."""
     steps = int(max(n.cpus for n in nodes) / FEED_TASK_CPUS)
     for cpus in (k * FEED_TASK_CPUS for k in range(steps, 0, -1)):
         placed = _place(nodes, workers, cpus, gpu)
-        if placed and max(n.cpus - k * cpus for n, k in zip(nodes, placed)) >= FEED_TASK_CPUS - 1e-9:
+        if placed and _room_to_read(nodes, placed, cpus):
             return cpus
     return None
