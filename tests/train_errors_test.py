@@ -57,6 +57,10 @@ def finetune(out: Path, *overrides: str):
      "train.early_stopping_patience: train.monitor val_loss needs validation data"),
     (["train.gradient_accumulation_steps=0"],
      "config field train.gradient_accumulation_steps: Input should be greater than or equal to 1"),
+    (["data.max_document_tokens=126"], "data.max_document_tokens cuts documents before they are packed; "
+                                        "data.packing=none cuts each row at data.sequence_length already"),
+    (["task=pretrain", "data.max_document_tokens=0"],
+     "config field data.max_document_tokens: Input should be greater than or equal to 1"),
     (["train.precision=float8"], "config field train.precision: Input should be 'float32', 'bfloat16' or 'float16'"),
 ])
 def test_wrong_configs_name_the_field(overrides, message, tmp_path):

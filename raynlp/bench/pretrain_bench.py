@@ -10,7 +10,11 @@ optimizer, constant learning rate and number of passes, on the same budget of re
   windows (`data.packing: documents`), masks drawn as each worker deals a batch, and each document attending
   only to itself (`model.document_attention`, raynlp's default);
 - `raynlp_packed_across_documents_1_worker`: the same with `model.document_attention: false` (a window's
-  documents read each other and count positions from the window's start), what document attention buys.
+  documents read each other and count positions from the window's start), what document attention buys;
+- `raynlp_whole_documents_cut_like_a_row_1_worker`: packing on the text the guide trains on: each document cut to
+  what a row keeps (`data.max_document_tokens`: sequence length - 2), none split across windows
+  (`data.packing: whole_documents`). Every other packed way also trains on the rest of long documents, which
+  the guide throws away, and which held-out text a row a document never holds.
 
 What counts is real tokens: the documents' own tokens a step trains on (no [CLS], [SEP] or [PAD]). A row per
 document spends most of a window on padding where documents are short (Shakespeare's paragraphs) and throws the
@@ -53,8 +57,10 @@ HELDOUT_DOCUMENTS = 1000  # at most, from the test split
 # Where in a window a masked token sits, for the held-out loss by position.
 POSITION_BUCKETS = ((1, 16), (17, 32), (33, 64), (65, SEQUENCE_LENGTH - 2))
 BASELINE = "keras_hub_guide_1_process"
-# raynlp's ways: (data.packing, workers, model.document_attention).
-PACKED_WAYS = (("documents", 1, True), ("documents", 2, True), ("documents", 1, False))
+# raynlp's ways: (data.packing, workers, model.document_attention, data.max_document_tokens).
+ROW_TOKENS = SEQUENCE_LENGTH - 2  # what a row a document keeps of a document
+PACKED_WAYS = (("documents", 1, True, None), ("documents", 2, True, None), ("documents", 1, False, None),
+               ("whole_documents", 1, True, ROW_TOKENS))
 CURVE_POINTS_PER_EPOCH = 5
 
 
@@ -116,13 +122,14 @@ def _guide_fit(corpus: Path, clock: Path, weights: Path) -> dict:
             "wall_seconds": round(time.perf_counter() - start, 1)}
 
 
-def _pack(texts: list[str], mode: str = "documents") -> tuple[np.ndarray, np.ndarray, int]:
-    """The windows raynlp's packing (`mode`, a `data.packing`) makes of `texts` (its own tokenizer and packer, in
-    this process), their first positions, and the documents' own tokens they hold (no [CLS], [SEP] or [PAD], as
-    every way counts real tokens)."""
+def _pack(texts: list[str], mode: str = "documents", max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray,
+                                                                                              int]:
+    """The windows raynlp's packing (`mode`, a `data.packing`; `max_tokens`, a `data.max_document_tokens`) makes of
+    `texts` (its own tokenizer and packer, in this process), their first positions, and the documents' own tokens
+    they hold (no [CLS], [SEP] or [PAD], as every way counts real tokens)."""
     from raynlp.data.packing import PACKERS, DocumentTokenizer
 
-    tokenizer = DocumentTokenizer(PRESET)
+    tokenizer = DocumentTokenizer(PRESET, max_tokens=max_tokens)
     documents = tokenizer({"text": np.asarray(texts, dtype=object)})
     ids = tokenizer.tokenizer
     packer = PACKERS[mode](SEQUENCE_LENGTH, ids.cls_token_id, ids.sep_token_id, ids.pad_token_id)
@@ -131,12 +138,12 @@ def _pack(texts: list[str], mode: str = "documents") -> tuple[np.ndarray, np.nda
             int(documents["lengths"][0].sum()))
 
 
-def _packed_plan(corpus: Path, guide: dict, workers: tuple[int, ...], packing: str) -> dict:
+def _packed_plan(corpus: Path, guide: dict, workers: tuple[int, ...], packing: str, max_tokens: int | None) -> dict:
     """Windows a step holding the guide's real tokens a step (a multiple of every worker count), and steps a
     pass giving the guide's real tokens in all."""
     import pyarrow.parquet as pq
 
-    windows, _, tokens = _pack(pq.read_table(corpus)["text"].to_pylist(), packing)
+    windows, _, tokens = _pack(pq.read_table(corpus)["text"].to_pylist(), packing, max_tokens)
     per_window = tokens / len(windows)
     unit = int(np.lcm.reduce(workers))
     batch = max(unit, round(guide["real_tokens_per_step"] / per_window / unit) * unit)
@@ -147,7 +154,7 @@ def _packed_plan(corpus: Path, guide: dict, workers: tuple[int, ...], packing: s
 
 
 def _raynlp_fit(corpus: Path, out: Path, clock: Path, weights: Path, workers: int, plan: dict, packing: str,
-                document_attention: bool) -> dict:
+                document_attention: bool, max_tokens: int | None) -> dict:
     from raynlp.train import load_config, train
 
     # The workers run in their own working folders.
@@ -162,6 +169,7 @@ def _raynlp_fit(corpus: Path, out: Path, clock: Path, weights: Path, workers: in
         f"optimizer.learning_rate={LEARNING_RATE}", "optimizer.schedule=constant", f"train.epochs={EPOCHS}",
         f"train.batch_size={plan['rows_per_step'] // workers}", f"train.steps_per_epoch={plan['steps_per_epoch']}",
         f"scaling.num_workers={workers}", f"run.output={out}",
+        *([f"data.max_document_tokens={max_tokens}"] if max_tokens else []),
     ])
     result = train(config, callbacks=[functools.partial(step_clock, str(clock), str(weights))])
     packing = json.loads((out / "data" / "train" / "_raynlp_tokenized.json").read_text())["packing"]
@@ -260,13 +268,14 @@ def _loss_at(curve: list, tokens: float) -> float:
     return round(float(np.interp(tokens, x, y)), 4)
 
 
-def _way_name(packing: str, workers: int, document_attention: bool) -> str:
+def _way_name(packing: str, workers: int, document_attention: bool, max_tokens: int | None) -> str:
     across = "" if document_attention else "_across_documents"
-    return (f"raynlp_{'packed' if packing == 'documents' else packing}{across}_{workers}_"
+    cut = "_cut_like_a_row" if max_tokens == ROW_TOKENS else f"_cut_at_{max_tokens}" if max_tokens else ""
+    return (f"raynlp_{'packed' if packing == 'documents' else packing}{across}{cut}_{workers}_"
             f"worker{'s' if workers > 1 else ''}")
 
 
-def _bench_corpus(output_dir: Path, dataset: str, documents: int, ways: tuple[tuple[str, int, bool], ...]) -> dict:
+def _bench_corpus(output_dir: Path, dataset: str, documents: int, ways: tuple[tuple, ...]) -> dict:
     from raynlp._internal.cluster import ensure_ray
 
     folder = output_dir / dataset
@@ -281,15 +290,16 @@ def _bench_corpus(output_dir: Path, dataset: str, documents: int, ways: tuple[tu
     guide = _guide_fit(corpus, clock, weights)
     results[BASELINE] = _figures(guide, clock)
     scores[BASELINE] = _heldout_scores(weights, heldout)
-    modes = dict.fromkeys(mode for mode, _, _ in ways)
-    plans = {mode: _packed_plan(corpus, guide, tuple(n for m, n, _ in ways if m == mode), mode) for mode in modes}
+    texts = dict.fromkeys((mode, cut) for mode, _, _, cut in ways)  # the text a way packs, and how
+    plans = {key: _packed_plan(corpus, guide, tuple(n for m, n, _, c in ways if (m, c) == key), *key)
+             for key in texts}
     ensure_ray()
-    for mode, count, document_attention in ways:
-        name = _way_name(mode, count, document_attention)
+    for mode, count, document_attention, cut in ways:
+        name = _way_name(mode, count, document_attention, cut)
         clock, weights = folder / f"clock_{name}.json", folder / f"weights_{name}.npz"
-        run = _raynlp_fit(corpus, folder / "runs" / name, clock, weights, count, plans[mode], mode,
-                          document_attention)
-        packing[mode] = run["packing"]
+        run = _raynlp_fit(corpus, folder / "runs" / name, clock, weights, count, plans[mode, cut], mode,
+                          document_attention, cut)
+        packing[mode + (f"_cut_at_{cut}" if cut else "")] = run["packing"]
         results[name] = _figures(run, clock)
         scores[name] = _heldout_scores(weights, heldout, document_attention)
     for name, figures in results.items():
@@ -315,9 +325,9 @@ def _bench_corpus(output_dir: Path, dataset: str, documents: int, ways: tuple[tu
 
 
 def run_pretrain_bench(output_dir: Path, documents: int | None = None, corpora: tuple[str, ...] | None = None,
-                       ways: tuple[tuple[str, int, bool], ...] = PACKED_WAYS) -> Path:
+                       ways: tuple[tuple, ...] = PACKED_WAYS) -> Path:
     """`documents`: how many of each corpus (default: DEFAULT_DOCUMENTS), at most its training split; `ways`:
-    raynlp's, as (data.packing, workers, model.document_attention)."""
+    raynlp's, as (data.packing, workers, model.document_attention, data.max_document_tokens)."""
     corpora = corpora or tuple(DEFAULT_DOCUMENTS)
     report = {
         "benchmark": "pretrain", "preset": PRESET, "sequence_length": SEQUENCE_LENGTH,

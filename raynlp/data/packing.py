@@ -42,7 +42,8 @@ class PackingStats:
 
     sequence_length: int
     documents: int = 0
-    tokens: int = 0  # the documents' own tokens (no special tokens)
+    tokens: int = 0  # the documents' own tokens (no special tokens), as packed
+    tokens_cut: int = 0  # what `max_tokens` cut off the documents before packing
     windows: int = 0
     pad_tokens: int = 0  # [PAD]s in the windows
     # A row per document instead: its real tokens ([CLS] a [SEP], cut at sequence_length) and what the cut lost.
@@ -68,7 +69,7 @@ class PackingStats:
     def to_dict(self) -> dict:
         return {"documents": self.documents, "tokens": self.tokens, "windows": self.windows,
                 "padding_before": round(self.padding_before, 4), "padding_after": round(self.padding_after, 4),
-                "tokens_lost_unpacked": self.tokens_lost_unpacked}
+                "tokens_lost_unpacked": self.tokens_lost_unpacked, "tokens_cut": self.tokens_cut}
 
 
 @dataclass
@@ -217,20 +218,29 @@ def document_positions(token_ids: np.ndarray, *, sep_id: int, pad_id: int, first
 
 
 class DocumentTokenizer:
-    """Ray Data batch of documents → one row: their token ids as one stream, each closed by [SEP], and counts."""
+    """Ray Data batch of documents → one row: their token ids as one stream, each closed by [SEP], and counts.
 
-    def __init__(self, preset: str, text_column: str = "text"):
+    `max_tokens`: keep only each document's first `max_tokens` tokens (`data.max_document_tokens`); `cut` counts
+    what that left out."""
+
+    def __init__(self, preset: str, text_column: str = "text", max_tokens: int | None = None):
         from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
         from raynlp.presets import resolve
 
         self.tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(resolve(preset))
-        self.text_column = text_column
+        self.text_column, self.max_tokens = text_column, max_tokens
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         flat, lengths = self.tokenizer.encode(batch[self.text_column])
         lengths = lengths[lengths > 0]  # an empty document adds nothing, not even its [SEP]
+        cut = 0
+        if self.max_tokens is not None and lengths.size:
+            place = np.arange(flat.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # within its document
+            flat, cut = flat[place < self.max_tokens], int(np.maximum(lengths - self.max_tokens, 0).sum())
+            lengths = np.minimum(lengths, self.max_tokens)
         stream = np.insert(flat, np.cumsum(lengths), self.tokenizer.sep_token_id).astype(np.int32)
-        return {"stream": _one_row(stream), "lengths": _one_row(lengths.astype(np.int32))}
+        return {"stream": _one_row(stream), "lengths": _one_row(lengths.astype(np.int32)),
+                "cut": np.array([cut], np.int64)}
 
 
 def _one_row(array: np.ndarray) -> np.ndarray:
@@ -240,21 +250,23 @@ def _one_row(array: np.ndarray) -> np.ndarray:
     return column
 
 
-def tokenize_documents(dataset, preset: str, *, text_column: str = "text", batch_size: int = 512):
+def tokenize_documents(dataset, preset: str, *, text_column: str = "text", max_tokens: int | None = None,
+                       batch_size: int = 512):
     """`dataset`'s documents as stream rows (`DocumentTokenizer`), tokenized in Ray tasks, in the input's order."""
     from raynlp.presets import portable
 
-    return dataset.map_batches(_tokenize_in_task, fn_kwargs={"preset": portable(preset), "text_column": text_column},
+    return dataset.map_batches(_tokenize_in_task, fn_kwargs={"preset": portable(preset), "text_column": text_column,
+                                                             "max_tokens": max_tokens},
                                batch_size=batch_size, batch_format="numpy")
 
 
 _TOKENIZERS: dict[tuple, DocumentTokenizer] = {}
 
 
-def _tokenize_in_task(batch, *, preset: str, text_column: str):
-    key = (preset, text_column)
+def _tokenize_in_task(batch, *, preset: str, text_column: str, max_tokens: int | None = None):
+    key = (preset, text_column, max_tokens)
     if key not in _TOKENIZERS:
-        _TOKENIZERS[key] = DocumentTokenizer(preset, text_column)
+        _TOKENIZERS[key] = DocumentTokenizer(preset, text_column, max_tokens)
     return _TOKENIZERS[key](batch)
 
 
@@ -331,6 +343,7 @@ def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int,
     for row in streams.iter_rows():
         lengths = np.asarray(row["lengths"])
         stats.add_documents(lengths)
+        stats.tokens_cut += int(row["cut"])
         pending.append(packer.add(np.asarray(row["stream"]), lengths))
         if sum(w.shape[0] for w, _ in pending) >= shard_windows:
             flush(shard_windows)
@@ -346,8 +359,9 @@ def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int,
         "shards": shards,
     }
     storage.write_text(storage.join(output, MANIFEST), json.dumps(manifest, indent=2))
-    logger.info("packed %d documents (%d tokens) into %d windows of %d in %d Parquet shards at %s: padding %.1f%% "
-                "→ %.1f%% (one row a document would have cut %d tokens)", stats.documents, stats.tokens, stats.windows,
-                sequence_length, shards, output, 100 * stats.padding_before, 100 * stats.padding_after,
+    logger.info("packed %d documents (%d tokens%s) into %d windows of %d in %d Parquet shards at %s: padding "
+                "%.1f%% → %.1f%% (one row a document would have cut %d tokens)", stats.documents, stats.tokens,
+                f", {stats.tokens_cut} cut off by data.max_document_tokens" if stats.tokens_cut else "",
+                stats.windows, sequence_length, shards, output, 100 * stats.padding_before, 100 * stats.padding_after,
                 stats.tokens_lost_unpacked)
     return manifest

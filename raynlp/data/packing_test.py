@@ -205,6 +205,28 @@ def test_packing_on_ray_data_loses_no_token_and_reports_its_padding(ray_cluster,
                                   np.sort(rows.view([("", rows.dtype)] * 129), axis=0))
 
 
+def test_documents_cut_to_their_first_tokens_pack_those_tokens_and_count_the_rest(ray_cluster, reviews, tmp_path):
+    """`data.max_document_tokens`: each review's first 20 tokens, in order, and the manifest counts what was cut."""
+    import ray.data
+
+    from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
+    from raynlp.presets import resolve
+
+    preset = "bert_tiny_en_uncased_scratch"
+    tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(resolve(preset))
+    texts = ["", *reviews[:40]]  # an empty document too
+    dataset = ray.data.from_items([{"text": t} for t in texts], override_num_blocks=3)
+    manifest = write_packed(tokenize_documents(dataset, preset, max_tokens=20, batch_size=16), str(tmp_path / "cut"),
+                            preset=preset, sequence_length=64, mode="whole_documents")
+    windows = np.stack(pq.read_table(tmp_path / "cut")["token_ids"].to_numpy(zero_copy_only=False))
+    documents = [np.asarray(ids, np.int32) for ids in tokenizer.tokenize(texts)]
+    np.testing.assert_array_equal(windows[~np.isin(windows, SPECIAL)], np.concatenate([d[:20] for d in documents]))
+    assert (windows == SEP).sum() == len(reviews[:40])  # each document closed once: none split across windows
+    packing = manifest["packing"]
+    assert packing["tokens"] == sum(min(d.size, 20) for d in documents)
+    assert packing["tokens_cut"] == sum(max(d.size - 20, 0) for d in documents) > 0
+
+
 def test_static_masking_masks_the_packed_windows_once(ray_cluster, reviews, tmp_path):
     """`model.masking.dynamic: false`: the shards carry the masks, the labels being the windows' own tokens."""
     import ray.data

@@ -48,6 +48,10 @@ class DataSettings(_Section):
                           "pretraining's default); whole_documents: the same, but a document that fits in a window "
                           "is never split (it starts the next window, the rest padded), so every window starts "
                           "with a document; none: one row a document, cut at sequence_length")
+    max_document_tokens: int | None = Field(
+        None, ge=1, description="pack only each document's first N tokens, as a row a document keeps its first "
+                                "sequence_length - 2: pretraining for a task that reads short texts spends no steps "
+                                "on the rest of long documents (packing only)")
     tokenizer_actors: int = Field(PACKING_ACTORS, ge=1, description="Ray Data actors that tokenize the corpus before training")
     shard_cache: Literal["auto", "memory", "stream"] = Field(
         "auto", description="memory: each worker reads its shard once and keeps it in memory; stream: read it "

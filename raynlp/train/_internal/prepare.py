@@ -313,7 +313,8 @@ def _tokenize_into(folder: str, dataset, config: RecipeConfig, tokenizer_dir: st
     if d.packing != "none":
         logger.info("tokenizing the %s split in Ray tasks and packing its documents into windows of %d in %s (%s)",
                     split, d.sequence_length, folder, d.packing)
-        write_packed(tokenize_documents(dataset, tokenizer_dir), folder, preset=tokenizer_dir,
+        documents = tokenize_documents(dataset, tokenizer_dir, max_tokens=d.max_document_tokens)
+        write_packed(documents, folder, preset=tokenizer_dir,
                      sequence_length=d.sequence_length, mode=d.packing, masking=masking, mask_seed=config.train.seed,
                      shuffle_seed=config.train.seed if split == "train" and config.train.shuffle else None)
         return

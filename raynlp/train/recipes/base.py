@@ -60,6 +60,9 @@ class Recipe:
             raise ValueError(f"data.packing={config.data.packing} joins documents into windows for masked-LM "
                              f"pretraining; task "
                              f"{config.task} trains on labelled rows: leave data.packing out or set it to none")
+        if config.data.max_document_tokens and config.data.packing == "none":
+            raise ValueError("data.max_document_tokens cuts documents before they are packed; data.packing=none "
+                             "cuts each row at data.sequence_length already: leave it out or pack the documents")
         if self.labelled and len(config.data.datasets) > 1:
             from raynlp.datasets.registry import DATASETS
 
