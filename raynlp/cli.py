@@ -199,7 +199,10 @@ def _demo(args) -> None:
 def _bench(args) -> None:
     from raynlp import bench
 
-    result_path = bench.run(args.name, output_dir=args.output, rows=args.rows, preset=args.preset)
+    if args.name != "gpu" and (args.smoke or args.peak_tflops):
+        raise RaynlpError(f"--{'smoke' if args.smoke else 'peak-tflops'} is for raynlp bench gpu only")
+    result_path = bench.run(args.name, output_dir=args.output, rows=args.rows, preset=args.preset,
+                            smoke=args.smoke, peak_tflops=args.peak_tflops)
     print(f"benchmark results in {result_path}")
 
 
@@ -383,11 +386,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "pretrain: masked-LM pretraining on packed "
                         "documents against the guide's row-per-document recipe, in real tokens; serve: the batched "
                         "Serve deployment against batching off and the bare predict, under closed-loop load on "
-                        "127.0.0.1")
+                        "127.0.0.1; gpu: the device check (a 1-GPU fine-tune, a BERT-base-sized masked-LM step "
+                        "loop with its model FLOPs utilisation, and bench serve on the GPU), as scripts/gpu_check.sh "
+                        "runs it")
     p.add_argument("--output", default="runs/bench", help="folder for results (default runs/bench)")
     p.add_argument("--rows", type=int, default=None,
                    help="rows to use (default: the benchmark's own); pretrain: documents of each corpus")
     p.add_argument("--preset", help="serve: the backbone to serve with a 2-class head (default minilm_l6_en_uncased)")
+    p.add_argument("--smoke", action="store_true",
+                   help="gpu: every step at toy size on whatever device there is (checks the check, not the GPU)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="gpu: the GPU's dense bfloat16 peak, for a GPU raynlp does not know (H100, H200, A100, L40S "
+                        "and L4 it does)")
     p.set_defaults(run=_bench)
     return parser
 

@@ -77,12 +77,24 @@ def _evaluate(config) -> dict:
     from raynlp.inference import evaluate
 
     ensure_ray(config.address)
-    report = evaluate(config.data.open(), config.preset, num_actors=config.num_actors, batch_size=config.batch_size)
+    _check_gpus(config)
+    report = evaluate(config.data.open(), config.preset, num_actors=config.num_actors, batch_size=config.batch_size,
+                      num_gpus=config.num_gpus)
     if config.output:
         os.makedirs(os.path.dirname(os.path.abspath(config.output)), exist_ok=True)
         Path(config.output).write_text(json.dumps(report, indent=2))
         logging.getLogger("raynlp").info("evaluation written to %s", config.output)
     return report
+
+
+def _check_gpus(config) -> None:
+    """Actors that ask for GPUs on a cluster that has none (and cannot grow any) would wait forever."""
+    from raynlp.train._internal.layout import cluster_nodes
+
+    nodes, can_grow = cluster_nodes()
+    if config.num_gpus and not can_grow and not any(n.gpus for n in nodes):
+        raise RaynlpError(f"num_gpus={config.num_gpus:g}, but no node of this cluster has a GPU "
+                          f"({', '.join(map(str, nodes))}): leave num_gpus out or join a cluster with GPUs (address)")
 
 
 def _predict(config) -> dict:
@@ -95,8 +107,9 @@ def _predict(config) -> dict:
     if not storage.is_empty(config.output):
         raise RaynlpError(f"output folder {config.output} is not empty; choose a new folder or delete it")
     ensure_ray(config.address)
+    _check_gpus(config)
     predictions = predict_dataset(config.data.open(), config.preset, num_actors=config.num_actors,
-                                  batch_size=config.batch_size)
+                                  batch_size=config.batch_size, num_gpus=config.num_gpus)
     output = str(storage.location(config.output))  # absolute: Ray Data's write tasks run elsewhere
     predictions.write_parquet(output)
     return {"rows": pq.ParquetDataset(output).read(columns=[]).num_rows, "output": output}

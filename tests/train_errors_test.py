@@ -57,6 +57,9 @@ def finetune(out: Path, *overrides: str):
      "train.early_stopping_patience: train.monitor val_loss needs validation data"),
     (["train.gradient_accumulation_steps=0"],
      "config field train.gradient_accumulation_steps: Input should be greater than or equal to 1"),
+    (["scaling.gpus_per_worker=2"], "config field scaling: scaling.gpus_per_worker=2 needs scaling.use_gpu=true"),
+    (["scaling.use_gpu=true", "scaling.gpus_per_worker=3", "train.batch_size=16"],
+     "train.batch_size=16 is split across a worker's scaling.gpus_per_worker=3 GPUs: give a multiple of it"),
     (["data.max_document_tokens=126"], "data.max_document_tokens cuts documents before they are packed; "
                                         "data.packing=none cuts each row at data.sequence_length already"),
     (["task=pretrain", "data.max_document_tokens=0"],

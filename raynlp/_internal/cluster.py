@@ -8,15 +8,33 @@ import socket
 logger = logging.getLogger(__name__)
 
 # Set in every Ray worker and job: Keras fixes its backend at import (and workers may import it while unpickling);
-# TensorFlow's start-up chatter would hide the logs.
-WORKER_ENV = {"KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "jax"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-
+# TensorFlow's start-up chatter would hide the logs; TensorFlow is there only for keras-hub's tokenizers and, should
+# it touch a GPU before `keep_tensorflow_off_gpus` hides them, takes memory as it needs it, not nearly all of it.
+WORKER_ENV = {"KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "jax"), "TF_CPP_MIN_LOG_LEVEL": "3",
+              "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
 
 
 def worker_env(num_gpus: float = 0) -> dict[str, str]:
     """WORKER_ENV for a process given `num_gpus`. One that shares a GPU (a fraction of one) also keeps JAX from
     taking most of the GPU's memory when it starts, its default, which would leave the other sharers none."""
     return {**WORKER_ENV, **({"XLA_PYTHON_CLIENT_PREALLOCATE": "false"} if 0 < num_gpus < 1 else {})}
+
+
+def keep_tensorflow_off_gpus() -> bool:
+    """Hide this process's GPUs from TensorFlow (JAX keeps them): keras-hub imports TensorFlow for its tokenizers,
+    and TensorFlow, once it starts on a GPU, holds most of its memory. Call it before anything runs a TensorFlow
+    op; returns False when TensorFlow had started its devices already (then only TF_FORCE_GPU_ALLOW_GROWTH
+    bounds what it holds)."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return True
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # "Visible devices cannot be modified after being initialized"
+        logger.debug("TensorFlow's devices were set up before raynlp could hide the GPUs from it")
+        return False
+    return True
 
 
 # Which cluster a command runs on, as `ensure_ray` chooses it: for every --address flag and `address` field.

@@ -45,3 +45,27 @@ def test_ensure_ray_starts_a_local_cluster_on_loopback():
     assert done.returncode == 0, done.stderr[-2000:]
     # The single-machine switch is undone once the cluster is up.
     assert done.stdout.split() == [LOOPBACK, LOOPBACK, "True"]
+
+
+def test_every_ray_process_gets_the_worker_environment(ray_cluster):
+    from raynlp._internal.cluster import WORKER_ENV
+
+    def environment():
+        return {name: os.environ.get(name) for name in WORKER_ENV}
+
+    assert ray_cluster.get(ray_cluster.remote(environment).remote()) == WORKER_ENV
+    assert WORKER_ENV["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+
+
+def test_tensorflow_is_kept_off_the_gpus_in_a_fresh_process():
+    # A fresh process: TensorFlow sets up its devices once per process. On a machine without a GPU this shows the
+    # call is safe where raynlp makes it (keras-hub imported, no TensorFlow op run yet); `raynlp bench gpu`
+    # checks on a GPU that TensorFlow then sees none while JAX sees it.
+    script = (
+        "import keras_hub, tensorflow as tf\n"
+        "from raynlp._internal.cluster import keep_tensorflow_off_gpus\n"
+        "print(keep_tensorflow_off_gpus(), tf.config.get_visible_devices('GPU'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "[]"]

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from raynlp.errors import RaynlpError
 
-BENCHMARKS = ("tokenize", "train", "pretrain", "serve")
+BENCHMARKS = ("tokenize", "train", "pretrain", "serve", "gpu")
 
 
-def run(name: str, output_dir: str = "runs/bench", rows: int | None = None, preset: str | None = None) -> Path:
+def run(name: str, output_dir: str = "runs/bench", rows: int | None = None, preset: str | None = None,
+        smoke: bool = False, peak_tflops: float | None = None) -> Path:
     if name == "tokenize":
         from raynlp.bench.tokenize_bench import run_tokenize_bench
 
@@ -28,4 +29,8 @@ def run(name: str, output_dir: str = "runs/bench", rows: int | None = None, pres
         from raynlp.bench.serve_bench import run_serve_bench
 
         return run_serve_bench(Path(output_dir), **({"preset": preset} if preset else {}))
+    if name == "gpu":
+        from raynlp.bench.gpu_bench import run_gpu_bench
+
+        return run_gpu_bench(Path(output_dir), smoke=smoke, peak_tflops=peak_tflops)
     raise RaynlpError(f"unknown benchmark {name!r}; benchmarks: {', '.join(BENCHMARKS)}")

@@ -129,7 +129,7 @@ def _model_ceiling(classifier, texts) -> dict:
             "gain_from_batching": round(speeds[classifier.max_batch_size] / speeds[1], 2)}
 
 
-def _serve_levels(folder: str, batching: bool, port: int, texts, levels, seconds) -> list[dict]:
+def _serve_levels(folder: str, batching: bool, port: int, texts, levels, seconds, num_gpus: float = 0) -> list[dict]:
     from ray import serve
 
     from raynlp.serve import load_serve_config
@@ -139,7 +139,8 @@ def _serve_levels(folder: str, batching: bool, port: int, texts, levels, seconds
     app = f"serve-bench-{name}"  # beside whatever other apps the Serve instance runs
     config = load_serve_config(None, values={
         "preset": folder, "name": app, "route_prefix": f"/{app}", "http.port": port,
-        "batching.enabled": batching, "autoscaling.min_replicas": 1, "autoscaling.max_replicas": 1})
+        "batching.enabled": batching, "autoscaling.min_replicas": 1, "autoscaling.max_replicas": 1,
+        "replica.num_gpus": num_gpus})
     serve.run(build_app(config), name=app, route_prefix=f"/{app}")
     try:
         session = _http_session("127.0.0.1", port, f"/{app}/v1/classify")
@@ -153,7 +154,8 @@ def _serve_levels(folder: str, batching: bool, port: int, texts, levels, seconds
 
 
 def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, ...] = LEVELS,
-                    seconds: float = SECONDS) -> Path:
+                    seconds: float = SECONDS, num_gpus: float = 0) -> Path:
+    """`num_gpus`: what the replica takes (the in-process way runs wherever this process's JAX does)."""
 
     from raynlp import datasets
     from raynlp._internal.cluster import ensure_ray
@@ -169,12 +171,12 @@ def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, .
 
     ensure_ray()
     with serve_instance() as (_, port):  # the bench's apps join a Serve the cluster runs, else one of its own
-        results["serve_batched"] = _serve_levels(folder, True, port, texts, levels, seconds)
-        results["serve_unbatched"] = _serve_levels(folder, False, port, texts, levels, seconds)
+        results["serve_batched"] = _serve_levels(folder, True, port, texts, levels, seconds, num_gpus)
+        results["serve_unbatched"] = _serve_levels(folder, False, port, texts, levels, seconds, num_gpus)
 
     report = {
         "benchmark": "serve", "preset": preset, "sequence_length": SEQUENCE_LENGTH, "levels": list(levels),
-        "seconds_per_level": seconds, "texts_per_request": 1, "replicas": 1,
+        "seconds_per_level": seconds, "texts_per_request": 1, "replicas": 1, "replica_gpus": num_gpus,
         "machine": machine(),
         "results": results, **_summary(results, levels), "bare_model": ceiling,
         "note": "closed-loop load on 127.0.0.1; client threads, Serve's proxy and the replica share this machine's "

@@ -37,8 +37,9 @@ class _Predictor:
                 "probabilities": probabilities}
 
 
-def predict_dataset(dataset, preset: str, *, num_actors: int = 1, batch_size: int = 32):
-    """`dataset` (a `text` column, any others ride along) with the classifier's predictions added."""
+def predict_dataset(dataset, preset: str, *, num_actors: int = 1, batch_size: int = 32, num_gpus: float = 0):
+    """`dataset` (a `text` column, any others ride along) with the classifier's predictions added. `num_gpus`:
+    what each actor takes (a fraction: actors share a GPU)."""
     import ray.data
 
     from raynlp.presets import portable
@@ -52,10 +53,19 @@ def predict_dataset(dataset, preset: str, *, num_actors: int = 1, batch_size: in
         batch_size=batch_size * 4,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=num_actors),
+        **actor_options(num_gpus),
     )
 
 
-def evaluate(dataset, preset: str, *, num_actors: int = 1, batch_size: int = 32) -> dict:
+def actor_options(num_gpus: float = 0) -> dict:
+    """What each inference actor is given: `num_gpus` and the environment for it (JAX's memory taken as it is
+    needed where actors share a GPU)."""
+    from raynlp._internal.cluster import worker_env
+
+    return {**({"num_gpus": num_gpus} if num_gpus else {}), "runtime_env": {"env_vars": worker_env(num_gpus)}}
+
+
+def evaluate(dataset, preset: str, *, num_actors: int = 1, batch_size: int = 32, num_gpus: float = 0) -> dict:
     """Accuracy, mean cross-entropy and confusion matrix of the classifier over a labelled dataset."""
     from raynlp.data.labels import encode_labels
     from raynlp.presets import resolve
@@ -65,7 +75,7 @@ def evaluate(dataset, preset: str, *, num_actors: int = 1, batch_size: int = 32)
     labels = _check_loadable(preset)
     # Labels given by name (class folders, string labels) are the classifier's names; integer ids stay.
     predictions = predict_dataset(encode_labels(dataset, labels), preset, num_actors=num_actors,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, num_gpus=num_gpus)
     confusion = np.zeros((len(labels), len(labels)), np.int64)
     loss_sum, rows = 0.0, 0
     for batch in predictions.select_columns(["label", "probabilities"]).iter_batches(batch_size=1024,

@@ -56,10 +56,12 @@ class TextClassifier:
         """Load a classifier folder (or a raynlp preset name) for inference in this process."""
         import keras_hub
 
+        from raynlp._internal.cluster import keep_tensorflow_off_gpus
         from raynlp._internal.compilation_cache import use_compilation_cache
         from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
 
         use_compilation_cache()  # every evaluation actor and Serve replica of a classifier compiles it once
+        keep_tensorflow_off_gpus()  # the GPUs are JAX's
         folder, card, labels = describe_classifier(preset)
         if card is not None:
             model = _load_model(folder, card.model_file)

@@ -14,6 +14,8 @@ class _InferenceConfig(Section):
                                     "(s3://bucket/runs/finetune/preset)")
     data: CorpusSettings
     num_actors: int = Field(1, ge=1, description="inference actors")
+    num_gpus: float = Field(0, ge=0, description="GPUs each actor takes; below 1, actors share a GPU (JAX then "
+                                                 "takes its memory as it needs it)")
     batch_size: int = Field(32, ge=1, description="rows per predict call")
     address: str | None = Field(None, description=ADDRESS_HELP)
 

@@ -75,3 +75,14 @@ def test_evaluate_needs_labels_and_cli_writes_reports(ray_cluster, keras_hub_cla
     assert all(abs(sum(p) - 1) < 1e-5 for p in table["probabilities"].to_pylist())
     assert main(["predict", "--preset", folder, "--input", str(corpus), "--output", str(tmp_path / "out")]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_inference_actors_take_gpus_and_share_one_without_jax_taking_its_memory():
+    from raynlp.inference.batch import actor_options
+
+    shared, whole, none = actor_options(0.25), actor_options(1), actor_options(0)
+    assert shared["num_gpus"] == 0.25 and shared["runtime_env"]["env_vars"]["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert whole["num_gpus"] == 1 and "XLA_PYTHON_CLIENT_PREALLOCATE" not in whole["runtime_env"]["env_vars"]
+    assert "num_gpus" not in none
+    for options in (shared, whole, none):  # TensorFlow (keras-hub's tokenizers) never holds a whole GPU
+        assert options["runtime_env"]["env_vars"]["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"

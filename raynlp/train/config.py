@@ -167,6 +167,19 @@ class ScalingSettings(_Section):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: int = Field(1, ge=1, description="GPUs each worker process drives (scaling.use_gpu): the "
+                                                      "worker's batch is split across them, so train.batch_size "
+                                                      "must be a multiple of it")
+
+    @model_validator(mode="after")
+    def _gpus_need_use_gpu(self):
+        if self.gpus_per_worker > 1 and not self.use_gpu:
+            raise ValueError(f"scaling.gpus_per_worker={self.gpus_per_worker} needs scaling.use_gpu=true")
+        return self
+
+    def resources_per_worker(self) -> dict[str, float]:
+        """What Ray places each training worker with (Ray Train's JaxTrainer hands the GPUs to JAX)."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
 
 
 class RunSettings(_Section):
@@ -239,6 +252,9 @@ class RecipeConfig(_Section):
     @model_validator(mode="after")
     def _task_needs(self):
         RECIPES[self.task].check(self)
+        if self.train.batch_size % self.scaling.gpus_per_worker:
+            raise ValueError(f"train.batch_size={self.train.batch_size} is split across a worker's "
+                             f"scaling.gpus_per_worker={self.scaling.gpus_per_worker} GPUs: give a multiple of it")
         return self
 
 

@@ -90,7 +90,7 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
         train_loop_per_worker,
         train_loop_config={"recipe": config.model_dump(), "plan": plan.to_dict(), "callbacks": list(callbacks or [])},
         scaling_config=ScalingConfig(num_workers=plan.world_size, use_gpu=config.scaling.use_gpu,
-                                     resources_per_worker={"CPU": config.scaling.cpus_per_worker}),
+                                     resources_per_worker=config.scaling.resources_per_worker()),
         datasets={split: data.read(split) for split in data.folders},
         dataset_config=IngestConfig(execution_options=_in_order(IngestConfig.default_ingest_options())),
         run_config=RunConfig(

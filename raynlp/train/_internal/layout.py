@@ -52,31 +52,34 @@ def check_layout(config, nodes: list[Node], can_grow: bool = False) -> None:
     if s.use_gpu and not any(n.gpus for n in nodes):
         raise RaynlpError(f"scaling.use_gpu=true, but no node of this cluster has a GPU ({described}): set "
                           "scaling.use_gpu=false or join a cluster with GPUs (run.address)")
-    placed = _place(nodes, s.num_workers, s.cpus_per_worker, s.use_gpu)
+    gpus = s.gpus_per_worker if s.use_gpu else 0
+    placed = _place(nodes, s.num_workers, s.cpus_per_worker, gpus)
     if placed is None:
-        fit = sum(_capacity(n, s.cpus_per_worker, s.use_gpu) for n in nodes)
+        fit = sum(_capacity(n, s.cpus_per_worker, gpus) for n in nodes)
+        each = {0: "", 1: " and a GPU"}.get(gpus, f" and scaling.gpus_per_worker={gpus} GPUs")
+        lower = "scaling.cpus_per_worker or scaling.gpus_per_worker" if gpus > 1 else "scaling.cpus_per_worker"
         raise RaynlpError(f"scaling.num_workers={s.num_workers} workers of scaling.cpus_per_worker="
-                          f"{s.cpus_per_worker:g} CPUs{' and a GPU' if s.use_gpu else ''}: this cluster's nodes "
-                          f"({described}) hold {fit} at most: lower scaling.num_workers or scaling.cpus_per_worker")
+                          f"{s.cpus_per_worker:g} CPUs{each}: this cluster's nodes ({described}) hold {fit} at most: "
+                          f"lower scaling.num_workers or {lower}")
     if not _room_to_read(nodes, placed, s.cpus_per_worker):
-        most = _most_cpus_per_worker(nodes, s.num_workers, s.use_gpu)
+        most = _most_cpus_per_worker(nodes, s.num_workers, gpus)
         advice = f"lower scaling.cpus_per_worker to {most:g} at most" if most else "lower scaling.num_workers"
         raise RaynlpError(f"scaling.cpus_per_worker={s.cpus_per_worker:g} leaves no room beside the "
                           f"{s.num_workers} workers for the tasks that read their data ({FEED_TASK_CPUS:g} CPU each; "
                           f"nodes: {described}): {advice}")
 
 
-def _capacity(node: Node, cpus: float, gpu: bool) -> int:
+def _capacity(node: Node, cpus: float, gpus: int) -> int:
     fit = int(node.cpus // cpus + 1e-9)
-    return min(fit, int(node.gpus)) if gpu else fit
+    return min(fit, int(node.gpus // gpus)) if gpus else fit
 
 
-def _place(nodes: list[Node], workers: int, cpus: float, gpu: bool) -> list[int] | None:
+def _place(nodes: list[Node], workers: int, cpus: float, gpus: int) -> list[int] | None:
     """Workers a node as Ray Train's PACK placement lays them out (the fullest nodes first), None if they do not
     all fit."""
     placed, left = [0] * len(nodes), workers
-    for i in sorted(range(len(nodes)), key=lambda i: -_capacity(nodes[i], cpus, gpu)):
-        placed[i] = min(left, _capacity(nodes[i], cpus, gpu))
+    for i in sorted(range(len(nodes)), key=lambda i: -_capacity(nodes[i], cpus, gpus)):
+        placed[i] = min(left, _capacity(nodes[i], cpus, gpus))
         left -= placed[i]
     return placed if left == 0 else None
 
@@ -86,12 +89,12 @@ def _room_to_read(nodes: list[Node], placed: list[int], cpus: float) -> bool:
     return max(n.cpus - k * cpus for n, k in zip(nodes, placed)) >= FEED_TASK_CPUS - 1e-9
 
 
-def _most_cpus_per_worker(nodes: list[Node], workers: int, gpu: bool) -> float | None:
+def _most_cpus_per_worker(nodes: list[Node], workers: int, gpus: int) -> float | None:
     """The most CPUs a worker, in steps of FEED_TASK_CPUS, that places every worker and leaves a reading task
     room on some node."""
     steps = int(max(n.cpus for n in nodes) / FEED_TASK_CPUS)
     for cpus in (k * FEED_TASK_CPUS for k in range(steps, 0, -1)):
-        placed = _place(nodes, workers, cpus, gpu)
+        placed = _place(nodes, workers, cpus, gpus)
         if placed and _room_to_read(nodes, placed, cpus):
             return cpus
     return None

@@ -36,6 +36,11 @@ def test_one_worker_a_node_with_most_of_its_cpus_leaves_room_for_reading():
     (["scaling.use_gpu=true", "scaling.num_workers=3"], [Node(8, 1), Node(8, 1)],
      r"^scaling.num_workers=3 workers of scaling.cpus_per_worker=1 CPUs and a GPU: this cluster's nodes "
      r"\(8 CPUs \+ 1 GPUs, 8 CPUs \+ 1 GPUs\) hold 2 at most"),
+    (["scaling.use_gpu=true", "scaling.gpus_per_worker=2", "train.batch_size=16"], [Node(8, 2), Node(8, 1)],
+     r"^scaling.num_workers=2 workers of scaling.cpus_per_worker=1 CPUs and scaling.gpus_per_worker=2 GPUs: this "
+     r"cluster's nodes \(8 CPUs \+ 2 GPUs, 8 CPUs \+ 1 GPUs\) hold 1 at most"),
+    (["scaling.use_gpu=true", "scaling.gpus_per_worker=4", "scaling.num_workers=2"], [Node(8, 4), Node(8, 2)],
+     r"hold 1 at most: lower scaling.num_workers or scaling.cpus_per_worker or scaling.gpus_per_worker$"),
     (["run.output=runs/x"], TWO_SMALL_NODES,
      r"^run.output=runs/x is a folder on this machine, but the cluster has 2 nodes: give a storage URI "
      r"\(s3://bucket/runs/x\) or set run.shared_filesystem=true where every node mounts it$"),
@@ -54,6 +59,10 @@ def test_what_a_cluster_that_grows_or_shares_a_folder_may_do():
     check_layout(_config("run.output=runs/x", "scaling.num_workers=1"), [Node(4)])  # one node: a local folder
     check_layout(_config("scaling.use_gpu=true", "scaling.num_workers=2", "scaling.cpus_per_worker=4"),
                  [Node(16, 2)])
+    # Two workers of 4 GPUs each: one a node of 4, or both on a node of 8.
+    check_layout(_config("scaling.use_gpu=true", "scaling.gpus_per_worker=4", "train.batch_size=16"),
+                 [Node(16, 4), Node(16, 4)])
+    check_layout(_config("scaling.use_gpu=true", "scaling.gpus_per_worker=4", "train.batch_size=16"), [Node(32, 8)])
 
 
 def test_the_nodes_of_a_real_cluster(ray_cluster):

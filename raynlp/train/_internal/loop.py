@@ -18,6 +18,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import keras
     import ray.train
 
+    from raynlp._internal.cluster import keep_tensorflow_off_gpus
     from raynlp._internal.compilation_cache import use_compilation_cache
     from raynlp.train._internal.callbacks import (
         EarlyStopping,
@@ -43,8 +44,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     recipe, train = RECIPES[config.task], config.train
 
     # 1. One replica of a data-parallel run (a plain process when there is one worker), which loads what this
-    # node compiled before (a restarted group, a resumed run) instead of compiling it again.
+    # node compiled before (a restarted group, a resumed run) instead of compiling it again; the GPUs are JAX's.
     use_compilation_cache()
+    keep_tensorflow_off_gpus()
     info = setup_data_parallel(config.scaling.use_gpu, train.seed)
     if train.precision != "float32":
         keras.mixed_precision.set_global_policy(f"mixed_{train.precision}")
