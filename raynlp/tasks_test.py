@@ -84,3 +84,14 @@ print("ok")
 """
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", ["evaluate", "predict"])
+def test_inference_actors_that_ask_for_gpus_on_a_cluster_without_any_are_refused(ray_cluster, name, tmp_path):
+    from raynlp.tasks import task
+
+    config = load_task_config(name, f"configs/{name}.yaml", ["num_gpus=1", f"output={tmp_path / 'out'}"])
+    with pytest.raises(RaynlpError, match=r"^num_gpus=1, but no node of this cluster has a GPU \(4 CPUs\): leave "
+                                          r"num_gpus out or join a cluster with GPUs \(address\)$"):
+        task(name).run(config)
+    assert not (tmp_path / "out").exists()
