@@ -193,6 +193,11 @@ class RunSettings(_Section):
     feed_timeout_s: float = Field(600, gt=0, description="end the run when a worker's data feed gives no batch for "
                                                          "this long (it names what waits for resources) instead "
                                                          "of waiting forever")
+    wait_for_workers_s: float | None = Field(600, gt=0, description="how long a run waits for the cluster to place "
+                                                                   "its workers (at the start, or again after losing "
+                                                                   "a node) before it stops, its checkpoints kept; "
+                                                                   "null: as long as it takes (a cluster that "
+                                                                   "autoscales)")
     shared_filesystem: bool = Field(False, description="every node of the cluster mounts run.output at the same "
                                                        "path (NFS, a shared volume): a local run.output is then "
                                                        "allowed on a cluster of several nodes")

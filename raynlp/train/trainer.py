@@ -53,13 +53,13 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
     `callbacks`: extra Keras callbacks for every worker, as picklable functions of no arguments that make one
     (e.g. `functools.partial(MyCallback, every=100)`); they are called inside the workers, where Keras lives.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, ControllerError, FailureConfig, RunConfig, ScalingConfig
     from ray.train import DataConfig as IngestConfig
     from ray.train.v2.jax import JaxTrainer
 
     from raynlp._internal.cluster import ensure_ray
     from raynlp.train._internal import mlflow_run, prepare
-    from raynlp.train._internal.layout import check_layout, cluster_nodes
+    from raynlp.train._internal.layout import check_layout, cluster_nodes, no_room_error, placement_attempts
     from raynlp.train._internal.loop import train_loop_per_worker
     from raynlp.train._internal.run_folder import RunFolder
 
@@ -96,7 +96,8 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
         run_config=RunConfig(
             name="ray_train",
             storage_path=run.storage_path,
-            failure_config=FailureConfig(max_failures=config.run.max_failures),
+            failure_config=FailureConfig(max_failures=config.run.max_failures,
+                                         controller_failure_limit=placement_attempts(config.run.wait_for_workers_s)),
             # Ranked by train.monitor where the best is exported (checkpoints within an epoch rank last); Ray
             # keeps the latest one either way, to resume from.
             checkpoint_config=CheckpointConfig(
@@ -106,9 +107,12 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
         ),
     )
     try:
-        result = trainer.fit()
-        if result.error:
-            raise result.error
+        try:
+            result = trainer.fit()
+            if result.error:
+                raise result.error
+        except ControllerError as error:  # Ray Train could not place the workers for run.wait_for_workers_s
+            raise no_room_error(config, error, run.join("ray_train")) or error from error
         # 3. The preset out of the chosen checkpoint, metrics and curves out of the last, into the run's folder.
         exported = _export(run, result, config)
     except BaseException:

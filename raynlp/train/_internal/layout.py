@@ -8,6 +8,8 @@ not depend on its size apply there. Each refusal is one line naming the setting 
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 
 from raynlp._internal import storage
@@ -67,6 +69,35 @@ def check_layout(config, nodes: list[Node], can_grow: bool = False) -> None:
         raise RaynlpError(f"scaling.cpus_per_worker={s.cpus_per_worker:g} leaves no room beside the "
                           f"{s.num_workers} workers for the tasks that read their data ({FEED_TASK_CPUS:g} CPU each; "
                           f"nodes: {described}): {advice}")
+
+
+# How long Ray Train waits to place a worker group before it counts a failed start (Ray's default: 60 s).
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
+def placement_attempts(wait_s: float | None) -> int:
+    """Failed starts of the worker group Ray Train may retry (`FailureConfig.controller_failure_limit`) so that a
+    run waits about `wait_s` for room before it stops; -1 (no limit) for None. Each start waits START_TIMEOUT_ENV."""
+    if wait_s is None:
+        return -1
+    return max(math.ceil(wait_s / float(os.environ.get(START_TIMEOUT_ENV, 60))) - 1, 0)
+
+
+def no_room_error(config, error, checkpoints: str) -> RaynlpError | None:
+    """What to tell the user when Ray Train gave up placing the workers (`error`, a Ray Train ControllerError),
+    None for any other controller error."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    if not isinstance(getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError):
+        return None
+    s = config.scaling
+    nodes, _ = cluster_nodes()
+    gpus = f" and {s.gpus_per_worker} GPU{'s' if s.gpus_per_worker > 1 else ''}" if s.use_gpu else ""
+    return RaynlpError(
+        f"the cluster found no room for {s.num_workers} workers of {s.cpus_per_worker:g} CPUs{gpus} for about "
+        f"{config.run.wait_for_workers_s:g} s (run.wait_for_workers_s; nodes now: "
+        f"{', '.join(str(n) for n in nodes)}): the run stopped; run the same command again once the cluster has "
+        f"room, and it resumes from its last checkpoint (in {checkpoints}), if it made one")
 
 
 def _capacity(node: Node, cpus: float, gpus: int) -> int:

@@ -68,3 +68,28 @@ def test_what_a_cluster_that_grows_or_shares_a_folder_may_do():
 def test_the_nodes_of_a_real_cluster(ray_cluster):
     nodes, can_grow = cluster_nodes()
     assert nodes == [Node(4, 0)] and not can_grow  # conftest's cluster: one node, 4 CPUs, no autoscaler
+
+
+def test_how_long_a_run_waits_for_room_to_place_its_workers(monkeypatch):
+    from raynlp.train._internal.layout import START_TIMEOUT_ENV, placement_attempts
+
+    monkeypatch.delenv(START_TIMEOUT_ENV, raising=False)
+    assert placement_attempts(600) == 9  # Ray Train waits 60 s a start: the first and 9 more
+    assert placement_attempts(30) == 0 and placement_attempts(None) == -1
+    monkeypatch.setenv(START_TIMEOUT_ENV, "10")
+    assert placement_attempts(600) == 59 and placement_attempts(10) == 0
+
+
+def test_ray_trains_placement_timeout_becomes_a_message_that_says_what_to_do(ray_cluster):
+    from ray.train import ControllerError
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupFailedError, WorkerGroupStartupTimeoutError
+
+    from raynlp.train._internal.layout import no_room_error
+
+    config = _config("scaling.num_workers=3", "scaling.cpus_per_worker=1.5", "run.wait_for_workers_s=120")
+    error = no_room_error(config, ControllerError(WorkerGroupStartupTimeoutError(3)), "s3://bucket/runs/x/ray_train")
+    assert str(error) == ("the cluster found no room for 3 workers of 1.5 CPUs for about 120 s "
+                          "(run.wait_for_workers_s; nodes now: 4 CPUs): the run stopped; run the same command again "
+                          "once the cluster has room, and it resumes from its last checkpoint (in "
+                          "s3://bucket/runs/x/ray_train), if it made one")
+    assert no_room_error(config, ControllerError(WorkerGroupStartupFailedError("no")), "x") is None
