@@ -89,7 +89,7 @@ def _evaluate(config) -> dict:
 
 def _check_gpus(config) -> None:
     """Actors that ask for GPUs on a cluster that has none (and cannot grow any) would wait forever."""
-    from raynlp.train._internal.layout import cluster_nodes
+    from raynlp._internal.cluster import cluster_nodes
 
     nodes, can_grow = cluster_nodes()
     if config.num_gpus and not can_grow and not any(n.gpus for n in nodes):

@@ -1,9 +1,10 @@
-"""Start or join the Ray cluster a command runs on."""
+"""Start or join the Ray cluster a command runs on, what its nodes hold, and what each process on it gets."""
 
 import contextlib
 import logging
 import os
 import socket
+from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,30 @@ def keep_tensorflow_off_gpus() -> bool:
         logger.debug("TensorFlow's devices were set up before raynlp could hide the GPUs from it")
         return False
     return True
+
+
+@dataclass(frozen=True)
+class Node:
+    """An alive node's resources, as `ray.nodes()` gives them."""
+
+    cpus: float
+    gpus: float = 0
+
+    def __str__(self) -> str:
+        return f"{self.cpus:g} CPUs" + (f" + {self.gpus:g} GPUs" if self.gpus else "")
+
+
+def cluster_nodes() -> tuple[list[Node], bool]:
+    """The alive nodes of the cluster this process joined, and whether an autoscaler may add more."""
+    import ray
+    from ray._private import state
+
+    nodes = [Node(n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["Alive"]]
+    try:
+        can_grow = state.state.get_cluster_config() is not None  # an autoscaler publishes its node types
+    except Exception:  # an older head without the record: assume it may grow, as Ray Train would wait
+        can_grow = True
+    return nodes, can_grow
 
 
 # Which cluster a command runs on, as `ensure_ray` chooses it: for every --address flag and `address` field.

@@ -111,8 +111,11 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
             result = trainer.fit()
             if result.error:
                 raise result.error
-        except ControllerError as error:  # Ray Train could not place the workers for run.wait_for_workers_s
-            raise no_room_error(config, error, run.join("ray_train")) or error from error
+        except ControllerError as error:  # e.g. Ray Train could not place the workers for run.wait_for_workers_s
+            clear = no_room_error(config, error, run.join("ray_train"))
+            if clear is None:
+                raise
+            raise clear from error
         # 3. The preset out of the chosen checkpoint, metrics and curves out of the last, into the run's folder.
         exported = _export(run, result, config)
     except BaseException:

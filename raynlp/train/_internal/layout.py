@@ -10,35 +10,11 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 
 from raynlp._internal import storage
+from raynlp._internal.cluster import Node, cluster_nodes
 from raynlp._internal.ray_data import FEED_TASK_CPUS
 from raynlp.errors import RaynlpError
-
-
-@dataclass(frozen=True)
-class Node:
-    """An alive node's resources, as `ray.nodes()` gives them."""
-
-    cpus: float
-    gpus: float = 0
-
-    def __str__(self) -> str:
-        return f"{self.cpus:g} CPUs" + (f" + {self.gpus:g} GPUs" if self.gpus else "")
-
-
-def cluster_nodes() -> tuple[list[Node], bool]:
-    """The alive nodes of the cluster this process joined, and whether an autoscaler may add more."""
-    import ray
-    from ray._private import state
-
-    nodes = [Node(n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["Alive"]]
-    try:
-        can_grow = state.state.get_cluster_config() is not None  # an autoscaler publishes its node types
-    except Exception:  # an older head without the record: assume it may grow, as Ray Train would wait
-        can_grow = True
-    return nodes, can_grow
 
 
 def check_layout(config, nodes: list[Node], can_grow: bool = False) -> None:
