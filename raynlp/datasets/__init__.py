@@ -110,8 +110,11 @@ def read_split(name: str, split: str = "train") -> pa.Table:
 
 
 def load(name: str) -> dict:
-    """Every split of data set `name` as a Ray Dataset with columns `text` (and `label` where labelled)."""
-    from raynlp._internal.ray_data import read_parquet
+    """Every split of data set `name` as a Ray Dataset with columns `text` (and `label` where labelled).
 
-    folder = fetch(name)
-    return {split: read_parquet(str(folder / f"{split}.parquet")) for split in SPLITS}
+    The rows travel in Ray's object store, not as a path: the cached files lie on this node only, and Ray Data
+    would read a path on whichever node it chose (a multi-node cluster's other nodes have no such file). The
+    named data sets are small enough to hold in memory."""
+    import ray.data
+
+    return {split: ray.data.from_arrow(read_split(name, split)) for split in SPLITS}

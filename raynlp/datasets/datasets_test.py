@@ -40,6 +40,10 @@ def test_load_gives_ray_datasets(ray_cluster):
     assert set(splits) == {"train", "test"}
     assert splits["test"].count() == 800
     assert set(splits["test"].schema().names) == {"text", "label"}
+    # The rows themselves, in their stored order, and no file path that only this node's cache holds (Ray Data
+    # may read a path on any node of a cluster).
+    assert splits["test"].input_files() == []
+    assert splits["test"].take(3) == datasets.read_split("rotten_tomatoes", "test").slice(0, 3).to_pylist()
 
 
 def test_unknown_name_lists_the_data_sets():
