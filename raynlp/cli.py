@@ -201,8 +201,10 @@ def _bench(args) -> None:
 
     if args.name != "gpu" and (args.smoke or args.peak_tflops):
         raise RaynlpError(f"--{'smoke' if args.smoke else 'peak-tflops'} is for raynlp bench gpu only")
+    if args.nodes is not None and (args.name != "train" or args.nodes < 2):
+        raise RaynlpError("--nodes is for raynlp bench train only, and counts 2 nodes or more")
     result_path = bench.run(args.name, output_dir=args.output, rows=args.rows, preset=args.preset,
-                            smoke=args.smoke, peak_tflops=args.peak_tflops)
+                            smoke=args.smoke, peak_tflops=args.peak_tflops, nodes=args.nodes)
     print(f"benchmark results in {result_path}")
 
 
@@ -392,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/bench", help="folder for results (default runs/bench)")
     p.add_argument("--rows", type=int, default=None,
                    help="rows to use (default: the benchmark's own); pretrain: documents of each corpus")
+    p.add_argument("--nodes", type=int, default=None,
+                   help="train: what crossing a node costs: 1 worker and N workers on one node against one worker "
+                        "on each of N nodes (raylet nodes on this machine, talking over loopback), same global batch; "
+                        "writes train_nodes.json")
     p.add_argument("--preset", help="serve: the backbone to serve with a 2-class head (default minilm_l6_en_uncased)")
     p.add_argument("--smoke", action="store_true",
                    help="gpu: every step at toy size on whatever device there is (checks the check, not the GPU)")

@@ -12,14 +12,16 @@ BENCHMARKS = ("tokenize", "train", "pretrain", "serve", "gpu")
 
 
 def run(name: str, output_dir: str = "runs/bench", rows: int | None = None, preset: str | None = None,
-        smoke: bool = False, peak_tflops: float | None = None) -> Path:
+        smoke: bool = False, peak_tflops: float | None = None, nodes: int | None = None) -> Path:
     if name == "tokenize":
         from raynlp.bench.tokenize_bench import run_tokenize_bench
 
         return run_tokenize_bench(Path(output_dir), rows=rows)
     if name == "train":
-        from raynlp.bench.train_bench import run_train_bench
+        from raynlp.bench.train_bench import run_train_bench, run_train_bench_across_nodes
 
+        if nodes:
+            return run_train_bench_across_nodes(Path(output_dir), rows=rows, nodes=nodes)
         return run_train_bench(Path(output_dir), rows=rows)
     if name == "pretrain":
         from raynlp.bench.pretrain_bench import run_pretrain_bench

@@ -19,6 +19,13 @@ time of the steps that checkpoint less the median of the others in the steady ep
 differ by more than their checkpoints cost on this machine). Checkpoints do not change the training, so both end
 at the same losses.
 
+`raynlp bench train --nodes N` asks what crossing a node costs instead, on Ray clusters of several raylet nodes on
+this machine (`ray.cluster_utils.Cluster`), every worker of 1.5 CPUs, the same global batch: `raynlp_1_worker` and
+`raynlp_N_workers_1_node` on one node of 2N CPUs, `raynlp_N_workers_N_nodes` one worker on each of N nodes of 2
+CPUs. The nodes share this machine and talk over loopback, so the gap between the last two is an upper bound on
+what the software adds to a crossing (a real network adds its own time on top); `nodes` records where the workers
+ran.
+
 Ratios are given to both baselines: to the plain process (the issue's measure) and to the fit inside a Ray task,
 which isolates what raynlp adds on top of Ray.
 
@@ -53,7 +60,12 @@ DEFAULT_ROWS = 3200
 CHECKPOINT_EVERY = 10  # optimizer steps
 
 
-def _config(out: Path, rows: int, workers: int, checkpoint_every: int | None = None):
+# `--nodes`: each node holds one worker of WORKER_CPUS beside the tasks that read its data.
+NODE_CPUS = 2
+WORKER_CPUS = 1.5
+
+
+def _config(out: Path, rows: int, workers: int, checkpoint_every: int | None = None, settings: tuple[str, ...] = ()):
     from raynlp import datasets
     from raynlp.train import load_config
 
@@ -63,7 +75,7 @@ def _config(out: Path, rows: int, workers: int, checkpoint_every: int | None = N
         f"data.sequence_length={SEQUENCE_LENGTH}", f"train.epochs={EPOCHS}", f"train.batch_size={GLOBAL_BATCH // workers}",
         f"scaling.num_workers={workers}", "optimizer.learning_rate=1e-4", "optimizer.schedule=constant",
         "train.shuffle=false", "model.dropout=0.1", f"run.output={out}",
-        *([f"train.checkpoint_every_steps={checkpoint_every}"] if checkpoint_every else []),
+        *([f"train.checkpoint_every_steps={checkpoint_every}"] if checkpoint_every else []), *settings,
     ])
 
 
@@ -115,7 +127,8 @@ def _plain_fit(rows: int, checkpoint_every: int | None = None, folder: str | Non
             **({"clock": f"{folder}/clock.json"} if checkpoint_every else {})}
 
 
-def _raynlp_fit(out: Path, rows: int, workers: int, checkpoint_every: int | None = None) -> dict:
+def _raynlp_fit(out: Path, rows: int, workers: int, checkpoint_every: int | None = None,
+                settings: tuple[str, ...] = ()) -> dict:
     import functools
 
     from raynlp.train import train
@@ -124,15 +137,33 @@ def _raynlp_fit(out: Path, rows: int, workers: int, checkpoint_every: int | None
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     clock = out.parent / f"{out.name}_clock.json"
-    result = train(_config(out, rows, workers, checkpoint_every),
-                   callbacks=[functools.partial(step_clock, str(clock))] if checkpoint_every else [])
+    placement = out.parent / f"{out.name}_nodes"
+    placement.mkdir(parents=True, exist_ok=True)
+    callbacks = [functools.partial(_node_record, str(placement))]
+    if checkpoint_every:
+        callbacks.append(functools.partial(step_clock, str(clock)))
+    result = train(_config(out, rows, workers, checkpoint_every, settings), callbacks=callbacks)
     steady = result.metrics[1:]
     examples = sum(m["examples_per_second"] * m["seconds"] for m in steady)
     return {"examples_per_second": round(examples / sum(m["seconds"] for m in steady), 1),
             "epoch_seconds": [m["seconds"] for m in result.metrics],
             "wall_seconds": round(time.perf_counter() - start, 1),
             "epoch_losses": [round(m["loss"], 4) for m in result.metrics],
+            "nodes": len({p.read_text() for p in placement.glob("rank*")}),
             **({"clock": str(clock)} if checkpoint_every else {})}
+
+
+def _node_record(folder: str):
+    """A Keras callback that writes, a file a rank, the id of the Ray node the worker trains on."""
+    import keras
+    import ray
+
+    class NodeRecord(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            rank = ray.train.get_context().get_world_rank()
+            Path(folder, f"rank{rank}").write_text(ray.get_runtime_context().get_node_id())
+
+    return NodeRecord()
 
 
 def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[int, ...] = (1, 2),
@@ -175,6 +206,45 @@ def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[in
     }
     path = write_report(output_dir, "train", report, _plot)
     logger.info("train bench: %s; checkpoints: %s", report["ratio_to_keras_hub_fit"], report["checkpoint_cost"])
+    return path
+
+
+def run_train_bench_across_nodes(output_dir: Path, rows: int | None = None, nodes: int = 2) -> Path:
+    """1 worker, `nodes` workers on one node and one worker on each of `nodes` nodes, all on this machine, against
+    the plain fit (see the module's docstring); writes `train_nodes.json`."""
+    from raynlp._internal.cluster import nodes_on_this_machine
+
+    rows = rows or DEFAULT_ROWS
+    logger.info("train bench across nodes: %s, %d rows, global batch %d, workers of %g CPUs; 1 node of %g CPUs, "
+                "then %d of %g", PRESET, rows, GLOBAL_BATCH, WORKER_CPUS, NODE_CPUS * nodes, nodes, NODE_CPUS)
+    results = {"keras_hub_fit_1_process": _plain_fit(rows)}
+    runs = output_dir / "runs_nodes"
+    # Every node is on this machine, so each sees the output folder.
+    settings = (f"scaling.cpus_per_worker={WORKER_CPUS}", "run.shared_filesystem=true")
+    with nodes_on_this_machine(NODE_CPUS * nodes) as cluster:
+        for count, name in ((1, "raynlp_1_worker"), (nodes, f"raynlp_{nodes}_workers_1_node")):
+            results[name] = _raynlp_fit(runs / name, rows, count, settings=(*settings, f"run.address={cluster.address}"))
+    with nodes_on_this_machine(*[NODE_CPUS] * nodes) as cluster:
+        name = f"raynlp_{nodes}_workers_{nodes}_nodes"
+        results[name] = _raynlp_fit(runs / name, rows, nodes, settings=(*settings, f"run.address={cluster.address}"))
+    base = results["keras_hub_fit_1_process"]["examples_per_second"]
+    one_node = results[f"raynlp_{nodes}_workers_1_node"]["examples_per_second"]
+    report = {
+        "benchmark": "train_nodes",
+        "preset": PRESET, "rows": rows, "sequence_length": SEQUENCE_LENGTH, "global_batch": GLOBAL_BATCH,
+        "epochs": EPOCHS, "nodes": nodes, "node_cpus": NODE_CPUS, "worker_cpus": WORKER_CPUS,
+        "machine": machine(),
+        "results": results,
+        "ratio_to_keras_hub_fit": {name: round(r["examples_per_second"] / base, 2) for name, r in results.items()},
+        "crossing_nodes": round(results[f"raynlp_{nodes}_workers_{nodes}_nodes"]["examples_per_second"] / one_node, 3),
+        "note": "examples/s over the epochs after the first; every node is a raylet on this one machine, so the "
+                "workers share its cores whatever the layout, and crossing a node goes over loopback: "
+                "crossing_nodes (N workers on N nodes against N on one node) is what the software adds to a "
+                "crossing, at most; a real network adds its own time on top.",
+    }
+    path = write_report(output_dir, "train_nodes", report, _plot)
+    logger.info("train bench across nodes: %s; crossing nodes: %sx", report["ratio_to_keras_hub_fit"],
+                report["crossing_nodes"])
     return path
 
 

@@ -53,3 +53,38 @@ def test_every_way_trained_the_same_steps_and_reports_throughput(report):
     assert (folder / "runs" / "keras_checkpoints" / "checkpoint.keras").exists()
     assert (folder / "train.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (folder / "runs" / "raynlp_1_worker" / "preset" / "task.json").exists()
+
+
+def test_across_nodes_places_the_workers_as_named_and_trains_the_same_steps(tmp_path):
+    """`--nodes 2` on clusters of raylet nodes of its own, so in a process of its own (this one has joined the
+    session's cluster). The same work in every layout: 1 worker matches the plain fit, and 2 workers train the same
+    steps whether they share a node or not; `nodes` counts where they ran."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "raynlp.cli", "bench", "train", "--nodes", "2", "--rows", "96",
+                           "--output", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip().endswith(f"benchmark results in {tmp_path / 'train_nodes.json'}")
+    data = json.loads((tmp_path / "train_nodes.json").read_text())
+    results = data["results"]
+    assert list(results) == ["keras_hub_fit_1_process", "raynlp_1_worker", "raynlp_2_workers_1_node",
+                             "raynlp_2_workers_2_nodes"]
+    assert [r.get("nodes") for r in results.values()] == [None, 1, 1, 2]
+    assert results["raynlp_1_worker"]["epoch_losses"] == results["keras_hub_fit_1_process"]["epoch_losses"]
+    assert results["raynlp_2_workers_2_nodes"]["epoch_losses"] == results["raynlp_2_workers_1_node"]["epoch_losses"]
+    crossing = results["raynlp_2_workers_2_nodes"]["examples_per_second"] / results[
+        "raynlp_2_workers_1_node"]["examples_per_second"]
+    assert data["crossing_nodes"] == pytest.approx(crossing, abs=0.0006)
+    assert (tmp_path / "train_nodes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("flags", [["bench", "serve", "--nodes", "2"], ["bench", "train", "--nodes", "1"]])
+def test_nodes_is_refused_outside_the_train_bench_and_below_two(flags):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "raynlp.cli", *flags], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == ("raynlp: error: --nodes is for raynlp bench train only, and "
+                                                    "counts 2 nodes or more")
