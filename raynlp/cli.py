@@ -137,7 +137,7 @@ def _classify(args) -> None:
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise RaynlpError("no texts: give them as arguments, or one per line on standard input")
-    predictions = Client(args.url, timeout=args.timeout).classify(texts)
+    predictions = Client(args.url, timeout=args.timeout, token=args.token).classify(texts)
     if args.json:
         print(json.dumps([p.__dict__ for p in predictions], indent=2))
         return
@@ -345,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server URL (default http://127.0.0.1:8000)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for the answer (default 60)")
+    p.add_argument("--token", default=None,
+                   help="the server's bearer token, where it requires one (default: RAYNLP_TOKEN)")
     p.set_defaults(run=_classify)
 
     p = commands.add_parser(

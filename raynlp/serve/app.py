@@ -2,7 +2,8 @@
 
     POST /v1/classify  {"texts": ["...", ...]}  →  {"model": ..., "predictions": [{label, label_name, probabilities}]}
     GET  /v1/model     name, preset folder, labels, sequence length, version
-    GET  /healthz      {"status": "ok"}
+    GET  /healthz      {"status": "ok"}: the process answers (liveness; open without the token)
+    GET  /readyz       the model is loaded and its last health probe answered; 503 if not (readiness)
 
 Every text of a request becomes one item of Serve's dynamic batcher (`@serve.batch`), so texts from concurrent
 requests share one model call, and a request of 40 texts is spread over batches like 40 requests of one. A batch
@@ -16,13 +17,17 @@ Serve config file, with the config as its `args`.
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,6 +36,43 @@ from raynlp.serve.config import ServeConfig
 logger = logging.getLogger("ray.serve")
 
 api = FastAPI(title="raynlp classifier", description="Text classification served by raynlp on Ray Serve.")
+
+
+class ClassifyRequest(BaseModel):
+    """What `POST /v1/classify` takes. The body is parsed by `parse_texts`, not by FastAPI, so that every bad body
+    gets raynlp's error shape; this model documents it in /openapi.json and /docs."""
+
+    texts: list[str] = Field(min_length=1, description="texts to classify, each non-empty; at most limits.max_texts",
+                             examples=[["a gem of a film", "two hours I will not get back"]])
+
+
+class Prediction(BaseModel):
+    label: int = Field(description="index of the most probable class")
+    label_name: str = Field(description="its name, from the training data's labels")
+    probabilities: list[float] = Field(description="one probability per class, in label order")
+
+
+class ClassifyResponse(BaseModel):
+    model: str = Field(description="name of the model that answered")
+    predictions: list[Prediction] = Field(description="one per text, in the order sent")
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    message: str = Field(description="what was wrong, and what to send instead")
+
+
+class ErrorBody(BaseModel):
+    """Every refused request's body, whatever the route."""
+
+    error: ErrorDetail
+
+
+# What the health check classifies: any text will do; a fixed one makes every probe the same work.
+PROBE_TEXT = "a health probe"
+
+_REFUSALS = {status: {"model": ErrorBody, "description": why} for status, why in [
+    (400, "a malformed body"), (413, "too many texts or too large a body")]}
 
 
 class RequestError(Exception):
@@ -51,10 +93,55 @@ async def _refused(_request: Request, error: RequestError) -> JSONResponse:
     return _error_body(error.status, error.message)
 
 
+@api.exception_handler(Exception)
+async def _failed(_request: Request, error: Exception) -> JSONResponse:
+    # The app's own failure, in raynlp's error shape: a client tells it from a replica that died under a request
+    # (Serve's proxy answers that 500 itself, as plain text), which is worth retrying.
+    logger.exception("raynlp: request failed")
+    return _error_body(500, f"the server failed to classify: {type(error).__name__}: {error}")
+
+
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
     # Unknown routes and methods get the same JSON error shape as refused requests.
     return _error_body(error.status_code, str(error.detail))
+
+
+# The replica's environment names the variable that holds its token (deployment_options puts it there). Serve
+# serves a copy of `api` and of the deployment class, taken when this module is imported, so a replica cannot
+# hand the middleware a value through either; its process environment is the one place both see.
+TOKEN_ENV_VAR = "RAYNLP_SERVE_TOKEN_ENV"
+
+
+def _token(name: str) -> str:
+    token = os.environ.get(name, "").strip()
+    if not token:
+        from raynlp.errors import RaynlpError
+
+        raise RaynlpError(f"auth.token_env={name}, but {name} is not set (or empty) where the replica runs")
+    return token
+
+
+@api.middleware("http")
+async def _require_token(request: Request, call_next):
+    """With a token set (`auth.token_env`), every route but the liveness probe needs `Authorization: Bearer
+    TOKEN`; compared in constant time."""
+    name = os.environ.get(TOKEN_ENV_VAR)
+    if name and _route(request) != "/healthz":
+        token = _token(name)
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
+            response = _error_body(401, "this server needs a bearer token: send the header "
+                                        "'Authorization: Bearer TOKEN' (raynlp classify --token, or RAYNLP_TOKEN)")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+    return await call_next(request)
+
+
+def _route(request: Request) -> str:
+    """The request's path below the app's route prefix."""
+    path, prefix = request.scope["path"], request.scope.get("root_path", "")
+    return path[len(prefix):] if prefix and path.startswith(prefix) else path
 
 
 def parse_texts(body: bytes, *, max_texts: int, max_body_bytes: int) -> list[str]:
@@ -69,6 +156,8 @@ def parse_texts(body: bytes, *, max_texts: int, max_body_bytes: int) -> list[str
         payload = json.loads(text)
     except json.JSONDecodeError as e:
         raise RequestError(400, f"request body is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:  # Python's parser recurses a level a nested list or object
+        raise RequestError(400, 'request body nests JSON too deeply; send {"texts": ["...", ...]}') from None
     if not isinstance(payload, dict):
         raise RequestError(400, 'request body must be a JSON object: {"texts": ["...", ...]}')
     if "texts" not in payload:
@@ -118,16 +207,20 @@ class ClassifierServer:
 
         start = time.perf_counter()
         self.config = config
+        if config.auth.token_env:
+            _token(config.auth.token_env)  # a replica without its token fails to start, saying so
         self.classifier = TextClassifier.load(config.preset, max_batch_size=config.batching.max_batch_size,
                                               sequence_length=config.sequence_length)
         self.classifier.warm_up()
         self.version = fingerprint(self.classifier.folder)
+        self.probe_failure: str | None = None
         self._classify_batch.set_max_batch_size(config.batching.max_batch_size)
         self._classify_batch.set_batch_wait_timeout_s(config.batching.wait_timeout_ms / 1000)
         logger.info("raynlp: serving %s (%s, version %s) after %.1f s of loading and compiling",
                     self.classifier.name, self.classifier.folder, self.version, time.perf_counter() - start)
 
-    @api.post("/v1/classify")
+    @api.post("/v1/classify", response_model=ClassifyResponse, responses=_REFUSALS, openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ClassifyRequest.model_json_schema()}}}})
     async def classify(self, request: Request) -> dict:
         limits = self.config.limits
         declared = request.headers.get("content-length", "")
@@ -161,7 +254,29 @@ class ClassifierServer:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
+        """Liveness: the replica's process answers (cheap; the model is not run)."""
         return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        """Readiness: the model is loaded and its last health probe answered (503 with the reason if it did not)."""
+        body = {"model": self.classifier.name, "version": self.version}
+        if self.probe_failure:
+            return JSONResponse({"status": "failing", "reason": self.probe_failure, **body}, status_code=503)
+        return JSONResponse({"status": "ready", **body})
+
+    async def check_health(self) -> None:
+        """Serve's health check, every `health.period_s`: the model classifies PROBE_TEXT. Raising reports the
+        replica unhealthy, and Serve replaces it."""
+        try:
+            row = (await asyncio.to_thread(self.classifier.predict_proba, [PROBE_TEXT]))[0]
+            if not (np.all(np.isfinite(row)) and abs(float(row.sum()) - 1) < 1e-3):
+                raise ValueError(f"the model's probabilities for the probe are not a distribution: {row.tolist()}")
+        except Exception as error:
+            self.probe_failure = f"{type(error).__name__}: {error}"
+            logger.error("raynlp: health probe failed (%s); Serve replaces this replica", self.probe_failure)
+            raise
+        self.probe_failure = None
 
 
 def deployment_options(config: ServeConfig) -> dict:
@@ -173,12 +288,20 @@ def deployment_options(config: ServeConfig) -> dict:
                    "target_ongoing_requests": scaling.target_ongoing_requests}
     if scaling.initial_replicas is not None:
         autoscaling["initial_replicas"] = scaling.initial_replicas
+    env = worker_env(config.replica.num_gpus)
+    name = config.auth.token_env
+    if name:
+        env[TOKEN_ENV_VAR] = name
+        if os.environ.get(name):  # set where the app is built (`raynlp serve`): the replicas need it too
+            env[name] = os.environ[name]
     return {
         "autoscaling_config": autoscaling,
         "max_ongoing_requests": config.replica.max_ongoing_requests,
+        "health_check_period_s": config.health.period_s,
+        "health_check_timeout_s": config.health.timeout_s,
         "logging_config": {"enable_access_log": config.access_log},
         "ray_actor_options": {"num_cpus": config.replica.num_cpus, "num_gpus": config.replica.num_gpus,
-                              "runtime_env": {"env_vars": worker_env(config.replica.num_gpus)}},
+                              "runtime_env": {"env_vars": env}},
     }
 
 

@@ -60,6 +60,22 @@ class HttpSettings(Section):
     port: int = Field(8000, ge=1, le=65535)
 
 
+class HealthSettings(Section):
+    """Serve's health check of each replica: the model classifies a fixed probe text; a replica whose model cannot
+    answer (an error, or probabilities that are not finite or do not sum to 1) is replaced."""
+
+    period_s: float = Field(10, gt=0, description="seconds between probes of a replica")
+    timeout_s: float = Field(30, gt=0, description="a probe that takes longer fails")
+
+
+class AuthSettings(Section):
+    """An optional bearer token: set, every route but /healthz answers 401 without `Authorization: Bearer TOKEN`."""
+
+    token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                  description="name of the environment variable that holds the token (the token "
+                                              "itself never goes into a config or an exported file)")
+
+
 class ServeConfig(Section):
     task: Literal["serve"] = "serve"
     preset: str = Field(description="a classifier folder (a training run's preset/, also as a storage URI: "
@@ -73,6 +89,8 @@ class ServeConfig(Section):
     replica: ReplicaSettings = ReplicaSettings()
     limits: LimitSettings = LimitSettings()
     http: HttpSettings = HttpSettings()
+    health: HealthSettings = HealthSettings()
+    auth: AuthSettings = AuthSettings()
     access_log: bool = Field(False, description="log every request in the replica (costs CPU at high request rates)")
     address: str | None = Field(None, description=ADDRESS_HELP)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def start(config: ServeConfig) -> str:
     from raynlp.serve.app import build_app
 
     describe_classifier(config.preset)  # a wrong folder fails here, before any Ray resource is taken
+    check_access(config)
     import ray
 
     joining = ray.is_initialized() or bool(config.address)
@@ -83,6 +85,16 @@ def start(config: ServeConfig) -> str:
     url = base_url(config)
     logger.info("serving %s at %s (POST /v1/classify, GET /v1/model, GET /healthz)", config.preset, url)
     return url
+
+
+def check_access(config: ServeConfig) -> None:
+    """Refuse a token variable that is not set here; warn where the server listens beyond this machine unguarded."""
+    name = config.auth.token_env
+    if name and not os.environ.get(name, "").strip():
+        raise RaynlpError(f"auth.token_env={name}, but {name} is not set: export {name}=TOKEN before serving")
+    if config.http.host in ("0.0.0.0", "::") and not name:
+        logger.warning("serving on %s with no token: anyone who reaches this machine can call it (set "
+                       "auth.token_env to require a bearer token)", config.http.host)
 
 
 def stop(config: ServeConfig) -> None:

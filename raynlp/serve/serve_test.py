@@ -102,6 +102,25 @@ def test_model_description_and_health(server, keras_hub_classifier):
     assert not Client(server + "-nowhere").healthy()
 
 
+def test_the_api_is_documented_in_openapi_and_docs(server):
+    with urllib.request.urlopen(server + "/openapi.json", timeout=30) as response:
+        spec = json.loads(response.read())
+    classify = spec["paths"]["/v1/classify"]["post"]
+    request = classify["requestBody"]["content"]["application/json"]["schema"]
+    assert request["required"] == ["texts"] and request["properties"]["texts"]["items"] == {"type": "string"}
+    schemas = spec["components"]["schemas"]
+    answer = classify["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/ClassifyResponse"}
+    assert set(schemas["ClassifyResponse"]["properties"]) == {"model", "predictions"}
+    assert set(schemas["Prediction"]["properties"]) == {"label", "label_name", "probabilities"}
+    for status in ("400", "413"):  # raynlp's error shape, not FastAPI's 422
+        assert classify["responses"][status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorBody"}
+    assert "422" not in classify["responses"]
+    with urllib.request.urlopen(server + "/docs", timeout=30) as response:
+        assert response.status == 200 and b"openapi.json" in response.read()
+
+
 def test_concurrent_requests_of_mixed_sizes_and_bad_ones_get_their_own_answers(server, expected):
     rng = np.random.default_rng(0)
     texts = list(expected)[:-1]  # the review sentences
@@ -134,6 +153,7 @@ BAD_REQUESTS = [
     (json.dumps({"texts": ["y" * MAX_BODY_BYTES]}).encode(), 413, f"the limit is {MAX_BODY_BYTES}"),
     (b'{"texts": ["caf\xe9"]}', 400, "not valid UTF-8"),
     (b'{"texts": ["\\ud800 lone"]}', 400, "lone surrogate"),
+    (b'{"texts": ' + b"[" * 15_000 + b"]" * 15_000 + b"}", 400, "nests JSON too deeply"),  # within the size limit
 ]
 
 
@@ -225,6 +245,69 @@ def test_serve_refuses_what_is_not_a_classifier_before_starting(capsys):
 
     assert main(["serve", "--preset", "bert_tiny_en_uncased_scratch"]) == 2
     assert "holds no classifier" in capsys.readouterr().err
+
+
+def test_a_token_guards_every_route_but_healthz(serve_port, keras_hub_classifier, expected, tmp_path, monkeypatch,
+                                                 capsys):
+    from ray import serve
+
+    from raynlp.cli import main
+
+    monkeypatch.setenv("RAYNLP_TEST_TOKEN", "s3cret-t0ken")  # where the app is built, as `raynlp serve` has it
+    monkeypatch.delenv("RAYNLP_TOKEN", raising=False)
+    folder, _ = keras_hub_classifier
+    url = deploy_exported(tiny_config(folder, serve_port, "guarded", **{"auth.token_env": "RAYNLP_TEST_TOKEN"}),
+                          tmp_path)
+    try:
+        # The exported file names the variable, never the token.
+        assert "RAYNLP_TEST_TOKEN" in (tmp_path / "guarded.yaml").read_text()
+        assert "s3cret-t0ken" not in (tmp_path / "guarded.yaml").read_text()
+        text = next(iter(expected))
+        body = json.dumps({"texts": [text]}).encode()
+        for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-t0ken"}]:
+            status, answer = post(url + "/v1/classify", body, headers)
+            assert status == 401 and "needs a bearer token" in answer["error"]["message"], (headers, answer)
+        for path in ["/v1/model", "/openapi.json", "/docs"]:
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url + path, timeout=30)
+            assert refused.value.code == 401 and refused.value.headers["WWW-Authenticate"] == "Bearer", path
+        assert Client(url).healthy()  # liveness stays open to probes
+        status, answer = post(url + "/v1/classify", body, {"Authorization": "Bearer s3cret-t0ken"})
+        assert status == 200
+        np.testing.assert_allclose(answer["predictions"][0]["probabilities"], expected[text], atol=1e-5)
+        assert Client(url, token="s3cret-t0ken").model()["name"]
+        with pytest.raises(ServerError, match="401"):
+            Client(url).classify([text])
+        assert main(["classify", "--url", url, "--token", "s3cret-t0ken", "--json", text]) == 0
+        assert json.loads(capsys.readouterr().out)[0]["label"] == int(np.argmax(expected[text]))
+        monkeypatch.setenv("RAYNLP_TOKEN", "s3cret-t0ken")
+        assert len(Client(url).classify([text, text])) == 2
+    finally:
+        serve.delete("guarded")
+
+
+def test_a_token_variable_that_is_not_set_is_refused_before_serving(keras_hub_classifier, monkeypatch):
+    monkeypatch.delenv("RAYNLP_TEST_TOKEN", raising=False)
+    folder, _ = keras_hub_classifier
+    config = load_serve_config(None, ["preset=" + folder, "auth.token_env=RAYNLP_TEST_TOKEN"])
+    with pytest.raises(RaynlpError, match="^auth.token_env=RAYNLP_TEST_TOKEN, but RAYNLP_TEST_TOKEN is not set: "
+                                          "export RAYNLP_TEST_TOKEN=TOKEN before serving$"):
+        start(config)
+    with pytest.raises(RaynlpError, match="config field auth.token_env: String should match pattern"):
+        load_serve_config(None, ["preset=x", "auth.token_env=not a name"])
+
+
+def test_serving_beyond_this_machine_without_a_token_warns(caplog, monkeypatch):
+    from raynlp.serve.deploy import check_access
+
+    monkeypatch.setenv("RAYNLP_TEST_TOKEN", "t")
+    with caplog.at_level(logging.WARNING, logger="raynlp.serve.deploy"):
+        check_access(load_serve_config(None, ["preset=x", "http.host=127.0.0.1"]))
+        check_access(load_serve_config(None, ["preset=x", "http.host=0.0.0.0", "auth.token_env=RAYNLP_TEST_TOKEN"]))
+        assert caplog.messages == []
+        check_access(load_serve_config(None, ["preset=x", "http.host=0.0.0.0"]))
+    assert caplog.messages == ["serving on 0.0.0.0 with no token: anyone who reaches this machine can call it (set "
+                               "auth.token_env to require a bearer token)"]
 
 
 def test_config_errors_name_the_field():
@@ -319,8 +402,54 @@ def test_a_replica_killed_under_load_is_replaced(serve_port, keras_hub_classifie
     print(f"replica replaced in {recovered - killed:.1f} s; {failed} of {len(during)} requests failed meanwhile; "
           f"{len(after)} requests after recovery")
     assert all(ok for sent, done, ok in outcomes if done < killed)
-    # Only what the victim held, or was handed before Serve saw it die, fails: a few requests per client, not
-    # every request until the replacement is up.
-    assert failed <= 2 * len(threads), f"{failed} of {len(during)} requests failed while the replica was replaced"
+    # What the victim held, or was handed before Serve saw it die, the client retries on the replica left.
+    assert failed == 0, f"{failed} of {len(during)} requests failed while the replica was replaced"
     assert len(during) > failed  # the other replica answered meanwhile
     assert after and all(after)
+
+
+def _break_model(replica_actor) -> None:
+    """Inside a replica's actor: its model fails from now on, as a model on a lost device does."""
+    def lost(texts):
+        raise RuntimeError("the device is lost")
+
+    replica_actor._replica_impl._user_callable_wrapper.user_callable.classifier.predict_proba = lost
+
+
+def test_a_replica_whose_model_fails_its_health_probe_is_replaced(serve_port, keras_hub_classifier, expected,
+                                                                  tmp_path, request):
+    import ray
+    from ray import serve
+
+    folder, _ = keras_hub_classifier
+    url = deploy_exported(tiny_config(folder, serve_port, "probed", **{"health.period_s": 1}), tmp_path)
+    request.addfinalizer(lambda: serve.delete("probed"))
+    with urllib.request.urlopen(url + "/readyz", timeout=30) as response:
+        assert json.loads(response.read())["status"] == "ready"
+    (victim, victim_pid), = _replica_pids("probed").items()
+    ray.get(ray.get_actor(victim, namespace="serve").__ray_call__.remote(_break_model), timeout=30)
+    # The broken replica's probe fails (its /readyz says why while it lives) and Serve replaces it.
+    reasons, deadline = [], time.monotonic() + 120
+    while time.monotonic() < deadline:
+        now = _replica_pids("probed")
+        if now and victim_pid not in now.values():
+            break
+        try:
+            urllib.request.urlopen(url + "/readyz", timeout=10).close()
+        except urllib.error.HTTPError as e:
+            reasons.append(json.loads(e.read()).get("reason"))
+        except urllib.error.URLError:
+            pass
+        time.sleep(0.5)
+    assert now and victim_pid not in now.values(), f"the replica with a failing model was not replaced: {now}"
+    assert "RuntimeError: the device is lost" in reasons
+    text = next(iter(expected))
+    deadline = time.monotonic() + 60
+    while True:  # the new replica answers once Serve routes to it
+        try:
+            answer = Client(url, timeout=30).classify([text])
+            break
+        except RaynlpError:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    np.testing.assert_allclose(answer[0].probabilities, expected[text], atol=1e-5)
