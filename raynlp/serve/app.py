@@ -131,6 +131,9 @@ async def _require_token(request: Request, call_next):
         token = _token(name)
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
+            from raynlp.serve.metrics import replica_metrics
+
+            replica_metrics().refused(401)
             response = _error_body(401, "this server needs a bearer token: send the header "
                                         "'Authorization: Bearer TOKEN' (raynlp classify --token, or RAYNLP_TOKEN)")
             response.headers["WWW-Authenticate"] = "Bearer"
@@ -214,6 +217,9 @@ class ClassifierServer:
         self.classifier.warm_up()
         self.version = fingerprint(self.classifier.folder)
         self.probe_failure: str | None = None
+        from raynlp.serve.metrics import replica_metrics
+
+        self.metrics = replica_metrics()
         self._classify_batch.set_max_batch_size(config.batching.max_batch_size)
         self._classify_batch.set_batch_wait_timeout_s(config.batching.wait_timeout_ms / 1000)
         logger.info("raynlp: serving %s (%s, version %s) after %.1f s of loading and compiling",
@@ -223,14 +229,21 @@ class ClassifierServer:
         "requestBody": {"required": True, "content": {"application/json": {"schema": ClassifyRequest.model_json_schema()}}}})
     async def classify(self, request: Request) -> dict:
         limits = self.config.limits
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limits.max_body_bytes:
-            raise RequestError(413, f"request body is {declared} bytes; the limit is {limits.max_body_bytes}")
-        texts = parse_texts(await request.body(), max_texts=limits.max_texts, max_body_bytes=limits.max_body_bytes)
+        try:
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limits.max_body_bytes:
+                raise RequestError(413, f"request body is {declared} bytes; the limit is {limits.max_body_bytes}")
+            texts = parse_texts(await request.body(), max_texts=limits.max_texts,
+                                max_body_bytes=limits.max_body_bytes)
+        except RequestError as refused:
+            self.metrics.refused(refused.status)
+            raise
         if self.config.batching.enabled:
-            rows = await asyncio.gather(*(self._classify_batch(text) for text in texts))
+            now = time.monotonic()
+            rows = await asyncio.gather(*(self._classify_batch((text, now)) for text in texts))
         else:
-            rows = await asyncio.to_thread(self.classifier.predict_proba, texts)
+            rows = await self._predict(texts)
+        self.metrics.texts_classified.inc(len(texts))
         labels = self.classifier.labels
         predictions = []
         for row in rows:
@@ -239,9 +252,19 @@ class ClassifierServer:
         return {"model": self.classifier.name, "predictions": predictions}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _classify_batch(self, texts: list[str]) -> list:
+    async def _classify_batch(self, items: list[tuple[str, float]]) -> list:
+        started = time.monotonic()
+        for _, queued in items:
+            self.metrics.queue_wait_seconds.observe(started - queued)
+        return list(await self._predict([text for text, _ in items]))
+
+    async def _predict(self, texts: list[str]):
         # The model call runs off the event loop, so requests keep arriving (and the next batch fills) meanwhile.
-        return list(await asyncio.to_thread(self.classifier.predict_proba, texts))
+        started = time.monotonic()
+        rows = await asyncio.to_thread(self.classifier.predict_proba, texts)
+        self.metrics.model_seconds.observe(time.monotonic() - started)
+        self.metrics.batch_size.observe(len(texts))
+        return rows
 
     @api.get("/v1/model")
     async def model(self) -> dict:
@@ -285,7 +308,8 @@ def deployment_options(config: ServeConfig) -> dict:
 
     scaling = config.autoscaling
     autoscaling = {"min_replicas": scaling.min_replicas, "max_replicas": scaling.max_replicas,
-                   "target_ongoing_requests": scaling.target_ongoing_requests}
+                   "target_ongoing_requests": scaling.target_ongoing_requests,
+                   "upscale_delay_s": scaling.upscale_delay_s, "downscale_delay_s": scaling.downscale_delay_s}
     if scaling.initial_replicas is not None:
         autoscaling["initial_replicas"] = scaling.initial_replicas
     env = worker_env(config.replica.num_gpus)

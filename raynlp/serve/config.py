@@ -31,6 +31,10 @@ class AutoscalingSettings(Section):
     initial_replicas: int | None = Field(None, ge=0)
     target_ongoing_requests: float = Field(16, gt=0, description="requests in flight per replica that the "
                                                                  "autoscaler aims at")
+    upscale_delay_s: float = Field(30, ge=0, description="how long the load must stay above the target before a "
+                                                         "replica is added (Serve's default)")
+    downscale_delay_s: float = Field(600, ge=0, description="how long it must stay below before one is removed "
+                                                            "(Serve's default)")
 
     @model_validator(mode="after")
     def _ordered(self):

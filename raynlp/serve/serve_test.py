@@ -121,6 +121,45 @@ def test_the_api_is_documented_in_openapi_and_docs(server):
         assert response.status == 200 and b"openapi.json" in response.read()
 
 
+def _scraped(port: int, app: str) -> dict[str, float]:
+    """The `ray_raynlp_*` series of `app` on a node's metrics endpoint, summed over replicas: name{status} → value."""
+    import re
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for name, labels, value in re.findall(r"^(ray_raynlp_\w+)\{(.*)\} (\S+)$", text, re.M):
+        if f'application="{app}"' in labels:
+            status = re.search(r'status="(\d+)"', labels)
+            key = name + (f"{{{status.group(1)}}}" if status else "")
+            values[key] = values.get(key, 0.0) + float(value)
+    return values
+
+
+def test_metrics_move_on_the_nodes_metrics_endpoint(server, expected):
+    """What Prometheus would scrape: Ray's metrics agent on the node, fed by the replica."""
+    import ray
+
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    before = _scraped(port, "classifier")
+    texts = list(expected)[:5]
+    Client(server).classify(texts)
+    for _ in range(2):
+        assert post(server + "/v1/classify", b'{"texts": []}')[0] == 400
+    wanted = {"ray_raynlp_texts_classified_total": 5, "ray_raynlp_requests_refused_total{400}": 2,
+              "ray_raynlp_batch_size_count": 1, "ray_raynlp_model_seconds_count": 1,
+              "ray_raynlp_queue_wait_seconds_count": 5}
+    deadline = time.monotonic() + 90  # the agent gathers every few seconds
+    while True:
+        now = _scraped(port, "classifier")
+        moved = {name: now.get(name, 0) - before.get(name, 0) for name in wanted}
+        if all(moved[name] >= least for name, least in wanted.items()) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert all(moved[name] >= least for name, least in wanted.items()), (moved, now)
+    assert now["ray_raynlp_batch_size_sum"] >= 5 and now["ray_raynlp_model_seconds_sum"] > 0
+
+
 def test_concurrent_requests_of_mixed_sizes_and_bad_ones_get_their_own_answers(server, expected):
     rng = np.random.default_rng(0)
     texts = list(expected)[:-1]  # the review sentences
@@ -438,7 +477,7 @@ def test_a_replica_whose_model_fails_its_health_probe_is_replaced(serve_port, ke
             urllib.request.urlopen(url + "/readyz", timeout=10).close()
         except urllib.error.HTTPError as e:
             reasons.append(json.loads(e.read()).get("reason"))
-        except urllib.error.URLError:
+        except (urllib.error.URLError, TimeoutError, ConnectionError):  # the replica going, or gone
             pass
         time.sleep(0.5)
     assert now and victim_pid not in now.values(), f"the replica with a failing model was not replaced: {now}"
@@ -453,3 +492,48 @@ def test_a_replica_whose_model_fails_its_health_probe_is_replaced(serve_port, ke
             assert time.monotonic() < deadline
             time.sleep(0.5)
     np.testing.assert_allclose(answer[0].probabilities, expected[text], atol=1e-5)
+
+
+def test_replicas_scale_up_under_a_burst_and_down_after_it(serve_port, keras_hub_classifier, expected, tmp_path,
+                                                           request):
+    """Serve's own autoscaler, with its delays cut to seconds: 8 clients keep about 8 requests in flight against a
+    target of 2 a replica, so it adds the second replica; when they stop it removes it again."""
+    from ray import serve
+
+    folder, _ = keras_hub_classifier
+    url = deploy_exported(tiny_config(folder, serve_port, "autoscaled", **{
+        "autoscaling.min_replicas": 1, "autoscaling.max_replicas": 2, "autoscaling.target_ongoing_requests": 2,
+        "autoscaling.upscale_delay_s": 2, "autoscaling.downscale_delay_s": 5}), tmp_path)
+    request.addfinalizer(lambda: serve.delete("autoscaled"))
+    assert len(_replica_pids("autoscaled")) == 1
+    text = next(iter(expected))
+    stop, failures = threading.Event(), []
+
+    def client():
+        while not stop.is_set():
+            try:
+                Client(url, timeout=30).classify([text])
+            except RaynlpError as error:
+                failures.append(str(error))
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        started, counts = time.monotonic(), []
+        while time.monotonic() - started < 120 and (not counts or counts[-1] < 2):
+            time.sleep(1)
+            counts.append(len(_replica_pids("autoscaled")))
+        scaled_up = time.monotonic() - started
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert counts[-1] == 2, f"no second replica within 120 s of load: {counts}"
+    stopped = time.monotonic()
+    while time.monotonic() - stopped < 120 and len(_replica_pids("autoscaled")) > 1:
+        time.sleep(1)
+    scaled_down = time.monotonic() - stopped
+    print(f"scaled up {scaled_up:.0f} s into the burst, down {scaled_down:.0f} s after it")
+    assert len(_replica_pids("autoscaled")) == 1, "the second replica outlived the load by 120 s"
+    assert not failures, failures[:3]
