@@ -137,7 +137,7 @@ def _classify(args) -> None:
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise RaynlpError("no texts: give them as arguments, or one per line on standard input")
-    predictions = Client(args.url, timeout=args.timeout, token=args.token).classify(texts)
+    predictions = Client(args.url, timeout=args.timeout, token=args.token).classify(texts, model=args.model)
     if args.json:
         print(json.dumps([p.__dict__ for p in predictions], indent=2))
         return
@@ -201,8 +201,6 @@ def _bench(args) -> None:
 
     if args.name != "gpu" and (args.smoke or args.peak_tflops):
         raise RaynlpError(f"--{'smoke' if args.smoke else 'peak-tflops'} is for raynlp bench gpu only")
-    if args.nodes is not None and (args.name != "train" or args.nodes < 2):
-        raise RaynlpError("--nodes is for raynlp bench train only, and counts 2 nodes or more")
     result_path = bench.run(args.name, output_dir=args.output, rows=args.rows, preset=args.preset,
                             smoke=args.smoke, peak_tflops=args.peak_tflops, nodes=args.nodes)
     print(f"benchmark results in {result_path}")
@@ -345,8 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server URL (default http://127.0.0.1:8000)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.add_argument("--timeout", type=float, default=60, help="seconds to wait for the answer (default 60)")
+    p.add_argument("--model", default=None,
+                   help="which of the server's models (GET /v1/models lists them; default: its default model)")
     p.add_argument("--token", default=None,
-                   help="the server's bearer token, where it requires one (default: RAYNLP_TOKEN)")
+                   help="the server's bearer token, where it requires one (default: RAYNLP_TOKEN, which keeps it "
+                        "out of the process list and shell history)")
     p.set_defaults(run=_classify)
 
     p = commands.add_parser(

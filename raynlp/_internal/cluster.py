@@ -152,12 +152,12 @@ def running_local_head() -> str | None:
 
 
 @contextlib.contextmanager
-def nodes_on_this_machine(*cpus: float, env: dict[str, str] | None = None):
+def nodes_on_this_machine(*cpus: float):
     """A Ray cluster of several raylet nodes on this machine, one a CPU count (the first is the head), all on
     127.0.0.1: Ray's own `ray.cluster_utils.Cluster`, the stand-in for a cluster of machines in the tests and in
-    `raynlp bench train --nodes`. `env`: environment of every node's raylet (so of the workers it starts). Its
-    record lies in a folder of its own (RAY_TMPDIR while the block runs), so no other `ray.init()` on this
-    machine joins it. Yields the Cluster (`add_node_on_this_machine`, `remove_node`); the block's end stops it."""
+    `raynlp bench train --nodes`. Its record lies in a folder of its own (RAY_TMPDIR while the block runs), so no
+    other `ray.init()` on this machine joins it; the folder (Ray's logs) is removed when the block ends well.
+    Yields the Cluster (`add_node_on_this_machine`, `remove_node`); the block's end stops it."""
     import shutil
     import tempfile
 
@@ -165,21 +165,20 @@ def nodes_on_this_machine(*cpus: float, env: dict[str, str] | None = None):
     from ray.cluster_utils import Cluster
 
     saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rn", dir="/tmp")  # short: Ray's socket paths live in it
+    folder = os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rn", dir="/tmp")  # short: sockets live in it
     cluster = None
     try:
         with on_loopback() as ip:
             cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": cpus[0], "node_ip_address": ip, "include_dashboard": False,
-                **({"env_vars": env} if env else {})})
+                "num_cpus": cpus[0], "node_ip_address": ip, "include_dashboard": False})
         for count in cpus[1:]:
-            add_node_on_this_machine(cluster, count, env=env)
+            add_node_on_this_machine(cluster, count)
         yield cluster
+        shutil.rmtree(folder, ignore_errors=True)
     finally:
         ray.shutdown()
         if cluster is not None:
             cluster.shutdown()
-        shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
         if saved is None:
             os.environ.pop("RAY_TMPDIR")
         else:

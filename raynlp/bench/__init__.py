@@ -13,6 +13,8 @@ BENCHMARKS = ("tokenize", "train", "pretrain", "serve", "gpu")
 
 def run(name: str, output_dir: str = "runs/bench", rows: int | None = None, preset: str | None = None,
         smoke: bool = False, peak_tflops: float | None = None, nodes: int | None = None) -> Path:
+    if nodes is not None and (name != "train" or nodes < 2):
+        raise RaynlpError("--nodes is for raynlp bench train only, and counts 2 nodes or more")
     if name == "tokenize":
         from raynlp.bench.tokenize_bench import run_tokenize_bench
 

@@ -138,7 +138,8 @@ def _raynlp_fit(out: Path, rows: int, workers: int, checkpoint_every: int | None
     start = time.perf_counter()
     clock = out.parent / f"{out.name}_clock.json"
     placement = out.parent / f"{out.name}_nodes"
-    placement.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(placement, ignore_errors=True)
+    placement.mkdir(parents=True)
     callbacks = [functools.partial(_node_record, str(placement))]
     if checkpoint_every:
         callbacks.append(functools.partial(step_clock, str(clock)))

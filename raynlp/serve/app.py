@@ -1,7 +1,9 @@
-"""The Serve application: one deployment, a FastAPI ingress, a classifier in every replica.
+"""The Serve application: one deployment, a FastAPI ingress, every configured classifier in each replica.
 
     POST /v1/classify  {"texts": ["...", ...]}  →  {"model": ..., "predictions": [{label, label_name, probabilities}]}
     GET  /v1/model     name, preset folder, labels, sequence length, version
+    POST /v1/models/NAME/classify, GET /v1/models, GET /v1/models/NAME: the same, for one of several models
+                       (`models:` in the config; the first is the one /v1/classify and /v1/model answer for)
     GET  /healthz      {"status": "ok"}: the process answers (liveness; open without the token)
     GET  /readyz       the model is loaded and its last health probe answered; 503 if not (readiness)
 
@@ -71,6 +73,8 @@ class ErrorBody(BaseModel):
 # What the health check classifies: any text will do; a fixed one makes every probe the same work.
 PROBE_TEXT = "a health probe"
 
+_CLASSIFY_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": ClassifyRequest.model_json_schema()}}}}
 _REFUSALS = {status: {"model": ErrorBody, "description": why} for status, why in [
     (400, "a malformed body"), (413, "too many texts or too large a body")]}
 
@@ -98,7 +102,8 @@ async def _failed(_request: Request, error: Exception) -> JSONResponse:
     # The app's own failure, in raynlp's error shape: a client tells it from a replica that died under a request
     # (Serve's proxy answers that 500 itself, as plain text), which is worth retrying.
     logger.exception("raynlp: request failed")
-    return _error_body(500, f"the server failed to classify: {type(error).__name__}: {error}")
+    return _error_body(500, f"the server failed on this request ({type(error).__name__}); the replica's log says "
+                            "why")
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -107,35 +112,46 @@ async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONR
     return _error_body(error.status_code, str(error.detail))
 
 
-# The replica's environment names the variable that holds its token (deployment_options puts it there). Serve
-# serves a copy of `api` and of the deployment class, taken when this module is imported, so a replica cannot
-# hand the middleware a value through either; its process environment is the one place both see.
+# What a replica's environment holds about its token (deployment_options puts it there): the name of the variable
+# that holds it, and, where the app was built with the token at hand (`raynlp serve`), its SHA-256, so that the
+# token itself never enters Serve's stored deployment config (which Ray's dashboard and REST API show). Serve
+# serves copies of `api` and of the deployment class, taken when this module is imported, so a replica cannot hand
+# the middleware anything through them; its process environment is the one place both see.
 TOKEN_ENV_VAR = "RAYNLP_SERVE_TOKEN_ENV"
+TOKEN_SHA256_VAR = "RAYNLP_SERVE_TOKEN_SHA256"
 
 
-def _token(name: str) -> str:
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.strip().encode()).hexdigest()
+
+
+def _expected_token_sha256(name: str) -> str:
+    """The digest of the token this replica requires: of the variable `name` where the node's environment holds it
+    (a Kubernetes secret), else the one the app was built with."""
     token = os.environ.get(name, "").strip()
-    if not token:
+    digest = token_sha256(token) if token else os.environ.get(TOKEN_SHA256_VAR, "")
+    if not digest:
         from raynlp.errors import RaynlpError
 
-        raise RaynlpError(f"auth.token_env={name}, but {name} is not set (or empty) where the replica runs")
-    return token
+        raise RaynlpError(f"auth.token_env={name}, but {name} is not set where the replica runs (nor was it where "
+                          "the app was built)")
+    return digest
 
 
 @api.middleware("http")
 async def _require_token(request: Request, call_next):
     """With a token set (`auth.token_env`), every route but the liveness probe needs `Authorization: Bearer
-    TOKEN`; compared in constant time."""
+    TOKEN`; compared, as SHA-256 digests, in constant time."""
     name = os.environ.get(TOKEN_ENV_VAR)
     if name and _route(request) != "/healthz":
-        token = _token(name)
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token_sha256(presented),
+                                                                 _expected_token_sha256(name)):
             from raynlp.serve.metrics import replica_metrics
 
             replica_metrics().refused(401)
             response = _error_body(401, "this server needs a bearer token: send the header "
-                                        "'Authorization: Bearer TOKEN' (raynlp classify --token, or RAYNLP_TOKEN)")
+                                        "'Authorization: Bearer TOKEN' (RAYNLP_TOKEN for raynlp classify)")
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
     return await call_next(request)
@@ -202,99 +218,153 @@ def fingerprint(folder: str) -> str:
     return digest.hexdigest()[:12]
 
 
-@serve.deployment(name="Classifier")
-@serve.ingress(api)
-class ClassifierServer:
-    def __init__(self, config: ServeConfig):
+class ServedModel:
+    """One classifier in a replica: loaded and compiled at start, with a batcher of its own, so that texts sent to
+    one model share its calls and never another model's."""
+
+    def __init__(self, preset: str, name: str | None, config: ServeConfig, metrics):
         from raynlp.inference import TextClassifier
 
-        start = time.perf_counter()
-        self.config = config
-        if config.auth.token_env:
-            _token(config.auth.token_env)  # a replica without its token fails to start, saying so
-        self.classifier = TextClassifier.load(config.preset, max_batch_size=config.batching.max_batch_size,
+        self.config, self.metrics = config, metrics
+        self.classifier = TextClassifier.load(preset, max_batch_size=config.batching.max_batch_size,
                                               sequence_length=config.sequence_length)
         self.classifier.warm_up()
+        self.name = name or self.classifier.name
         self.version = fingerprint(self.classifier.folder)
-        self.probe_failure: str | None = None
-        from raynlp.serve.metrics import replica_metrics
+        self._batched = serve.batch(max_batch_size=config.batching.max_batch_size,
+                                    batch_wait_timeout_s=config.batching.wait_timeout_ms / 1000)(self._classify_batch)
 
-        self.metrics = replica_metrics()
-        self._classify_batch.set_max_batch_size(config.batching.max_batch_size)
-        self._classify_batch.set_batch_wait_timeout_s(config.batching.wait_timeout_ms / 1000)
-        logger.info("raynlp: serving %s (%s, version %s) after %.1f s of loading and compiling",
-                    self.classifier.name, self.classifier.folder, self.version, time.perf_counter() - start)
-
-    @api.post("/v1/classify", response_model=ClassifyResponse, responses=_REFUSALS, openapi_extra={
-        "requestBody": {"required": True, "content": {"application/json": {"schema": ClassifyRequest.model_json_schema()}}}})
-    async def classify(self, request: Request) -> dict:
-        limits = self.config.limits
-        try:
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limits.max_body_bytes:
-                raise RequestError(413, f"request body is {declared} bytes; the limit is {limits.max_body_bytes}")
-            texts = parse_texts(await request.body(), max_texts=limits.max_texts,
-                                max_body_bytes=limits.max_body_bytes)
-        except RequestError as refused:
-            self.metrics.refused(refused.status)
-            raise
+    async def classify(self, texts: list[str]) -> dict:
         if self.config.batching.enabled:
             now = time.monotonic()
-            rows = await asyncio.gather(*(self._classify_batch((text, now)) for text in texts))
+            rows = await asyncio.gather(*(self._batched((text, now)) for text in texts))
         else:
             rows = await self._predict(texts)
-        self.metrics.texts_classified.inc(len(texts))
+        self.metrics.texts_classified.inc(len(texts), tags={"model": self.name})
         labels = self.classifier.labels
         predictions = []
         for row in rows:
             best = int(row.argmax())
             predictions.append({"label": best, "label_name": labels[best], "probabilities": row.tolist()})
-        return {"model": self.classifier.name, "predictions": predictions}
+        return {"model": self.name, "predictions": predictions}
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _classify_batch(self, items: list[tuple[str, float]]) -> list:
         started = time.monotonic()
         for _, queued in items:
-            self.metrics.queue_wait_seconds.observe(started - queued)
+            self.metrics.queue_wait_seconds.observe(started - queued, tags={"model": self.name})
         return list(await self._predict([text for text, _ in items]))
 
     async def _predict(self, texts: list[str]):
         # The model call runs off the event loop, so requests keep arriving (and the next batch fills) meanwhile.
         started = time.monotonic()
         rows = await asyncio.to_thread(self.classifier.predict_proba, texts)
-        self.metrics.model_seconds.observe(time.monotonic() - started)
-        self.metrics.batch_size.observe(len(texts))
+        self.metrics.model_seconds.observe(time.monotonic() - started, tags={"model": self.name})
+        self.metrics.batch_size.observe(len(texts), tags={"model": self.name})
         return rows
+
+    async def probe(self) -> None:
+        """Classify PROBE_TEXT; raise unless the answer is a probability distribution."""
+        row = (await asyncio.to_thread(self.classifier.predict_proba, [PROBE_TEXT]))[0]
+        if not (np.all(np.isfinite(row)) and abs(float(row.sum()) - 1) < 1e-3):
+            raise ValueError(f"model {self.name}'s probabilities for the probe are not a distribution: {row.tolist()}")
+
+    def describe(self) -> dict:
+        c = self.classifier
+        return {"name": self.name, "preset": c.folder, "version": self.version, "labels": c.labels,
+                "num_classes": c.num_classes, "sequence_length": c.sequence_length,
+                "batching": self.config.batching.model_dump(), "limits": self.config.limits.model_dump()}
+
+
+@serve.deployment(name="Classifier")
+@serve.ingress(api)
+class ClassifierServer:
+    """Every model of the config in each replica (`models`, or the one `preset`); the first is the default that
+    `/v1/classify` and `/v1/model` answer for."""
+
+    def __init__(self, config: ServeConfig):
+        from raynlp.serve.metrics import replica_metrics
+
+        start = time.perf_counter()
+        self.config = config
+        if config.auth.token_env:  # fail closed: no replica that would answer without the token
+            if os.environ.get(TOKEN_ENV_VAR) != config.auth.token_env:
+                from raynlp.errors import RaynlpError
+
+                raise RaynlpError(f"auth.token_env={config.auth.token_env}, but this replica's environment does not "
+                                  f"name it in {TOKEN_ENV_VAR} (were ray_actor_options.runtime_env overridden?)")
+            _expected_token_sha256(config.auth.token_env)
+        self.metrics = replica_metrics()
+        self.models: dict[str, ServedModel] = {}
+        for name, preset in config.presets().items():
+            model = ServedModel(preset, name, config, self.metrics)
+            self.models[model.name] = model
+        self.default = next(iter(self.models.values()))
+        self.probe_failure: str | None = None
+        logger.info("raynlp: serving %s after %.1f s of loading and compiling",
+                    ", ".join(f"{m.name} ({m.classifier.folder}, version {m.version})" for m in self.models.values()),
+                    time.perf_counter() - start)
+
+    async def _texts(self, request: Request) -> list[str]:
+        limits = self.config.limits
+        try:
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limits.max_body_bytes:
+                raise RequestError(413, f"request body is {declared} bytes; the limit is {limits.max_body_bytes}")
+            return parse_texts(await request.body(), max_texts=limits.max_texts, max_body_bytes=limits.max_body_bytes)
+        except RequestError as refused:
+            self.metrics.refused(refused.status)
+            raise
+
+    def _model(self, name: str) -> ServedModel:
+        if name not in self.models:
+            self.metrics.refused(404)
+            raise RequestError(404, f"no model {name!r} here; models: {', '.join(self.models)} (GET /v1/models)")
+        return self.models[name]
+
+    @api.post("/v1/classify", response_model=ClassifyResponse, responses=_REFUSALS, openapi_extra=_CLASSIFY_BODY)
+    async def classify(self, request: Request) -> dict:
+        """Classify with the default model (the one `preset`, or the first of `models`)."""
+        return await self.default.classify(await self._texts(request))
+
+    @api.post("/v1/models/{name}/classify", response_model=ClassifyResponse,
+              responses={**_REFUSALS, 404: {"model": ErrorBody, "description": "no model of that name"}},
+              openapi_extra=_CLASSIFY_BODY)
+    async def classify_with(self, name: str, request: Request) -> dict:
+        """Classify with the model named `name` (GET /v1/models lists them)."""
+        model = self._model(name)
+        return await model.classify(await self._texts(request))
 
     @api.get("/v1/model")
     async def model(self) -> dict:
-        c = self.classifier
-        return {
-            "name": c.name, "preset": c.folder, "version": self.version, "labels": c.labels,
-            "num_classes": c.num_classes, "sequence_length": c.sequence_length,
-            "batching": self.config.batching.model_dump(), "limits": self.config.limits.model_dump(),
-        }
+        return self.default.describe()
+
+    @api.get("/v1/models")
+    async def list_models(self) -> dict:
+        return {"default": self.default.name, "models": [m.describe() for m in self.models.values()]}
+
+    @api.get("/v1/models/{name}")
+    async def model_named(self, name: str) -> dict:
+        return self._model(name).describe()
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        """Liveness: the replica's process answers (cheap; the model is not run)."""
+        """Liveness: the replica's process answers (cheap; no model is run)."""
         return {"status": "ok"}
 
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:
-        """Readiness: the model is loaded and its last health probe answered (503 with the reason if it did not)."""
-        body = {"model": self.classifier.name, "version": self.version}
+        """Readiness: the models are loaded and their last health probe answered (503 with the reason if not)."""
+        body = {"models": {m.name: m.version for m in self.models.values()}}
         if self.probe_failure:
             return JSONResponse({"status": "failing", "reason": self.probe_failure, **body}, status_code=503)
         return JSONResponse({"status": "ready", **body})
 
     async def check_health(self) -> None:
-        """Serve's health check, every `health.period_s`: the model classifies PROBE_TEXT. Raising reports the
+        """Serve's health check, every `health.period_s`: each model classifies PROBE_TEXT. Raising reports the
         replica unhealthy, and Serve replaces it."""
         try:
-            row = (await asyncio.to_thread(self.classifier.predict_proba, [PROBE_TEXT]))[0]
-            if not (np.all(np.isfinite(row)) and abs(float(row.sum()) - 1) < 1e-3):
-                raise ValueError(f"the model's probabilities for the probe are not a distribution: {row.tolist()}")
+            for model in self.models.values():
+                await model.probe()
         except Exception as error:
             self.probe_failure = f"{type(error).__name__}: {error}"
             logger.error("raynlp: health probe failed (%s); Serve replaces this replica", self.probe_failure)
@@ -316,8 +386,8 @@ def deployment_options(config: ServeConfig) -> dict:
     name = config.auth.token_env
     if name:
         env[TOKEN_ENV_VAR] = name
-        if os.environ.get(name):  # set where the app is built (`raynlp serve`): the replicas need it too
-            env[name] = os.environ[name]
+        if os.environ.get(name, "").strip():  # set where the app is built (`raynlp serve`): its digest, not itself
+            env[TOKEN_SHA256_VAR] = token_sha256(os.environ[name])
     return {
         "autoscaling_config": autoscaling,
         "max_ongoing_requests": config.replica.max_ongoing_requests,
@@ -333,5 +403,9 @@ def build_app(config: ServeConfig) -> serve.Application:
     """The Serve application for `config` (Serve validates a config file's `args` into ServeConfig)."""
     from raynlp.presets import portable
 
-    config = config.model_copy(update={"preset": portable(config.preset)})  # as replicas on any node find it
+    # As replicas on any node find them.
+    if config.models:
+        config = config.model_copy(update={"models": {n: portable(p) for n, p in config.models.items()}})
+    else:
+        config = config.model_copy(update={"preset": portable(config.preset)})
     return ClassifierServer.options(**deployment_options(config)).bind(config)

@@ -13,6 +13,7 @@ import os
 import random
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -51,14 +52,19 @@ class Client:
         self.retries = retries
         self.backoff_s = backoff_s
 
-    def classify(self, texts: list[str]) -> list[Prediction]:
-        """One prediction per text, in input order."""
-        answer = self._call("POST", "/v1/classify", {"texts": list(texts)})
+    def classify(self, texts: list[str], model: str | None = None) -> list[Prediction]:
+        """One prediction per text, in input order, by `model` (one of `models()`; default: the server's default)."""
+        path = "/v1/classify" if model is None else f"/v1/models/{urllib.parse.quote(model, safe='')}/classify"
+        answer = self._call("POST", path, {"texts": list(texts)})
         return [Prediction(**p) for p in answer["predictions"]]
 
     def model(self) -> dict:
-        """What the server serves: name, preset, version, labels, sequence length, limits."""
+        """The default model: name, preset, version, labels, sequence length, limits."""
         return self._call("GET", "/v1/model")
+
+    def models(self) -> dict:
+        """Every model the server serves: `{"default": name, "models": [as model() describes each]}`."""
+        return self._call("GET", "/v1/models")
 
     def healthy(self) -> bool:
         """Whether the server answers its liveness probe now (asked once, never retried)."""

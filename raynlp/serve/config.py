@@ -4,6 +4,7 @@ One YAML (`configs/serve.yaml`), overridable with `--set a.b=value`, validated b
 config runs `raynlp serve` here and, exported with `raynlp serve --export`, a Serve app on any cluster.
 """
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +13,8 @@ from pydantic import Field, model_validator
 from raynlp._internal import config_file
 from raynlp._internal.cluster import ADDRESS_HELP
 from raynlp._internal.config_file import Section
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class BatchingSettings(Section):
@@ -82,8 +85,11 @@ class AuthSettings(Section):
 
 class ServeConfig(Section):
     task: Literal["serve"] = "serve"
-    preset: str = Field(description="a classifier folder (a training run's preset/, also as a storage URI: "
-                                    "s3://bucket/runs/x/preset) or keras-hub classifier preset")
+    preset: str | None = Field(None, description="a classifier folder (a training run's preset/, also as a storage "
+                                                 "URI: s3://bucket/runs/x/preset) or keras-hub classifier preset")
+    models: dict[str, str] = Field(default_factory=dict, description="several classifiers in one app, name → "
+                                   "preset (instead of preset): POST /v1/models/NAME/classify; the first is also "
+                                   "/v1/classify; every replica holds them all")
     name: str = Field("raynlp", pattern=r"^[A-Za-z0-9_.-]+$", description="Serve application name")
     route_prefix: str = Field("/", pattern=r"^/")
     sequence_length: int | None = Field(None, ge=8, le=4096, description="default: the length the model was "
@@ -97,6 +103,19 @@ class ServeConfig(Section):
     auth: AuthSettings = AuthSettings()
     access_log: bool = Field(False, description="log every request in the replica (costs CPU at high request rates)")
     address: str | None = Field(None, description=ADDRESS_HELP)
+
+    @model_validator(mode="after")
+    def _one_way_to_name_models(self):
+        if (self.preset is None) == (not self.models):
+            raise ValueError("give preset (one classifier) or models (name: preset, several), not both or neither")
+        for name in self.models:
+            if not MODEL_NAME.fullmatch(name):
+                raise ValueError(f"model name {name!r}: use letters, digits, '_', '.' and '-' (it is a URL path part)")
+        return self
+
+    def presets(self) -> dict[str | None, str]:
+        """What to serve, name → preset; a lone `preset` under None (it goes by its classifier's own name)."""
+        return dict(self.models) if self.models else {None: self.preset}
 
     @model_validator(mode="after")
     def _batch_fits(self):

@@ -41,6 +41,7 @@ def serve_config_file(config: ServeConfig) -> dict:
 
 
 def export(config: ServeConfig, path: str | Path) -> Path:
+    warn_if_open(config)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = ("# Ray Serve config written by `raynlp serve --export`.\n"
@@ -61,8 +62,12 @@ def start(config: ServeConfig) -> str:
     from raynlp.inference.classifier import describe_classifier
     from raynlp.serve.app import build_app
 
-    describe_classifier(config.preset)  # a wrong folder fails here, before any Ray resource is taken
-    check_access(config)
+    for preset in config.presets().values():
+        describe_classifier(preset)  # a wrong folder fails here, before any Ray resource is taken
+    name = config.auth.token_env
+    if name and not os.environ.get(name, "").strip():
+        raise RaynlpError(f"auth.token_env={name}, but {name} is not set: export {name}=TOKEN before serving")
+    warn_if_open(config)
     import ray
 
     joining = ray.is_initialized() or bool(config.address)
@@ -83,16 +88,14 @@ def start(config: ServeConfig) -> str:
             update={"host": running[0], "port": running[1]})})
     serve.run(build_app(config), name=config.name, route_prefix=config.route_prefix)
     url = base_url(config)
-    logger.info("serving %s at %s (POST /v1/classify, GET /v1/model, GET /healthz)", config.preset, url)
+    logger.info("serving %s at %s (POST /v1/classify, GET /v1/models, GET /healthz)",
+                ", ".join(p if n is None else f"{n}: {p}" for n, p in config.presets().items()), url)
     return url
 
 
-def check_access(config: ServeConfig) -> None:
-    """Refuse a token variable that is not set here; warn where the server listens beyond this machine unguarded."""
-    name = config.auth.token_env
-    if name and not os.environ.get(name, "").strip():
-        raise RaynlpError(f"auth.token_env={name}, but {name} is not set: export {name}=TOKEN before serving")
-    if config.http.host in ("0.0.0.0", "::") and not name:
+def warn_if_open(config: ServeConfig) -> None:
+    """Warn where the server would listen beyond this machine with no token."""
+    if config.http.host in ("0.0.0.0", "::") and not config.auth.token_env:
         logger.warning("serving on %s with no token: anyone who reaches this machine can call it (set "
                        "auth.token_env to require a bearer token)", config.http.host)
 

@@ -336,17 +336,31 @@ def test_a_token_variable_that_is_not_set_is_refused_before_serving(keras_hub_cl
         load_serve_config(None, ["preset=x", "auth.token_env=not a name"])
 
 
-def test_serving_beyond_this_machine_without_a_token_warns(caplog, monkeypatch):
-    from raynlp.serve.deploy import check_access
+def test_serving_beyond_this_machine_without_a_token_warns(caplog):
+    from raynlp.serve.deploy import warn_if_open
 
-    monkeypatch.setenv("RAYNLP_TEST_TOKEN", "t")
     with caplog.at_level(logging.WARNING, logger="raynlp.serve.deploy"):
-        check_access(load_serve_config(None, ["preset=x", "http.host=127.0.0.1"]))
-        check_access(load_serve_config(None, ["preset=x", "http.host=0.0.0.0", "auth.token_env=RAYNLP_TEST_TOKEN"]))
+        warn_if_open(load_serve_config(None, ["preset=x", "http.host=127.0.0.1"]))
+        warn_if_open(load_serve_config(None, ["preset=x", "http.host=0.0.0.0", "auth.token_env=RAYNLP_TEST_TOKEN"]))
         assert caplog.messages == []
-        check_access(load_serve_config(None, ["preset=x", "http.host=0.0.0.0"]))
+        warn_if_open(load_serve_config(None, ["preset=x", "http.host=0.0.0.0"]))
     assert caplog.messages == ["serving on 0.0.0.0 with no token: anyone who reaches this machine can call it (set "
                                "auth.token_env to require a bearer token)"]
+
+
+def test_the_token_never_enters_the_deployment_only_its_digest(monkeypatch):
+    """Serve stores a deployment's options (its dashboard and REST API show them): the replicas get the name of the
+    token's variable and the token's SHA-256, never the token."""
+    import hashlib
+
+    from raynlp.serve.app import deployment_options
+
+    monkeypatch.setenv("RAYNLP_TEST_TOKEN", "s3cret-t0ken")
+    options = deployment_options(load_serve_config(None, ["preset=x", "auth.token_env=RAYNLP_TEST_TOKEN"]))
+    assert "s3cret-t0ken" not in json.dumps(options)
+    env = options["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env["RAYNLP_SERVE_TOKEN_ENV"] == "RAYNLP_TEST_TOKEN"
+    assert env["RAYNLP_SERVE_TOKEN_SHA256"] == hashlib.sha256(b"s3cret-t0ken").hexdigest()
 
 
 def test_config_errors_name_the_field():
@@ -356,7 +370,7 @@ def test_config_errors_name_the_field():
         load_serve_config(None, ["preset=x", "replica.max_ongoing_requests=4"])
     with pytest.raises(RaynlpError, match="config field batching.max_batch: Extra inputs"):
         load_serve_config(None, ["preset=x", "batching.max_batch=4"])
-    with pytest.raises(RaynlpError, match="config field preset: Input should be a valid string"):
+    with pytest.raises(RaynlpError, match="give preset .* or models .*, not both or neither"):
         load_serve_config("configs/serve.yaml", ["preset=null"])
 
 
@@ -452,7 +466,8 @@ def _break_model(replica_actor) -> None:
     def lost(texts):
         raise RuntimeError("the device is lost")
 
-    replica_actor._replica_impl._user_callable_wrapper.user_callable.classifier.predict_proba = lost
+    for model in replica_actor._replica_impl._user_callable_wrapper.user_callable.models.values():
+        model.classifier.predict_proba = lost
 
 
 def test_a_replica_whose_model_fails_its_health_probe_is_replaced(serve_port, keras_hub_classifier, expected,
@@ -537,3 +552,69 @@ def test_replicas_scale_up_under_a_burst_and_down_after_it(serve_port, keras_hub
     print(f"scaled up {scaled_up:.0f} s into the burst, down {scaled_down:.0f} s after it")
     assert len(_replica_pids("autoscaled")) == 1, "the second replica outlived the load by 120 s"
     assert not failures, failures[:3]
+
+
+@pytest.fixture(scope="module")
+def second_classifier(tmp_path_factory):
+    """Another classifier (2 classes, other weights, sequence length 32) saved as a preset, and the live model."""
+    import keras
+    import keras_hub
+
+    from raynlp.presets import resolve
+
+    keras.utils.set_random_seed(7)
+    base = resolve("bert_tiny_en_uncased_scratch")
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(base, sequence_length=32)
+    classifier = keras_hub.models.BertTextClassifier.from_preset(base, num_classes=2, preprocessor=preprocessor)
+    folder = tmp_path_factory.mktemp("second") / "preset"
+    classifier.save_to_preset(str(folder))
+    return str(folder), classifier
+
+
+def test_several_models_in_one_app_answer_each_with_its_own(serve_port, keras_hub_classifier, second_classifier,
+                                                            expected, tmp_path, request, capsys):
+    from ray import serve
+
+    from raynlp.cli import main
+
+    (first, _), (second, reference) = keras_hub_classifier, second_classifier
+    texts = list(expected)[:12]
+    expected_second = dict(zip(texts, softmax(np.asarray(reference.predict(texts, verbose=0)))))
+    config = load_serve_config(None, values={
+        "models": {"reviews": first, "products": second}, "name": "several", "route_prefix": "/several",
+        "http.port": serve_port, "batching.max_batch_size": 8, "replica.num_cpus": 0.5, "autoscaling.max_replicas": 1})
+    url = deploy_exported(config, tmp_path)
+    request.addfinalizer(lambda: serve.delete("several"))
+    client = Client(url)
+    listed = client.models()
+    assert listed["default"] == "reviews"
+    assert [(m["name"], m["preset"], m["num_classes"]) for m in listed["models"]] == [
+        ("reviews", first, 3), ("products", second, 2)]
+    assert client.model()["name"] == "reviews"  # the single-model routes answer for the first
+
+    # Requests for both models at once, each answered by its own (their texts never share a model call).
+    def ask(i):
+        model = ("reviews", "products")[i % 2]
+        return model, texts[i % len(texts)], client.classify([texts[i % len(texts)]], model=model)[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(32)))
+    for model, text, prediction in answers:
+        wanted = expected[text] if model == "reviews" else expected_second[text]
+        np.testing.assert_allclose(prediction.probabilities, wanted, atol=1e-5, err_msg=model)
+    np.testing.assert_allclose(client.classify(texts[:1])[0].probabilities, expected[texts[0]], atol=1e-5)
+
+    status, answer = post(url + "/v1/models/nope/classify", json.dumps({"texts": ["x"]}).encode())
+    assert status == 404 and answer["error"]["message"] == ("no model 'nope' here; models: reviews, products "
+                                                            "(GET /v1/models)")
+    assert main(["classify", "--url", url, "--model", "products", "--json", texts[0]]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["probabilities"]) == 2
+
+
+def test_a_config_names_its_models_one_way():
+    with pytest.raises(RaynlpError, match="give preset .* or models .*, not both or neither"):
+        load_serve_config(None, ["preset=x", "models.a=y"])
+    with pytest.raises(RaynlpError, match="give preset .* or models .*, not both or neither"):
+        load_serve_config(None, [])
+    with pytest.raises(RaynlpError, match="model name 'a b': use letters, digits"):
+        load_serve_config(None, values={"models": {"a b": "y"}})
