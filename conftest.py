@@ -71,22 +71,34 @@ def ray_cluster(s3_server):
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def keras_hub_classifier(tmp_path_factory):
-    """A (random-init) 3-class BERT-Tiny classifier saved as a plain keras-hub preset (sequence length 48), and
-    the live model: what inference and serving must agree with."""
+def _tiny_classifier(folder, *, seed: int, num_classes: int, sequence_length: int):
+    """A random-init BERT-Tiny classifier saved as a plain keras-hub preset in `folder`, and the live model."""
     import keras
     import keras_hub
 
     from raynlp.presets import resolve
 
-    keras.utils.set_random_seed(1)
+    keras.utils.set_random_seed(seed)
     base = resolve("bert_tiny_en_uncased_scratch")
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(base, sequence_length=48)
-    classifier = keras_hub.models.BertTextClassifier.from_preset(base, num_classes=3, preprocessor=preprocessor)
-    folder = tmp_path_factory.mktemp("classifier") / "preset"
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(base, sequence_length=sequence_length)
+    classifier = keras_hub.models.BertTextClassifier.from_preset(base, num_classes=num_classes,
+                                                                 preprocessor=preprocessor)
     classifier.save_to_preset(str(folder))
     return str(folder), classifier
+
+
+@pytest.fixture(scope="session")
+def keras_hub_classifier(tmp_path_factory):
+    """A (random-init) 3-class BERT-Tiny classifier saved as a plain keras-hub preset (sequence length 48), and
+    the live model: what inference and serving must agree with."""
+    return _tiny_classifier(tmp_path_factory.mktemp("classifier") / "preset", seed=1, num_classes=3,
+                            sequence_length=48)
+
+
+@pytest.fixture(scope="session")
+def second_keras_hub_classifier(tmp_path_factory):
+    """Another classifier beside it: 2 classes, other weights, sequence length 32 (an app serving several)."""
+    return _tiny_classifier(tmp_path_factory.mktemp("second") / "preset", seed=7, num_classes=2, sequence_length=32)
 
 
 @pytest.fixture(scope="session")

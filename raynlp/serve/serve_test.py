@@ -554,30 +554,14 @@ def test_replicas_scale_up_under_a_burst_and_down_after_it(serve_port, keras_hub
     assert not failures, failures[:3]
 
 
-@pytest.fixture(scope="module")
-def second_classifier(tmp_path_factory):
-    """Another classifier (2 classes, other weights, sequence length 32) saved as a preset, and the live model."""
-    import keras
-    import keras_hub
-
-    from raynlp.presets import resolve
-
-    keras.utils.set_random_seed(7)
-    base = resolve("bert_tiny_en_uncased_scratch")
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(base, sequence_length=32)
-    classifier = keras_hub.models.BertTextClassifier.from_preset(base, num_classes=2, preprocessor=preprocessor)
-    folder = tmp_path_factory.mktemp("second") / "preset"
-    classifier.save_to_preset(str(folder))
-    return str(folder), classifier
-
-
-def test_several_models_in_one_app_answer_each_with_its_own(serve_port, keras_hub_classifier, second_classifier,
-                                                            expected, tmp_path, request, capsys):
+def test_several_models_in_one_app_answer_each_with_its_own(serve_port, keras_hub_classifier,
+                                                            second_keras_hub_classifier, expected, tmp_path, request,
+                                                            capsys):
     from ray import serve
 
     from raynlp.cli import main
 
-    (first, _), (second, reference) = keras_hub_classifier, second_classifier
+    (first, _), (second, reference) = keras_hub_classifier, second_keras_hub_classifier
     texts = list(expected)[:12]
     expected_second = dict(zip(texts, softmax(np.asarray(reference.predict(texts, verbose=0)))))
     config = load_serve_config(None, values={
