@@ -138,28 +138,39 @@ def _expected_token_sha256(name: str) -> str:
     return digest
 
 
-@api.middleware("http")
-async def _require_token(request: Request, call_next):
-    """With a token set (`auth.token_env`), every route but the liveness probe needs `Authorization: Bearer
-    TOKEN`; compared, as SHA-256 digests, in constant time."""
-    name = os.environ.get(TOKEN_ENV_VAR)
-    if name and _route(request) != "/healthz":
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token_sha256(presented),
-                                                                 _expected_token_sha256(name)):
-            from raynlp.serve.metrics import replica_metrics
+class RequireToken:
+    """With a token set (`auth.token_env`), every route but the liveness probe needs `Authorization: Bearer TOKEN`;
+    compared, as SHA-256 digests, in constant time. A plain ASGI middleware: with no token it only reads one
+    environment variable per request (Starlette's `@app.middleware` wraps every request and response in tasks)."""
 
-            replica_metrics().refused(401)
-            response = _error_body(401, "this server needs a bearer token: send the header "
-                                        "'Authorization: Bearer TOKEN' (RAYNLP_TOKEN for raynlp classify)")
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return response
-    return await call_next(request)
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        name = os.environ.get(TOKEN_ENV_VAR) if scope["type"] == "http" else None
+        if name and _route(scope) != "/healthz":
+            from starlette.datastructures import Headers
+
+            scheme, _, presented = Headers(scope=scope).get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token_sha256(presented),
+                                                                     _expected_token_sha256(name)):
+                from raynlp.serve.metrics import replica_metrics
+
+                replica_metrics().refused(401)
+                response = _error_body(401, "this server needs a bearer token: send the header "
+                                            "'Authorization: Bearer TOKEN' (RAYNLP_TOKEN for raynlp classify)")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
-def _route(request: Request) -> str:
+api.add_middleware(RequireToken)
+
+
+def _route(scope) -> str:
     """The request's path below the app's route prefix."""
-    path, prefix = request.scope["path"], request.scope.get("root_path", "")
+    path, prefix = scope["path"], scope.get("root_path", "")
     return path[len(prefix):] if prefix and path.startswith(prefix) else path
 
 
