@@ -302,8 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "tokenize", help="tokenize a corpus on Ray Data into Parquet shards a trainer streams",
         description="Tokenize text with a preset's vocabulary on a pool of Ray actors and write Parquet shards "
-                    "holding token_ids, segment_ids, padding_mask (and label; with --mlm also mask_positions, "
-                    "mask_ids, mask_weights).")
+                    "holding token_ids and padding_mask (and label; with --mlm also mask_positions, mask_ids, "
+                    "mask_weights), ids as int16 where the vocabulary allows; a trainer deals the segment ids of "
+                    "single texts as zeros.")
     p.add_argument("--preset", required=True, help="preset whose tokenizer to use (name or folder)")
     _add_input_flags(p)
     p.add_argument("--output", required=True, help="new folder for the Parquet shards")

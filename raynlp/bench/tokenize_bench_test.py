@@ -11,7 +11,7 @@ from raynlp.errors import RaynlpError
 pytestmark = pytest.mark.slow  # a benchmark
 
 WAYS = ["keras_hub_preprocessor_1_process", "raynlp_1_process", "raynlp_ray_data_1_actor", "raynlp_ray_data_2_actors"]
-ROWS = 200
+ROWS = 2000  # Ray Data packs it in several blocks, one after the other: a start-up and a steady state
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,20 @@ def test_raynlp_ids_equal_keras_hub(bench_report):
     _, report = bench_report
     for way in WAYS[1:]:
         assert report["results"][way]["same_ids_as_keras_hub"] == 1.0, way
+    for way in WAYS[2:]:
+        assert report["results"][way]["same_ids_as_raynlp_1_process"] == 1.0, way
+
+
+def test_ray_data_ways_report_start_up_apart_from_the_steady_state(bench_report):
+    _, report = bench_report
+    one_process = report["results"]["raynlp_1_process"]["tokens_per_s"]
+    for actors, way in enumerate(WAYS[2:], start=1):
+        figures = report["results"][way]
+        assert 0 < figures["startup_s"] < figures["seconds"], way
+        assert figures["steady_tokens_per_s"] > 0, way
+        assert figures["efficiency"] == pytest.approx(figures["tokens_per_s"] / (actors * one_process), abs=1e-3)
+        assert figures["steady_efficiency"] == pytest.approx(
+            figures["steady_tokens_per_s"] / (actors * one_process), abs=1e-3)
 
 
 def test_speedups_follow_from_rows_per_second(bench_report):

@@ -147,14 +147,15 @@ def _whole_words_within(selected: np.ndarray, starts: np.ndarray, draw: np.ndarr
 def masked_lm_features(packed: dict[str, np.ndarray], **mask_kwargs) -> dict[str, np.ndarray]:
     """The columns a masked-LM trainer needs, from the output of ``FastWordPieceTokenizer.pack``.
 
-    ``mask_kwargs`` are ``mask_tokens``'s keyword arguments. Returns ``token_ids`` (masked), ``segment_ids``,
+    ``mask_kwargs`` are ``mask_tokens``'s keyword arguments. Returns ``token_ids`` (masked), ``segment_ids``
+    (where ``packed`` holds them: stored rows of a single segment do not, see ``raynlp.data.columns``),
     ``padding_mask`` (of the unmasked ids, as keras-hub computes it), ``mask_positions``, ``mask_ids`` (the labels)
     and ``mask_weights`` (the sample weights).
     """
     masked = mask_tokens(packed["token_ids"], **mask_kwargs)
     return {
         "token_ids": masked["token_ids"],
-        "segment_ids": packed["segment_ids"],
+        **({"segment_ids": packed["segment_ids"]} if "segment_ids" in packed else {}),
         "padding_mask": packed["padding_mask"],
         "mask_positions": masked["mask_positions"],
         "mask_ids": masked["mask_ids"],

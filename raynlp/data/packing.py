@@ -290,6 +290,7 @@ def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int,
     from ray.data.extensions import ArrowTensorArray
 
     from raynlp._internal import storage
+    from raynlp.data.columns import compact
     from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
     from raynlp.data.tokenize import MANIFEST
     from raynlp.presets import resolve
@@ -314,6 +315,7 @@ def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int,
 
             columns = masked_lm_features(columns, **masking.mask_kwargs(tokenizer),
                                          rng=np.random.default_rng([mask_seed, shards]))
+        columns = compact(columns, vocabulary_size=tokenizer.vocabulary_size, pairs=False)
         columns["first_position"] = first_positions
         # Tensor columns, as Ray Data's own `write_parquet` writes them (`write_tokenized`); a number a row plain.
         table = pa.table({name: pa.array(values) if values.ndim == 1 else ArrowTensorArray.from_numpy(values)

@@ -4,9 +4,11 @@
     >>> packed = tokenize_dataset(ds, "minilm_l6_en_uncased", sequence_length=128)
     >>> packed.write_parquet("cache/reviews-128")      # or: write_tokenized(packed, "cache/reviews-128")
 
-Columns out: `token_ids`, `segment_ids`, `padding_mask` ([sequence_length] each), `label` when the input has
-one; with masked-LM masking also `mask_positions`, `mask_ids`, `mask_weights` ([max_selections] each), the
-features / labels / sample weights of keras-hub's `BertMaskedLMPreprocessor`.
+Columns out: `token_ids`, `padding_mask` and, for pairs of texts, `segment_ids` ([sequence_length] each), `label`
+when the input has one; with masked-LM masking also `mask_positions`, `mask_ids`, `mask_weights` ([max_selections]
+each), the features / labels / sample weights of keras-hub's `BertMaskedLMPreprocessor`. They are stored in the
+narrowest types the models take, and a single segment's ids (all zero) are left to the worker
+(`raynlp.data.columns`).
 """
 
 import json
@@ -16,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from raynlp.data.columns import compact
 from raynlp.data.config import PACKING_ACTORS, MaskingSettings
 from raynlp.errors import RaynlpError
 
 logger = logging.getLogger(__name__)
 
-# The columns every packed row has (the inputs of keras-hub's BERT models); masked-LM rows add MASKED_LM_FEATURES.
+# The inputs of keras-hub's BERT models, as a worker deals them (a single segment's ids are not stored: `columns`).
 PACKED_FEATURES = ("token_ids", "segment_ids", "padding_mask")
 # A leading underscore: Parquet readers (pyarrow, pandas, Spark, DuckDB) skip the file, so the folder stays a data set.
 MANIFEST = "_raynlp_tokenized.json"
@@ -49,6 +52,7 @@ class BertPacker:
         out = self.tokenizer.pack(texts, pairs, sequence_length=self.sequence_length)
         if self.masking is not None:
             out = self._mask(out, texts)
+        out = compact(out, vocabulary_size=self.tokenizer.vocabulary_size, pairs=pairs is not None)
         for key, value in batch.items():
             if key not in (self.text_column, self.pair_column):
                 out[key] = value  # labels and any other column ride along

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -53,15 +54,27 @@ def test_ray_data_pipeline_equals_one_process(ray_cluster, preset_dir, num_actor
     import ray.data
 
     texts = datasets.read_split("rotten_tomatoes", "test")["text"].to_pylist()
-    source = ray.data.from_items([{"text": t, "label": i % 2, "row": i} for i, t in enumerate(texts)],
-                                 override_num_blocks=8)
-    packed = tokenize_dataset(source, PRESET, sequence_length=64, num_actors=num_actors, batch_size=100)
+    source = ray.data.from_items([{"text": t, "label": i % 2, "row": i, "b": texts[-1 - i]}
+                                  for i, t in enumerate(texts)], override_num_blocks=8)
+    packed = tokenize_dataset(source.drop_columns(["b"]), PRESET, sequence_length=64, num_actors=num_actors,
+                              batch_size=100)
     batch = packed.sort("row").take_batch(len(texts), batch_format="numpy")
-    expected = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir).pack(texts, sequence_length=64)
-    assert set(batch) == {"token_ids", "segment_ids", "padding_mask", "label", "row"}
+    fast = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir)
+    expected = fast.pack(texts, sequence_length=64)
+    # Stored compact: ids in int16 (30,522 of them), the mask in bool, and no segment ids for one segment.
+    assert set(batch) == {"token_ids", "padding_mask", "label", "row"}
+    assert (batch["token_ids"].dtype, batch["padding_mask"].dtype) == (np.int16, np.bool_)
+    assert not expected.pop("segment_ids").any()
     for key, value in expected.items():
         np.testing.assert_array_equal(batch[key], value)
     np.testing.assert_array_equal(batch["label"], np.arange(len(texts)) % 2)
+    # Pairs keep their segment ids, in int8.
+    pairs = tokenize_dataset(source, PRESET, sequence_length=64, pair_column="b", num_actors=num_actors,
+                             batch_size=100).sort("row").take_batch(len(texts), batch_format="numpy")
+    expected = fast.pack(texts, texts[::-1], sequence_length=64)
+    assert pairs["segment_ids"].dtype == np.int8 and expected["segment_ids"].any()
+    for key, value in expected.items():
+        np.testing.assert_array_equal(pairs[key], value)
 
 
 @pytest.mark.slow  # an actor pool and a task pool over 200 full reviews, then keras-hub's contract row by row
@@ -125,8 +138,11 @@ def test_tokenize_cli_writes_shards_and_manifest(ray_cluster, tmp_path, capsys):
     # The folder is a plain Parquet data set: any Parquet reader takes it whole, raynlp's manifest beside the shards.
     table = pq.read_table(out)
     assert table.num_rows == 800
-    assert {"token_ids", "segment_ids", "padding_mask", "label", "mask_positions", "mask_ids",
-            "mask_weights"} <= set(table.column_names)
+    assert set(table.column_names) == {"token_ids", "padding_mask", "label", "mask_positions", "mask_ids",
+                                       "mask_weights"}
+    stored = {f.name: f.type.storage_type.value_type for f in table.schema if isinstance(f.type, pa.ExtensionType)}
+    assert stored == {"token_ids": pa.int16(), "padding_mask": pa.bool_(), "mask_positions": pa.int16(),
+                      "mask_ids": pa.int16(), "mask_weights": pa.float32()}
     assert "800 rows" in capsys.readouterr().out
     # The same folder again is refused: it holds another run's shards.
     assert main(["tokenize", "--preset", PRESET, "--dataset", "rotten_tomatoes", "--output", str(out)]) == 2

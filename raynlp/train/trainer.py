@@ -26,10 +26,14 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from raynlp.errors import RaynlpError
 from raynlp.train.config import RecipeConfig
 from raynlp.train.recipes import RECIPES, Plan
+
+if TYPE_CHECKING:
+    from raynlp.train._internal.prepare import PreparedData
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +79,7 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
     tokenizer = recipe.tokenizer(config, splits["train"], run)
     data = prepare.prepare(config, splits, tokenizer, masked_lm=recipe.masked_lm, out=run.root)
     num_classes = prepare.num_classes(config, data, label_names) if recipe.labelled else None
-    plan = _plan(config, recipe, data.rows, preset_dir=preset_dir, tokenizer_dir=tokenizer, num_classes=num_classes,
+    plan = _plan(config, recipe, data, preset_dir=preset_dir, tokenizer_dir=tokenizer, num_classes=num_classes,
                  label_names=label_names, tensorboard_dir=str(run.join("tensorboard")),
                  mlflow_run_id=mlflow_run.open_run(config, run))
     accumulation = config.train.gradient_accumulation_steps
@@ -125,9 +129,10 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
     return exported
 
 
-def _plan(config: RecipeConfig, recipe, rows: dict[str, int], **settled) -> Plan:
+def _plan(config: RecipeConfig, recipe, data: PreparedData, **settled) -> Plan:
     """Steps per epoch (the same on every rank, from the global row counts), what is validated when, and
     whether the shards fit in the workers' memory."""
+    rows = data.rows
     from raynlp.train._internal.feeding import fits_in_memory, steps_per_epoch
 
     world, batch_size, accumulation = config.scaling.num_workers, config.train.batch_size, \
@@ -156,9 +161,8 @@ def _plan(config: RecipeConfig, recipe, rows: dict[str, int], **settled) -> Plan
                           f"(fewer rows than one global batch): monitor {config.train.monitor.removeprefix('val_')}")
     cache = config.data.shard_cache
     if cache == "auto":
-        # int64 columns of sequence_length values: token_ids, segment_ids, padding_mask (+ masked-LM columns).
-        row_bytes = 8 * config.data.sequence_length * (len(recipe.feature_columns) + 2)
-        cache = "memory" if fits_in_memory(sum(rows.values()), row_bytes, world) else "stream"
+        cache = "memory" if fits_in_memory(sum(rows[split] * data.row_bytes(split) for split in rows), world) \
+            else "stream"
     return Plan(**settled, train_rows=rows["train"], steps_per_epoch=steps, validation_split=validation_split,
                 validation_steps=validation_steps, test_steps=test_steps, world_size=world,
                 cache_shards=cache == "memory")

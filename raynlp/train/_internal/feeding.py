@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from raynlp.data.columns import derived
 from raynlp.errors import RaynlpError
 
 
@@ -237,19 +238,21 @@ class ShardCache:
             yield {name: column[rows] for name, column in whole.items()}
 
 
-def fits_in_memory(rows: int, bytes_per_row: int, world_size: int, limit_bytes: int = 1 << 30) -> bool:
-    """Whether one worker's share of `rows` rows takes at most `limit_bytes` (1 GiB) as numpy arrays."""
-    return rows * bytes_per_row / max(world_size, 1) <= limit_bytes
+def fits_in_memory(total_bytes: int, world_size: int, limit_bytes: int = 1 << 30) -> bool:
+    """Whether one worker's share of shards taking `total_bytes` as numpy arrays (`PreparedData.row_bytes`) takes
+    at most `limit_bytes` (1 GiB)."""
+    return total_bytes / max(world_size, 1) <= limit_bytes
 
 
 def _to_fit_inputs(
     batch: dict[str, np.ndarray], columns: list[str], label_column: str | None, weight_column: str | None
 ) -> Any:
     """One Ray Data numpy batch as the tuple Keras `fit` unpacks into x, y and sample_weight."""
-    missing = [c for c in [*columns, label_column, weight_column] if c is not None and c not in batch]
+    features = {name: batch[name] if name in batch else derived(name, batch) for name in columns}
+    missing = [c for c in [label_column, weight_column] if c is not None and c not in batch]
+    missing = [name for name, value in features.items() if value is None] + missing
     if missing:
         raise RaynlpError(f"the training data has no column(s) {missing}; it has {sorted(batch)}")
-    features = {name: batch[name] for name in columns}
     if label_column is None:
         return features
     if weight_column is None:

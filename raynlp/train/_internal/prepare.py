@@ -42,6 +42,14 @@ class PreparedData:
         dataset = read_parquet(self.folders[split], num_cpus=FEED_TASK_CPUS)
         return dataset.limit(self.rows[split]) if split in self.limited else dataset
 
+    def row_bytes(self, split: str) -> int:
+        """Bytes a row of `split` takes in a worker's memory as it is read (its shards' column types and shapes)."""
+        import pyarrow.parquet as pq
+
+        from raynlp.data.columns import row_bytes
+
+        return row_bytes(pq.read_schema(storage.files(self.folders[split], ".parquet")[0]))
+
 
 def raw_splits(config: RecipeConfig, *, labelled: bool) -> tuple[dict, list[str] | None]:
     """The configured splits (raw text as Ray Datasets, or `raynlp tokenize` folders) and the label names.
