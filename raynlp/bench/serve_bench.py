@@ -53,9 +53,13 @@ def _classifier_folder(output_dir: Path, preset: str) -> str:
 
 
 def closed_loop(call, texts: list[str], concurrency: int, seconds: float) -> dict:
-    """`concurrency` threads calling `call(text)` back to back for `seconds` (after a short warm-up)."""
+    """`concurrency` threads calling `call(text)` back to back for `seconds` (after a short warm-up).
+
+    `client_cpu`: the CPU this process took meanwhile, in cores (CPU seconds a second): the load generator's own
+    share of the machine, which the server did not have (for `in_process`, the model's calls too)."""
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
+    cpu_start = time.process_time()
     start = time.perf_counter()
     measure_from, stop_at = start + WARM_UP_SECONDS, start + WARM_UP_SECONDS + seconds
 
@@ -81,11 +85,13 @@ def closed_loop(call, texts: list[str], concurrency: int, seconds: float) -> dic
         t.start()
     for t in threads:
         t.join()
+    client_cpu = (time.process_time() - cpu_start) / (time.perf_counter() - start)
     flat = np.array([x for per in latencies for x in per]) * 1000
     p50, p95, p99 = np.percentile(flat, [50, 95, 99]) if len(flat) else (float("nan"),) * 3
     return {"concurrency": concurrency, "requests": int(len(flat)), "errors": int(sum(errors)),
             "throughput": round(len(flat) / seconds, 1),
-            "p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "p99_ms": round(float(p99), 2)}
+            "p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "p99_ms": round(float(p99), 2),
+            "client_cpu": round(client_cpu, 3)}
 
 
 def _http_session(host: str, port: int, path: str):
@@ -178,9 +184,10 @@ def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, .
         "benchmark": "serve", "preset": preset, "sequence_length": SEQUENCE_LENGTH, "levels": list(levels),
         "seconds_per_level": seconds, "texts_per_request": 1, "replicas": 1, "replica_gpus": num_gpus,
         "machine": machine(),
-        "results": results, **_summary(results, levels), "bare_model": ceiling,
+        "results": results, **_summary(results, levels, ceiling["gain_from_batching"]), "bare_model": ceiling,
         "note": "closed-loop load on 127.0.0.1; client threads, Serve's proxy and the replica share this machine's "
-                "cores. in_process calls the model directly (no HTTP, no Serve).",
+                "cores (client_cpu: the cores the client process took). in_process calls the model directly (no "
+                "HTTP, no Serve).",
     }
     path = write_report(output_dir, "serve", report, _plot)
     logger.info("serve bench: %s", {k: v for k, v in report.items()
@@ -188,12 +195,14 @@ def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, .
     return path
 
 
-def _summary(results: dict, levels) -> dict:
+def _summary(results: dict, levels, bare_gain: float | None = None) -> dict:
     at = {way: {r["concurrency"]: r for r in rows} for way, rows in results.items()}
     top, one = max(levels), min(levels)
+    gain = at["serve_batched"][top]["throughput"] / max(at["serve_unbatched"][top]["throughput"], 1e-9)
     return {
-        f"batched_vs_unbatched_throughput_at_{top}": round(
-            at["serve_batched"][top]["throughput"] / max(at["serve_unbatched"][top]["throughput"], 1e-9), 2),
+        f"batched_vs_unbatched_throughput_at_{top}": round(gain, 2),
+        # What Serve's batching gains over what the bare model gains from its largest batch.
+        f"batching_efficiency_at_{top}": round(gain / bare_gain, 2) if bare_gain else None,
         f"serve_overhead_ms_at_{one}": {
             way: round(at[way][one]["p50_ms"] - at["in_process"][one]["p50_ms"], 2)
             for way in ("serve_batched", "serve_unbatched")},

@@ -315,10 +315,11 @@ class FastWordPieceTokenizer:
                     extend(text.split())
                 else:
                     # A chunk without control characters gives at least one token, so the first `at_least`
-                    # chunks are enough.
+                    # chunks are enough; only they are searched (the rest, `chunks[-1]`, ends the text).
                     chunks = text.split(None, at_least)
                     if len(chunks) > at_least:
-                        chunks = text.split() if _ASCII_CONTROL.search(text) else chunks[:at_least]
+                        kept = len(text) - len(chunks[-1])
+                        chunks = text.split() if _ASCII_CONTROL.search(text, 0, kept) else chunks[:at_least]
                     extend(chunks)
             else:
                 if self.strip_accents:
