@@ -32,6 +32,7 @@ SEQUENCE_LENGTH = 64
 LEVELS = (1, 4, 16, 32)
 SECONDS = 8.0
 WARM_UP_SECONDS = 1.0
+CEILING_SECONDS = 3.0  # the bare model at each batch size
 
 
 def _classifier_folder(output_dir: Path, preset: str) -> str:
@@ -126,10 +127,10 @@ def _model_ceiling(classifier, texts) -> dict:
     """Texts/s of the bare model at batch 1 and at the largest batch: the most batching can gain on this machine."""
     speeds = {}
     for size in (1, classifier.max_batch_size):
-        calls = max(4, 128 // size)
-        start = time.perf_counter()
-        for i in range(calls):
-            classifier.predict_proba(texts[(i * size) % len(texts):][:size])
+        calls, start = 0, time.perf_counter()
+        while calls < 4 or time.perf_counter() - start < CEILING_SECONDS:  # a few calls alone read too noisy
+            classifier.predict_proba(texts[(calls * size) % len(texts):][:size])
+            calls += 1
         speeds[size] = round(calls * size / (time.perf_counter() - start), 1)
     return {"texts_per_second_by_batch_size": speeds,
             "gain_from_batching": round(speeds[classifier.max_batch_size] / speeds[1], 2)}
