@@ -48,8 +48,9 @@ class TextClassifier:
     sequence_length: int
     outputs_probabilities: bool  # the model ends in a softmax (else it returns logits)
     max_batch_size: int = 32
-    # Keras's predict_on_batch writes the model's state back after each call: one call at a time.
+    # One model call at a time (Keras's predict_on_batch, the other backends' way, writes the model's state back).
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _forward: object = field(default=None, repr=False, compare=False)  # `_scores`'s compiled function
 
     @classmethod
     def load(cls, preset: str, *, max_batch_size: int = 32, sequence_length: int | None = None) -> TextClassifier:
@@ -108,12 +109,33 @@ class TextClassifier:
         size = next(b for b in batch_buckets(self.max_batch_size) if b >= n)
         features = self.pack(texts + [""] * (size - n))
         with self._lock:
-            scores = np.asarray(self.model.predict_on_batch(features), dtype=np.float32)[:n]
+            scores = np.asarray(self._scores(features), dtype=np.float32)[:n]
         if self.outputs_probabilities:
             return scores
         scores = scores - scores.max(axis=1, keepdims=True)
         exp = np.exp(scores)
         return exp / exp.sum(axis=1, keepdims=True)
+
+
+    def _scores(self, features: dict[str, np.ndarray]):
+        """The model's outputs for a batch. On JAX, its forward pass compiled once as a function of the weights
+        (read once: inference never changes them) and the features: a call is the compiled program alone, without
+        `predict_on_batch`'s bookkeeping, which reads every variable and writes the state back on each call."""
+        import keras
+
+        if keras.backend.backend() != "jax":
+            return self.model.predict_on_batch(features)
+        if self._forward is None:
+            import functools
+
+            import jax
+
+            model = self.model
+            weights = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
+            self._forward = functools.partial(
+                jax.jit(lambda trainable, other, x: model.stateless_call(trainable, other, x, training=False)[0]),
+                *weights)
+        return self._forward(features)
 
 
 def describe_classifier(preset: str):
