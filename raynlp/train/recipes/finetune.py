@@ -1,5 +1,7 @@
 """Levels 2 and 3 of the guide: fine-tune a preset's backbone as a `BertTextClassifier` on labelled text."""
 
+import functools
+
 from raynlp.train.recipes.base import Plan, Recipe, compile_model
 
 
@@ -17,15 +19,20 @@ class FinetuneRecipe(Recipe):
         return compile_model(classifier, config, plan)
 
     def export(self, model, config, plan: Plan, folder: str) -> None:
-        import keras_hub
-
         # Saved with the preprocessor it was trained for (same tokenizer, same sequence length), so that
         # `BertTextClassifier.from_preset(folder)` takes raw strings; training itself feeds packed arrays and
         # runs without one. (The task's `task.json` records its preprocessor: saving it beside is not enough.)
-        model.preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
-            plan.tokenizer_dir, sequence_length=config.data.sequence_length)
+        model.preprocessor = _preprocessor(plan.tokenizer_dir, config.data.sequence_length)
         try:
             model.save_to_preset(folder)
         finally:
             model.preprocessor = None
         self.write_card(folder, model, config, plan, class_name="BertTextClassifier")
+
+
+@functools.cache
+def _preprocessor(tokenizer_dir: str, sequence_length: int):
+    """Built once a worker: every epoch's export saves the same one."""
+    import keras_hub
+
+    return keras_hub.models.BertTextClassifierPreprocessor.from_preset(tokenizer_dir, sequence_length=sequence_length)
