@@ -50,7 +50,8 @@ class TextClassifier:
     max_batch_size: int = 32
     # One model call at a time (Keras's predict_on_batch, the other backends' way, writes the model's state back).
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-    _forward: object = field(default=None, repr=False, compare=False)  # `_scores`'s compiled function
+    # `_scores`'s compiled forward pass over the weights as loaded (a classifier never changes them)
+    _forward: object = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def load(cls, preset: str, *, max_batch_size: int = 32, sequence_length: int | None = None) -> TextClassifier:

@@ -161,8 +161,10 @@ def _plan(config: RecipeConfig, recipe, data: PreparedData, **settled) -> Plan:
                           f"(fewer rows than one global batch): monitor {config.train.monitor.removeprefix('val_')}")
     cache = config.data.shard_cache
     if cache == "auto":
-        cache = "memory" if fits_in_memory(sum(rows[split] * data.row_bytes(split) for split in rows), world) \
-            else "stream"
+        # A shuffled training split is held twice while an epoch after the first is dealt (`ShardCache.dealt`).
+        held = {split: 2 if split == "train" and config.train.shuffle else 1 for split in rows}
+        needed = sum(rows[split] * data.row_bytes(split) * held[split] for split in rows)
+        cache = "memory" if fits_in_memory(needed, world) else "stream"
     return Plan(**settled, train_rows=rows["train"], steps_per_epoch=steps, validation_split=validation_split,
                 validation_steps=validation_steps, test_steps=test_steps, world_size=world,
                 cache_shards=cache == "memory")

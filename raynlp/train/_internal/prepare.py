@@ -42,13 +42,21 @@ class PreparedData:
         dataset = read_parquet(self.folders[split], num_cpus=FEED_TASK_CPUS)
         return dataset.limit(self.rows[split]) if split in self.limited else dataset
 
-    def row_bytes(self, split: str) -> int:
-        """Bytes a row of `split` takes in a worker's memory as it is read (its shards' column types and shapes)."""
+    def row_bytes(self, split: str) -> float:
+        """Bytes a row of `split` takes in a worker's memory as it is read: its shards' column types and shapes,
+        and for a column of no fixed width (text riding along) its first shard's uncompressed bytes a row."""
         import pyarrow.parquet as pq
+        import ray.data  # noqa: F401  registers Ray's tensor types: the schema then shows their shapes
 
         from raynlp.data.columns import row_bytes
 
-        return row_bytes(pq.read_schema(storage.files(self.folders[split], ".parquet")[0]))
+        shard = pq.ParquetFile(storage.files(self.folders[split], ".parquet")[0])
+        meta, stored = shard.metadata, {}
+        for i in range(meta.num_columns):
+            name = meta.schema.column(i).path.split(".")[0]
+            size = sum(meta.row_group(g).column(i).total_uncompressed_size for g in range(meta.num_row_groups))
+            stored[name] = stored.get(name, 0) + size / max(meta.num_rows, 1)
+        return row_bytes(shard.schema_arrow, stored)
 
 
 def raw_splits(config: RecipeConfig, *, labelled: bool) -> tuple[dict, list[str] | None]:

@@ -63,9 +63,11 @@ def test_compact_columns_reach_the_shards_and_fit_and_size_the_memory_cache(ray_
         "token_ids": np.int16, "segment_ids": np.int8, "padding_mask": np.bool_}
     assert not features["segment_ids"].any() and features["segment_ids"].shape == (16, 32)
     assert (features["token_ids"].nbytes + features["padding_mask"].nbytes + labels.nbytes) / 16 == 104
-    # The memory cache's 1 GiB a worker (of the 2 the config asks for) holds rows of that size: 16M rows fit,
-    # 24M do not (int64 columns would have filled it at 1.7M).
+    # The memory cache's 1 GiB a worker (of the 2 the config asks for) holds rows of that size, the shuffled training
+    # split twice (its epochs after the first are dealt from a copy): 8M rows fit, 12M do not (the int64 estimate
+    # before would have sent 1.7M to streaming).
     plans = {rows: _plan(config, recipe, PreparedData(data.folders, {"train": rows, "test": 10_000}), preset_dir=None,
                          tokenizer_dir=config.preset, num_classes=2, label_names=None).cache_shards
-             for rows in (16_000_000, 24_000_000)}
-    assert config.scaling.num_workers == 2 and plans == {16_000_000: True, 24_000_000: False}
+             for rows in (8_000_000, 12_000_000)}
+    assert config.scaling.num_workers == 2 and config.train.shuffle
+    assert plans == {8_000_000: True, 12_000_000: False}

@@ -2,6 +2,8 @@
 
 `model.builder: "package.module:function"` names a function `build(backbone, config) -> keras.Model`
 taking the packed features (`token_ids`, `segment_ids`, `padding_mask`); it may compile the model itself.
+The features arrive in their stored types (int16 ids where the vocabulary allows, int8 segment ids, a bool mask:
+`raynlp.data.columns`): a Functional model casts them to its `Input`s' dtypes, a subclassed one gets them as they are.
 The export is the whole model as `model.keras` beside the backbone's tokenizer.
 """
 
