@@ -2,7 +2,8 @@
 
 Rows: the Rotten Tomatoes sentences and the full movie reviews, cycled up to `rows`, packed at sequence
 length 256 with the `minilm_l6_en_uncased` vocabulary. Throughput counts every row and every real
-(non-padding) token of the packed output; each way's ids are compared with keras-hub's.
+(non-padding) token of the packed output; each way's ids are compared with keras-hub's. raynlp's ways pack in
+calls of the same size (`call_rows`), in one process or one per Ray Data task.
 """
 
 import logging
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 PRESET = "minilm_l6_en_uncased"
 SEQUENCE_LENGTH = 256
-BATCH_SIZE = 256
+KERAS_HUB_BATCH_SIZE = 256
 STEADY_BLOCK_ROWS = 5_000  # Ray Data ways: rows a source block holds
 DEFAULT_ROWS = 20_000
 KERAS_HUB_ROWS = 20_000
@@ -47,22 +48,32 @@ def _keras_hub_pack(preset_dir: str, texts: list[str]) -> dict:
     preprocessor(texts[:8])  # build the graph outside the timing
     parts = []
     start = time.perf_counter()
-    for i in range(0, len(texts), BATCH_SIZE):
-        x = preprocessor(texts[i : i + BATCH_SIZE])
+    for i in range(0, len(texts), KERAS_HUB_BATCH_SIZE):
+        x = preprocessor(texts[i : i + KERAS_HUB_BATCH_SIZE])
         parts.append({k: np.asarray(v) for k, v in x.items()})
     seconds = time.perf_counter() - start
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, seconds
 
 
+def _call_rows(rows: int) -> int:
+    """Rows a packing call takes: raynlp's default, or less where `rows` would not make 8 calls (a small run
+    still has a steady state after each actor's first call)."""
+    from raynlp.data.config import PACKING_BATCH_ROWS
+
+    return min(PACKING_BATCH_ROWS, max(1, rows // 8))
+
+
 def _raynlp_pack(preset_dir: str, texts: list[str]) -> tuple[dict, float]:
+    """Packed in this process, in calls of the size an actor's are."""
     from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
 
     tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir)
     tokenizer.pack(texts[:8], sequence_length=SEQUENCE_LENGTH)
     parts = []
     start = time.perf_counter()
-    for i in range(0, len(texts), BATCH_SIZE):
-        parts.append(tokenizer.pack(texts[i : i + BATCH_SIZE], sequence_length=SEQUENCE_LENGTH))
+    call = _call_rows(len(texts))
+    for i in range(0, len(texts), call):
+        parts.append(tokenizer.pack(texts[i : i + call], sequence_length=SEQUENCE_LENGTH))
     seconds = time.perf_counter() - start
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, seconds
 
@@ -85,7 +96,7 @@ def _ray_pack(texts: list[str], num_actors: int) -> tuple[dict, dict]:
     source = source.materialize()
     start = time.perf_counter()
     packed = tokenize_dataset(source, PRESET, sequence_length=SEQUENCE_LENGTH, num_actors=num_actors,
-                              batch_size=BATCH_SIZE)
+                              batch_size=_call_rows(len(texts)))
     arrivals = []  # (seconds since start, block references) as each packed block comes out, not fetched
     for bundle in packed.iter_internal_ref_bundles():
         arrivals.append((time.perf_counter() - start, bundle.block_refs))
@@ -156,6 +167,7 @@ def run_tokenize_bench(output_dir: Path, rows: int | None = None) -> Path:
         "keras_hub_rows": len(sample),
         "tokens": tokens,
         "sequence_length": SEQUENCE_LENGTH,
+        "call_rows": _call_rows(rows),
         "preset": PRESET,
         "machine": machine(),
         "results": figures,

@@ -12,6 +12,10 @@ from raynlp.errors import RaynlpError
 
 # Ray Data actors that tokenize a corpus that is not small (`raynlp.data.tokenize.packing_actors`).
 PACKING_ACTORS = 2
+# Rows a packing call takes (Ray Data bundles small blocks up to this into one task): Ray's cost per task and per
+# call (scheduling, block conversion, the actor's thread hand-off) is then small beside the packing itself. The
+# tokenizer works through a call in cache-sized chunks.
+PACKING_BATCH_ROWS = 16_384
 
 
 class CorpusSettings(Section):

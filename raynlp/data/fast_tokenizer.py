@@ -78,6 +78,8 @@ _MAX_CACHED_KEYS = 500_000
 # every whitespace character.
 _ROW_END = " "
 _ROW_END_CODE = -1
+# `pack` works through a large batch this many rows at a time: its temporaries then stay in the CPU's caches.
+_PACK_CHUNK_ROWS = 256
 
 # Unicode Default_Ignorable_Code_Point ranges, dropped by NFKC_Casefold (as in keras-hub's tensor_utils).
 _DEFAULT_IGNORABLE = re.compile(
@@ -422,6 +424,14 @@ class FastWordPieceTokenizer:
         num_special = 2 if texts_b is None else 3
         if sequence_length < num_special:
             raise ValueError(f"sequence_length={sequence_length} leaves no room for {num_special} special tokens")
+        if texts_b is not None and len(texts_b) != len(texts):
+            raise ValueError(f"texts and texts_b differ in length: {len(texts)} != {len(texts_b)}")
+        if len(texts) > _PACK_CHUNK_ROWS:
+            chunks = [self.pack(texts[i : i + _PACK_CHUNK_ROWS],
+                                None if texts_b is None else texts_b[i : i + _PACK_CHUNK_ROWS],
+                                sequence_length=sequence_length)
+                      for i in range(0, len(texts), _PACK_CHUNK_ROWS)]
+            return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
         budget = sequence_length - num_special
         # Neither segment can keep more than `budget` tokens, and round robin only needs lengths up to it.
         flat_a, len_a = self.encode(texts, at_least=budget)
@@ -430,8 +440,6 @@ class FastWordPieceTokenizer:
             keep_a = np.minimum(len_a, budget)
         else:
             flat_b, len_b = self.encode(texts_b, at_least=budget)
-            if len(len_b) != n:
-                raise ValueError(f"texts and texts_b differ in length: {n} != {len(len_b)}")
             keep_a, keep_b = _round_robin(len_a, len_b, budget)
 
         rows = np.arange(n)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from raynlp import presets
-from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
+from raynlp.data.fast_tokenizer import _PACK_CHUNK_ROWS, FastWordPieceTokenizer
 from raynlp.errors import RaynlpError
 
 PRESET = "minilm_l6_en_uncased"  # carries the bert uncased vocabulary (30,522 tokens)
@@ -186,6 +186,24 @@ def test_pack_layout(vocab_path):
         fast.tokenize("not a batch")
     with pytest.raises(TypeError):
         fast.tokenize(["text", None])
+
+
+def test_a_batch_of_several_chunks_packs_each_row_as_alone(vocab_path):
+    # `pack` works through a large batch a chunk at a time: each row (numbered, so a shifted row shows) and its
+    # pair must come out as if packed on its own.
+    fast = FastWordPieceTokenizer(vocab_path, lowercase=True)
+    count = 2 * _PACK_CHUNK_ROWS + 7
+    texts = np.array([f"{HARD_STRINGS[i % len(HARD_STRINGS)]} row {i}" for i in range(count)], dtype=object)
+    texts_b = [f"pair {i} {HARD_STRINGS[7 * i % len(HARD_STRINGS)]}" for i in range(count)]
+    for pairs in (None, texts_b):
+        whole = fast.pack(texts, pairs, sequence_length=24)
+        alone = [fast.pack(texts[i : i + 1], None if pairs is None else pairs[i : i + 1], sequence_length=24)
+                 for i in range(count)]
+        for key, value in whole.items():
+            assert value.shape == (count, 24)
+            np.testing.assert_array_equal(value, np.concatenate([row[key] for row in alone]), err_msg=key)
+    with pytest.raises(ValueError, match="differ in length"):
+        fast.pack(texts, texts_b[:-1], sequence_length=24)
 
 
 def test_vocabulary_access(vocab_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from raynlp.data.columns import compact
-from raynlp.data.config import PACKING_ACTORS, MaskingSettings
+from raynlp.data.config import PACKING_ACTORS, PACKING_BATCH_ROWS, MaskingSettings
 from raynlp.errors import RaynlpError
 
 logger = logging.getLogger(__name__)
@@ -97,11 +97,12 @@ def packing_actors(rows: int | None, actors: int = PACKING_ACTORS) -> int:
 
 def tokenize_dataset(dataset, preset: str, *, sequence_length: int = 128, text_column: str = "text",
                      pair_column: str | None = None, masking: MaskingSettings | None = None,
-                     mask_seed: int = 0, num_actors: int = PACKING_ACTORS, batch_size: int = 512):
+                     mask_seed: int = 0, num_actors: int = PACKING_ACTORS, batch_size: int = PACKING_BATCH_ROWS):
     """`dataset` with its text replaced by packed token arrays, computed by `num_actors` Ray actors.
 
     `num_actors=0` packs in Ray tasks instead, each worker process building the tokenizer once: no actor pool
-    to start (several seconds), the better choice for small inputs. Both give the same rows.
+    to start (several seconds), the better choice for small inputs. Both give the same rows. `batch_size`: rows
+    a call packs (with masking, rows that share a mask seed).
     """
     import ray.data
 
