@@ -7,6 +7,8 @@ epochs, at the same global batch size everywhere:
 - `keras_hub_fit_in_ray_task`: the same function run as a Ray task (1 CPU) on the local Ray cluster: what running
   inside Ray costs by itself (Ray's own processes share the machine, and Ray runs its workers at a lower priority),
   with no raynlp code on the path;
+- `keras_hub_fit_in_ray_train_worker`: the same function as the one worker of a Ray Train run (`JaxTrainer`):
+  what Ray Train's worker costs by itself, still with no raynlp code;
 - `raynlp_1_worker`, `raynlp_2_workers`: `raynlp.train.train` on the local Ray cluster, per-worker batch
   `global_batch / workers`.
 
@@ -34,7 +36,9 @@ from the same initial weights as the plain `fit`, so the two agree; with 2 worke
 of both workers' shards (other rows together), so its losses differ a little.
 
 Throughput is examples per second over the epochs after the first (the first one includes compilation, and
-for raynlp reading the shard), so each way is measured in its steady state. Wall time from call to result is
+for raynlp reading the shard), so each way is measured in its steady state. Every way also carries a step clock,
+from which `median_step_*` gives the median step of those epochs: the cost of a training step, which an epoch
+that stalls once (Keras' array adapter does, at an epoch's start, on this machine) does not move. Wall time from call to result is
 reported beside it (for raynlp it includes tokenizing on Ray Data, starting workers and exporting the preset;
 raynlp's workers also load what this machine compiled before from JAX's compilation cache, where the plain ways
 compile afresh: compare wall times with `JAX_ENABLE_COMPILATION_CACHE=false`).
@@ -79,7 +83,7 @@ def _config(out: Path, rows: int, workers: int, checkpoint_every: int | None = N
     ])
 
 
-def _plain_fit(rows: int, checkpoint_every: int | None = None, folder: str | None = None) -> dict:
+def _plain_fit(rows: int, folder: str, checkpoint_every: int | None = None) -> dict:
     import keras
     import keras_hub
 
@@ -114,17 +118,45 @@ def _plain_fit(rows: int, checkpoint_every: int | None = None, folder: str | Non
             self.seconds.append(time.perf_counter() - self.started)
 
     timer = Timer()
+    Path(folder).mkdir(parents=True, exist_ok=True)
     callbacks = [timer]
     if checkpoint_every:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        callbacks += [keras.callbacks.ModelCheckpoint(f"{folder}/checkpoint.keras", save_freq=checkpoint_every),
-                      step_clock(f"{folder}/clock.json")]
+        callbacks.append(keras.callbacks.ModelCheckpoint(f"{folder}/checkpoint.keras", save_freq=checkpoint_every))
+    callbacks.append(step_clock(f"{folder}/clock.json"))
     history = model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=EPOCHS, shuffle=False, callbacks=callbacks, verbose=0)
     steady = timer.seconds[1:]
     return {"examples_per_second": round(steps * GLOBAL_BATCH * len(steady) / sum(steady), 1),
+            **_step_figures(f"{folder}/clock.json"),
             "epoch_seconds": [round(s, 2) for s in timer.seconds], "wall_seconds": round(time.perf_counter() - start, 1),
-            "epoch_losses": [round(float(v), 4) for v in history.history["loss"]],
-            **({"clock": f"{folder}/clock.json"} if checkpoint_every else {})}
+            "epoch_losses": [round(float(v), 4) for v in history.history["loss"]], "clock": f"{folder}/clock.json"}
+
+
+def _plain_fit_in_train_worker(rows: int, folder: str) -> dict:
+    """The plain fit as the one worker of a Ray Train run (`JaxTrainer`, 1 CPU): Ray Train's worker around it,
+    no raynlp code."""
+    import json
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.v2.jax import JaxTrainer
+
+    figures = Path(folder) / "figures.json"
+
+    def loop() -> None:
+        figures.write_text(json.dumps(_plain_fit(rows, folder)))
+
+    JaxTrainer(loop, scaling_config=ScalingConfig(num_workers=1),
+               run_config=RunConfig(storage_path=str(Path(folder).parent), name=f"{Path(folder).name}_run")).fit()
+    return json.loads(figures.read_text())
+
+
+def _step_figures(clock: str) -> dict:
+    """The median step of the epochs after the first (each epoch's last step left out: an epoch's own end work
+    lands there), from a step clock, and the examples/s it makes: a stalled epoch does not move it."""
+    import json
+
+    seconds = [np.diff([epoch["started"], *epoch["step_ends"]])[:-1] for epoch in json.loads(Path(clock).read_text())[1:]]
+    median = float(np.median(np.concatenate(seconds)))
+    return {"median_step_seconds": round(median, 4), "median_step_examples_per_second": round(GLOBAL_BATCH / median, 1)}
 
 
 def _raynlp_fit(out: Path, rows: int, workers: int, checkpoint_every: int | None = None,
@@ -140,18 +172,16 @@ def _raynlp_fit(out: Path, rows: int, workers: int, checkpoint_every: int | None
     placement = out.parent / f"{out.name}_nodes"
     shutil.rmtree(placement, ignore_errors=True)
     placement.mkdir(parents=True)
-    callbacks = [functools.partial(_node_record, str(placement))]
-    if checkpoint_every:
-        callbacks.append(functools.partial(step_clock, str(clock)))
+    callbacks = [functools.partial(_node_record, str(placement)), functools.partial(step_clock, str(clock))]
     result = train(_config(out, rows, workers, checkpoint_every, settings), callbacks=callbacks)
     steady = result.metrics[1:]
     examples = sum(m["examples_per_second"] * m["seconds"] for m in steady)
     return {"examples_per_second": round(examples / sum(m["seconds"] for m in steady), 1),
+            **_step_figures(str(clock)),
             "epoch_seconds": [m["seconds"] for m in result.metrics],
             "wall_seconds": round(time.perf_counter() - start, 1),
             "epoch_losses": [round(m["loss"], 4) for m in result.metrics],
-            "nodes": len({p.read_text() for p in placement.glob("rank*")}),
-            **({"clock": str(clock)} if checkpoint_every else {})}
+            "nodes": len({p.read_text() for p in placement.glob("rank*")}), "clock": str(clock)}
 
 
 def _node_record(folder: str):
@@ -174,11 +204,15 @@ def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[in
     rows = rows or DEFAULT_ROWS
     logger.info("train bench: %s, %d rows, sequence length %d, global batch %d, %d epochs, checkpoints every %d "
                 "steps", PRESET, rows, SEQUENCE_LENGTH, GLOBAL_BATCH, EPOCHS, checkpoint_every)
-    results = {"keras_hub_fit_1_process": _plain_fit(rows),
-               "keras_hub_fit_1_process_checkpointing": _plain_fit(rows, checkpoint_every,
-                                                                   str(output_dir / "runs" / "keras_checkpoints"))}
+    runs = (output_dir / "runs").resolve()  # the workers run in their own working folders
+    results = {"keras_hub_fit_1_process": _plain_fit(rows, str(runs / "keras_hub_fit_1_process")),
+               "keras_hub_fit_1_process_checkpointing": _plain_fit(rows, str(runs / "keras_checkpoints"),
+                                                                   checkpoint_every)}
     ray = ensure_ray()
-    results["keras_hub_fit_in_ray_task"] = ray.get(ray.remote(num_cpus=1)(_plain_fit).remote(rows))
+    results["keras_hub_fit_in_ray_task"] = ray.get(ray.remote(num_cpus=1)(_plain_fit).remote(
+        rows, str(runs / "keras_hub_fit_in_ray_task")))
+    results["keras_hub_fit_in_ray_train_worker"] = _plain_fit_in_train_worker(
+        rows, str(runs / "keras_hub_fit_in_ray_train_worker"))
     for count in workers:
         name = f"raynlp_{count}_worker{'s' if count > 1 else ''}"
         results[name] = _raynlp_fit(output_dir / "runs" / name, rows, count)
@@ -186,6 +220,7 @@ def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[in
                                                        checkpoint_every)
     base = results["keras_hub_fit_1_process"]["examples_per_second"]
     in_ray = results["keras_hub_fit_in_ray_task"]["examples_per_second"]
+    step_in_ray = results["keras_hub_fit_in_ray_task"]["median_step_examples_per_second"]
     report = {
         "benchmark": "train",
         "preset": PRESET, "rows": rows, "sequence_length": SEQUENCE_LENGTH, "global_batch": GLOBAL_BATCH,
@@ -195,12 +230,18 @@ def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[in
         "ratio_to_keras_hub_fit": {name: round(r["examples_per_second"] / base, 2) for name, r in results.items()},
         "ratio_to_keras_hub_fit_in_ray_task": {name: round(r["examples_per_second"] / in_ray, 2)
                                                for name, r in results.items() if name.startswith("raynlp")},
+        "median_step_ratio_to_keras_hub_fit_in_ray_task": {
+            name: round(r["median_step_examples_per_second"] / step_in_ray, 3)
+            for name, r in results.items() if name.startswith("raynlp") or name.endswith("train_worker")},
         "checkpoint_cost": {name: _checkpoint_cost(results[name], results[f"{name}_checkpointing"], checkpoint_every)
                             for name in results if f"{name}_checkpointing" in results},
         "note": "examples/s over the epochs after the first (steady state); the workers share this machine's cores, "
                 "so 2 workers on one machine measure the cost of synchronisation, not a speed-up; the fit in a Ray "
                 "task is the plain fit with Ray around it, no raynlp code. Wall times: raynlp's workers load programs "
                 "compiled before from JAX's compilation cache (off: JAX_ENABLE_COMPILATION_CACHE=false). "
+                "median_step_*: from each way's step clock (every way waits for each step's loss alike), the "
+                "median step of the epochs after the first, which a stalled epoch does not move; the fit in a Ray "
+                "Train worker is the plain fit as the one worker of a JaxTrainer run, no raynlp code. "
                 "checkpoint_cost: examples/s with checkpoints against without (two runs), and the seconds a "
                 "checkpoint adds to the step that writes it (one run's step clock: median of those steps less the "
                 "median of the others, epochs after the first).",
@@ -218,8 +259,8 @@ def run_train_bench_across_nodes(output_dir: Path, rows: int | None = None, node
     rows = rows or DEFAULT_ROWS
     logger.info("train bench across nodes: %s, %d rows, global batch %d, workers of %g CPUs; 1 node of %g CPUs, "
                 "then %d of %g", PRESET, rows, GLOBAL_BATCH, WORKER_CPUS, NODE_CPUS * nodes, nodes, NODE_CPUS)
-    results = {"keras_hub_fit_1_process": _plain_fit(rows)}
     runs = output_dir / "runs_nodes"
+    results = {"keras_hub_fit_1_process": _plain_fit(rows, str(runs.resolve() / "keras_hub_fit_1_process"))}
     # Every node is on this machine, so each sees the output folder.
     settings = (f"scaling.cpus_per_worker={WORKER_CPUS}", "run.shared_filesystem=true")
     with nodes_on_this_machine(NODE_CPUS * nodes) as cluster:

@@ -8,7 +8,9 @@ task is the same function, so it must end there too.
 """
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from raynlp.bench.train_bench import run_train_bench
@@ -26,16 +28,29 @@ def report(ray_cluster, tmp_path_factory):
 def test_every_way_trained_the_same_steps_and_reports_throughput(report):
     data, folder = report
     assert list(data["results"]) == ["keras_hub_fit_1_process", "keras_hub_fit_1_process_checkpointing",
-                                     "keras_hub_fit_in_ray_task", "raynlp_1_worker", "raynlp_1_worker_checkpointing"]
+                                     "keras_hub_fit_in_ray_task", "keras_hub_fit_in_ray_train_worker",
+                                     "raynlp_1_worker", "raynlp_1_worker_checkpointing"]
     assert data["rows"] == 192 and data["global_batch"] == 32
     for way, figures in data["results"].items():
         assert figures["examples_per_second"] > 0 and len(figures["epoch_seconds"]) == data["epochs"], way
         assert len(figures["epoch_losses"]) == data["epochs"] and all(loss > 0 for loss in figures["epoch_losses"])
+        # The median step, from the way's own step clock: 2 steady epochs of 6 steps, each epoch's last left out.
+        clock = json.loads(Path(figures["clock"]).read_text())
+        assert [len(epoch["step_ends"]) for epoch in clock] == [6] * data["epochs"], way
+        steps = np.concatenate([np.diff([e["started"], *e["step_ends"]])[:-1] for e in clock[1:]])
+        assert figures["median_step_seconds"] == pytest.approx(float(np.median(steps)), abs=1e-4), way
+        assert figures["median_step_examples_per_second"] == pytest.approx(32 / figures["median_step_seconds"], rel=2e-3)
     plain, raynlp = data["results"]["keras_hub_fit_1_process"], data["results"]["raynlp_1_worker"]
     in_ray = data["results"]["keras_hub_fit_in_ray_task"]
     # The same training, step by step: the losses equal to four decimals, as the report rounds them (README says so).
     assert raynlp["epoch_losses"] == plain["epoch_losses"]
     assert in_ray["epoch_losses"] == plain["epoch_losses"]
+    assert data["results"]["keras_hub_fit_in_ray_train_worker"]["epoch_losses"] == plain["epoch_losses"]
+    per_step = data["median_step_ratio_to_keras_hub_fit_in_ray_task"]
+    assert set(per_step) == {"keras_hub_fit_in_ray_train_worker", "raynlp_1_worker", "raynlp_1_worker_checkpointing"}
+    for way, ratio in per_step.items():
+        expected = data["results"][way]["median_step_examples_per_second"] / in_ray["median_step_examples_per_second"]
+        assert ratio == pytest.approx(expected, abs=0.0006), way
     for baseline, ratios in [(plain, data["ratio_to_keras_hub_fit"]), (in_ray, data["ratio_to_keras_hub_fit_in_ray_task"])]:
         for way, ratio in ratios.items():
             expected = data["results"][way]["examples_per_second"] / baseline["examples_per_second"]
