@@ -79,7 +79,7 @@ def _tokenize(args) -> None:
     from raynlp.data import tokenize_dataset, write_tokenized
     from raynlp.data.config import CorpusSettings, MaskingSettings
     from raynlp.data.labels import as_label_ids
-    from raynlp.data.tokenize import packing_actors
+    from raynlp.data.tokenize import packing_actors, packing_batch_rows
 
     given = _flag_values(args, _CORPUS_FLAGS)
     corpus = config_file.load(CorpusSettings, None, values={k.removeprefix("data."): v for k, v in given.items()})
@@ -87,10 +87,11 @@ def _tokenize(args) -> None:
         args, {"mask_rate": "selection_rate", "max_selections": "max_selections"})) if args.mlm else None
     ensure_ray(args.address)
     source, names = as_label_ids(corpus.open(shuffle_seed=args.shuffle_seed), corpus.class_names())
+    rows = corpus.known_rows()
+    actors = args.num_actors if args.num_actors is not None else packing_actors(rows)
     packed = tokenize_dataset(source, args.preset, sequence_length=args.sequence_length,
                               text_column="text", pair_column=args.pair_column, masking=masking, mask_seed=args.seed,
-                              num_actors=args.num_actors if args.num_actors is not None
-                              else packing_actors(corpus.known_rows()))
+                              num_actors=actors, batch_size=packing_batch_rows(rows, actors))
     manifest = write_tokenized(packed, args.output, preset=args.preset, sequence_length=args.sequence_length,
                                masking=masking, mask_seed=args.seed, label_names=names)
     print(f"tokenized {manifest['rows']} rows into {manifest['shards']} Parquet shards in {args.output}"

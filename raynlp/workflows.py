@@ -91,14 +91,16 @@ def tokenize(preset: str, output: str, *, dataset: str | None = None, input: str
     from raynlp._internal.cluster import ensure_ray
     from raynlp.data import MaskingSettings, tokenize_dataset, write_tokenized
     from raynlp.data.labels import as_label_ids
-    from raynlp.data.tokenize import packing_actors
+    from raynlp.data.tokenize import packing_actors, packing_batch_rows
 
     ensure_ray()
     masking = MaskingSettings() if masked_lm else None
     corpus = _corpus(dataset, input, split)
     source, names = as_label_ids(corpus.open(shuffle_seed=shuffle_seed), corpus.class_names())
-    actors = num_actors if num_actors is not None else packing_actors(corpus.known_rows())
-    packed = tokenize_dataset(source, preset, sequence_length=sequence_length, masking=masking, num_actors=actors)
+    rows = corpus.known_rows()
+    actors = num_actors if num_actors is not None else packing_actors(rows)
+    packed = tokenize_dataset(source, preset, sequence_length=sequence_length, masking=masking, num_actors=actors,
+                              batch_size=packing_batch_rows(rows, actors))
     return write_tokenized(packed, output, preset=preset, sequence_length=sequence_length, masking=masking,
                            label_names=names)
 

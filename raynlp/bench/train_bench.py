@@ -12,7 +12,7 @@ epochs, at the same global batch size everywhere:
 - `raynlp_1_worker`, `raynlp_2_workers`: `raynlp.train.train` on the local Ray cluster, per-worker batch
   `global_batch / workers`.
 
-Each way but the Ray task also runs with a checkpoint every `checkpoint_every` optimizer steps (`…_checkpointing`):
+The plain fit and raynlp's ways also run with a checkpoint every `checkpoint_every` optimizer steps (`…_checkpointing`):
 the plain fit with Keras' `ModelCheckpoint(save_freq=N)` writing the whole model and its optimizer (a `.keras`
 file), raynlp with `train.checkpoint_every_steps=N` (weights and optimizer state through Ray Train's report).
 `checkpoint_cost` gives, for each, the examples/s against the same way without, and the seconds a checkpoint
@@ -36,10 +36,10 @@ from the same initial weights as the plain `fit`, so the two agree; with 2 worke
 of both workers' shards (other rows together), so its losses differ a little.
 
 Throughput is examples per second over the epochs after the first (the first one includes compilation, and
-for raynlp reading the shard), so each way is measured in its steady state. Every way also carries a step clock,
-from which `median_step_*` gives the median step of those epochs: the cost of a training step, which an epoch
-that stalls once (Keras' array adapter does, at an epoch's start, on this machine) does not move. Wall time from call to result is
-reported beside it (for raynlp it includes tokenizing on Ray Data, starting workers and exporting the preset;
+for raynlp reading the shard), so each way is measured in its steady state. Every way carries a step clock, so
+every way waits for each step's loss alike (Keras then runs batch-end callbacks in the training loop, not
+asynchronously); `median_step_*` gives the median step of those epochs, the cost of a training step, which an
+epoch that stalls once does not move. Wall time from call to result is reported beside it (for raynlp it includes tokenizing on Ray Data, starting workers and exporting the preset;
 raynlp's workers also load what this machine compiled before from JAX's compilation cache, where the plain ways
 compile afresh: compare wall times with `JAX_ENABLE_COMPILATION_CACHE=false`).
 """
@@ -139,13 +139,14 @@ def _plain_fit_in_train_worker(rows: int, folder: str) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.v2.jax import JaxTrainer
 
+    shutil.rmtree(folder, ignore_errors=True)
     figures = Path(folder) / "figures.json"
 
     def loop() -> None:
         figures.write_text(json.dumps(_plain_fit(rows, folder)))
 
     JaxTrainer(loop, scaling_config=ScalingConfig(num_workers=1),
-               run_config=RunConfig(storage_path=str(Path(folder).parent), name=f"{Path(folder).name}_run")).fit()
+               run_config=RunConfig(storage_path=folder, name="ray_train")).fit()
     return json.loads(figures.read_text())
 
 
@@ -156,7 +157,8 @@ def _step_figures(clock: str) -> dict:
 
     seconds = [np.diff([epoch["started"], *epoch["step_ends"]])[:-1] for epoch in json.loads(Path(clock).read_text())[1:]]
     median = float(np.median(np.concatenate(seconds)))
-    return {"median_step_seconds": round(median, 4), "median_step_examples_per_second": round(GLOBAL_BATCH / median, 1)}
+    return {"median_step_seconds": float(f"{median:.4g}"),
+            "median_step_examples_per_second": round(GLOBAL_BATCH / median, 1)}
 
 
 def _raynlp_fit(out: Path, rows: int, workers: int, checkpoint_every: int | None = None,
@@ -197,11 +199,21 @@ def _node_record(folder: str):
     return NodeRecord()
 
 
+def _checked_rows(rows: int | None) -> int:
+    """`rows`, or the default; refused below two steps an epoch (an epoch's last step is left out of its timing)."""
+    from raynlp.errors import RaynlpError
+
+    if rows is not None and rows < 2 * GLOBAL_BATCH:
+        raise RaynlpError(f"bench train needs --rows of at least {2 * GLOBAL_BATCH} (two steps of {GLOBAL_BATCH} "
+                          f"an epoch), got {rows}")
+    return rows or DEFAULT_ROWS
+
+
 def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[int, ...] = (1, 2),
                     checkpoint_every: int = CHECKPOINT_EVERY) -> Path:
     from raynlp._internal.cluster import ensure_ray
 
-    rows = rows or DEFAULT_ROWS
+    rows = _checked_rows(rows)
     logger.info("train bench: %s, %d rows, sequence length %d, global batch %d, %d epochs, checkpoints every %d "
                 "steps", PRESET, rows, SEQUENCE_LENGTH, GLOBAL_BATCH, EPOCHS, checkpoint_every)
     runs = (output_dir / "runs").resolve()  # the workers run in their own working folders
@@ -221,6 +233,7 @@ def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[in
     base = results["keras_hub_fit_1_process"]["examples_per_second"]
     in_ray = results["keras_hub_fit_in_ray_task"]["examples_per_second"]
     step_in_ray = results["keras_hub_fit_in_ray_task"]["median_step_examples_per_second"]
+    step_in_train_worker = results["keras_hub_fit_in_ray_train_worker"]["median_step_examples_per_second"]
     report = {
         "benchmark": "train",
         "preset": PRESET, "rows": rows, "sequence_length": SEQUENCE_LENGTH, "global_batch": GLOBAL_BATCH,
@@ -233,6 +246,9 @@ def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[in
         "median_step_ratio_to_keras_hub_fit_in_ray_task": {
             name: round(r["median_step_examples_per_second"] / step_in_ray, 3)
             for name, r in results.items() if name.startswith("raynlp") or name.endswith("train_worker")},
+        "median_step_ratio_to_keras_hub_fit_in_ray_train_worker": {
+            name: round(r["median_step_examples_per_second"] / step_in_train_worker, 3)
+            for name, r in results.items() if name.startswith("raynlp")},
         "checkpoint_cost": {name: _checkpoint_cost(results[name], results[f"{name}_checkpointing"], checkpoint_every)
                             for name in results if f"{name}_checkpointing" in results},
         "note": "examples/s over the epochs after the first (steady state); the workers share this machine's cores, "
@@ -256,7 +272,7 @@ def run_train_bench_across_nodes(output_dir: Path, rows: int | None = None, node
     the plain fit (see the module's docstring); writes `train_nodes.json`."""
     from raynlp._internal.cluster import nodes_on_this_machine
 
-    rows = rows or DEFAULT_ROWS
+    rows = _checked_rows(rows)
     logger.info("train bench across nodes: %s, %d rows, global batch %d, workers of %g CPUs; 1 node of %g CPUs, "
                 "then %d of %g", PRESET, rows, GLOBAL_BATCH, WORKER_CPUS, NODE_CPUS * nodes, nodes, NODE_CPUS)
     runs = output_dir / "runs_nodes"

@@ -12,10 +12,11 @@ from raynlp.errors import RaynlpError
 
 # Ray Data actors that tokenize a corpus that is not small (`raynlp.data.tokenize.packing_actors`).
 PACKING_ACTORS = 2
-# Rows a packing call takes (Ray Data bundles small blocks up to this into one task): Ray's cost per task and per
-# call (scheduling, block conversion, the actor's thread hand-off) is then small beside the packing itself. The
-# tokenizer works through a call in cache-sized chunks.
-PACKING_BATCH_ROWS = 16_384
+# Rows a packing call takes (`raynlp.data.tokenize.packing_batch_rows`): for a split of known size, up to the
+# larger figure, so that Ray's cost per task and per call is small beside the packing. A split of unknown size
+# (files being read) keeps the smaller: Ray Data bundles a fused reader's input, files, up to a call's size.
+PACKING_BATCH_ROWS = 512
+PACKING_BATCH_ROWS_MAX = 16_384
 
 
 class CorpusSettings(Section):

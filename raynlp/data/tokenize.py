@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from raynlp.data.columns import compact
-from raynlp.data.config import PACKING_ACTORS, PACKING_BATCH_ROWS, MaskingSettings
+from raynlp.data.config import PACKING_ACTORS, PACKING_BATCH_ROWS, PACKING_BATCH_ROWS_MAX, MaskingSettings
 from raynlp.errors import RaynlpError
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,12 @@ class BertPacker:
         pairs = batch[self.pair_column] if self.pair_column else None
         out = self.tokenizer.pack(texts, pairs, sequence_length=self.sequence_length)
         if self.masking is not None:
-            out = self._mask(out, texts)
+            # Drawn a PACKING_BATCH_ROWS slice at a time, whatever the call's size: the draw's temporaries stay small.
+            step = PACKING_BATCH_ROWS
+            slices = [{key: value[i : i + step] for key, value in out.items()} for i in range(0, len(texts), step)]
+            masked = [self._mask(part, texts[i * step : (i + 1) * step]) for i, part in enumerate(slices)]
+            out = ({key: np.concatenate([part[key] for part in masked]) for key in masked[0]} if masked
+                   else self._mask(out, texts))
         out = compact(out, vocabulary_size=self.tokenizer.vocabulary_size, pairs=pairs is not None)
         for key, value in batch.items():
             if key not in (self.text_column, self.pair_column):
@@ -95,6 +100,15 @@ def packing_actors(rows: int | None, actors: int = PACKING_ACTORS) -> int:
     return 0 if rows is not None and rows <= SMALL_SPLIT_ROWS else actors
 
 
+def packing_batch_rows(rows: int | None, workers: int = PACKING_ACTORS) -> int:
+    """The `batch_size` to pack a split of `rows` rows with on `workers` actors (0, Ray tasks: counted as
+    PACKING_ACTORS) (rows None: not known before it is read): PACKING_BATCH_ROWS when unknown, else calls as
+    large as leave every worker four of them, between PACKING_BATCH_ROWS and PACKING_BATCH_ROWS_MAX."""
+    if rows is None:
+        return PACKING_BATCH_ROWS
+    return int(min(PACKING_BATCH_ROWS_MAX, max(PACKING_BATCH_ROWS, rows // (4 * (workers or PACKING_ACTORS)))))
+
+
 def tokenize_dataset(dataset, preset: str, *, sequence_length: int = 128, text_column: str = "text",
                      pair_column: str | None = None, masking: MaskingSettings | None = None,
                      mask_seed: int = 0, num_actors: int = PACKING_ACTORS, batch_size: int = PACKING_BATCH_ROWS):
@@ -102,7 +116,7 @@ def tokenize_dataset(dataset, preset: str, *, sequence_length: int = 128, text_c
 
     `num_actors=0` packs in Ray tasks instead, each worker process building the tokenizer once: no actor pool
     to start (several seconds), the better choice for small inputs. Both give the same rows. `batch_size`: rows
-    a call packs (with masking, rows that share a mask seed).
+    a call packs; `packing_batch_rows` sizes it from the split's rows, where known.
     """
     import ray.data
 

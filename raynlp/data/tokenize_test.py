@@ -9,7 +9,8 @@ from raynlp import datasets
 from raynlp.cli import main
 from raynlp.data import MaskingSettings, tokenize_dataset, write_tokenized
 from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
-from raynlp.data.tokenize import MANIFEST
+from raynlp.data.config import PACKING_BATCH_ROWS, PACKING_BATCH_ROWS_MAX
+from raynlp.data.tokenize import MANIFEST, BertPacker, packing_batch_rows
 from raynlp.errors import RaynlpError
 from raynlp.presets import resolve
 
@@ -75,6 +76,25 @@ def test_ray_data_pipeline_equals_one_process(ray_cluster, preset_dir, num_actor
     assert pairs["segment_ids"].dtype == np.int8 and expected["segment_ids"].any()
     for key, value in expected.items():
         np.testing.assert_array_equal(pairs[key], value)
+
+
+def test_calls_grow_with_a_known_split_and_stay_small_for_an_unknown_one():
+    assert packing_batch_rows(None) == PACKING_BATCH_ROWS  # files being read: Ray Data bundles files up to a call
+    assert packing_batch_rows(1_000) == PACKING_BATCH_ROWS
+    assert packing_batch_rows(20_000, 0) == packing_batch_rows(20_000, 2) == 2_500  # four calls a worker
+    assert packing_batch_rows(10_000_000, 2) == PACKING_BATCH_ROWS_MAX
+
+
+def test_a_large_masked_call_draws_its_masks_a_small_batch_at_a_time(preset_dir):
+    # Masks (and the draw's temporaries) are a PACKING_BATCH_ROWS slice's, whatever the size of the call.
+    texts = np.array(_texts("rotten_tomatoes")[: 2 * PACKING_BATCH_ROWS + 40], dtype=object)
+    packer = BertPacker(PRESET, 64, masking=MaskingSettings(max_selections=10), mask_seed=5)
+    whole = packer({"text": texts})
+    parts = [packer({"text": texts[i : i + PACKING_BATCH_ROWS]}) for i in range(0, len(texts), PACKING_BATCH_ROWS)]
+    assert set(whole) == {"token_ids", "padding_mask", "mask_positions", "mask_ids", "mask_weights"}
+    for key, value in whole.items():
+        assert len(value) == len(texts), key
+        np.testing.assert_array_equal(value, np.concatenate([part[key] for part in parts]), err_msg=key)
 
 
 @pytest.mark.slow  # an actor pool and a task pool over 200 full reviews, then keras-hub's contract row by row

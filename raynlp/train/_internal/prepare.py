@@ -313,7 +313,7 @@ def _tokenize_into(folder: str, dataset, config: RecipeConfig, tokenizer_dir: st
                    masked_lm: bool) -> None:
     from raynlp.data import tokenize_dataset, write_tokenized
     from raynlp.data.packing import tokenize_documents, write_packed
-    from raynlp.data.tokenize import packing_actors
+    from raynlp.data.tokenize import packing_actors, packing_batch_rows
 
     if is_tokenized(folder):
         logger.info("%s split already tokenized in %s (resuming run)", split, folder)
@@ -339,6 +339,7 @@ def _tokenize_into(folder: str, dataset, config: RecipeConfig, tokenizer_dir: st
     logger.info("tokenizing the %s split into %s (%s)", split, folder,
                 f"{actors} actors" if actors else "Ray tasks: a small split")
     packed = tokenize_dataset(dataset, tokenizer_dir, sequence_length=d.sequence_length, text_column="text",
-                              masking=masking, mask_seed=config.train.seed, num_actors=actors)
+                              masking=masking, mask_seed=config.train.seed, num_actors=actors,
+                              batch_size=packing_batch_rows(rows, actors))
     write_tokenized(packed, folder, preset=tokenizer_dir, sequence_length=d.sequence_length, masking=masking,
                     mask_seed=config.train.seed)
