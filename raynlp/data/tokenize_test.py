@@ -8,8 +8,8 @@ import pytest
 from raynlp import datasets
 from raynlp.cli import main
 from raynlp.data import MaskingSettings, tokenize_dataset, write_tokenized
-from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
 from raynlp.data.config import PACKING_BATCH_ROWS, PACKING_BATCH_ROWS_MAX
+from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
 from raynlp.data.tokenize import MANIFEST, BertPacker, packing_batch_rows
 from raynlp.errors import RaynlpError
 from raynlp.presets import resolve
