@@ -3,7 +3,8 @@
 Rows: the Rotten Tomatoes sentences and the full movie reviews, cycled up to `rows`, packed at sequence
 length 256 with the `minilm_l6_en_uncased` vocabulary. Throughput counts every row and every real
 (non-padding) token of the packed output; each way's ids are compared with keras-hub's. raynlp's ways pack in
-calls of the size raynlp gives a split of that many rows (`call_rows`, `packing_batch_rows`).
+calls of the size raynlp gives a split of that many rows (`call_rows`, `packing_batch_rows`), or smaller where
+the rows would not make 8 calls (a small run still has a steady state after each actor's first call).
 """
 
 import logging
@@ -55,6 +56,12 @@ def _keras_hub_pack(preset_dir: str, texts: list[str]) -> dict:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, seconds
 
 
+def _call_rows(rows: int) -> int:
+    from raynlp.data.tokenize import packing_batch_rows
+
+    return min(packing_batch_rows(rows), max(1, rows // 8))
+
+
 def _raynlp_pack(preset_dir: str, texts: list[str]) -> tuple[dict, float]:
     """Packed in this process, in calls of the size an actor's are."""
     from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
@@ -63,9 +70,7 @@ def _raynlp_pack(preset_dir: str, texts: list[str]) -> tuple[dict, float]:
     tokenizer.pack(texts[:8], sequence_length=SEQUENCE_LENGTH)
     parts = []
     start = time.perf_counter()
-    from raynlp.data.tokenize import packing_batch_rows
-
-    call = packing_batch_rows(len(texts))
+    call = _call_rows(len(texts))
     for i in range(0, len(texts), call):
         parts.append(tokenizer.pack(texts[i : i + call], sequence_length=SEQUENCE_LENGTH))
     seconds = time.perf_counter() - start
@@ -82,7 +87,7 @@ def _ray_pack(texts: list[str], num_actors: int) -> tuple[dict, dict]:
 
     from raynlp.data import tokenize_dataset
     from raynlp.data.columns import derived
-    from raynlp.data.tokenize import PACKED_FEATURES, packing_batch_rows
+    from raynlp.data.tokenize import PACKED_FEATURES
 
     # The source is in the object store before the clock starts, in blocks of STEADY_BLOCK_ROWS rows.
     source = ray.data.from_items([{"text": t, "row": i} for i, t in enumerate(texts)],
@@ -90,7 +95,7 @@ def _ray_pack(texts: list[str], num_actors: int) -> tuple[dict, dict]:
     source = source.materialize()
     start = time.perf_counter()
     packed = tokenize_dataset(source, PRESET, sequence_length=SEQUENCE_LENGTH, num_actors=num_actors,
-                              batch_size=packing_batch_rows(len(texts)))
+                              batch_size=_call_rows(len(texts)))
     arrivals = []  # (seconds since start, block references) as each packed block comes out, not fetched
     for bundle in packed.iter_internal_ref_bundles():
         arrivals.append((time.perf_counter() - start, bundle.block_refs))
@@ -124,7 +129,6 @@ def _same_rows(a: dict, b: dict) -> float:
 
 def run_tokenize_bench(output_dir: Path, rows: int | None = None) -> Path:
     from raynlp._internal.cluster import ensure_ray
-    from raynlp.data.tokenize import packing_batch_rows
     from raynlp.presets import resolve
 
     rows = rows or DEFAULT_ROWS
@@ -162,7 +166,7 @@ def run_tokenize_bench(output_dir: Path, rows: int | None = None) -> Path:
         "keras_hub_rows": len(sample),
         "tokens": tokens,
         "sequence_length": SEQUENCE_LENGTH,
-        "call_rows": packing_batch_rows(rows),
+        "call_rows": _call_rows(rows),
         "preset": PRESET,
         "machine": machine(),
         "results": figures,
