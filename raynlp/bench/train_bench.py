@@ -12,8 +12,8 @@ epochs, at the same global batch size everywhere:
 - `raynlp_1_worker`, `raynlp_2_workers`: `raynlp.train.train` on the local Ray cluster, per-worker batch
   `global_batch / workers`.
 
-The plain fit and raynlp's ways also run with a checkpoint every `checkpoint_every` optimizer steps (`…_checkpointing`):
-the plain fit with Keras' `ModelCheckpoint(save_freq=N)` writing the whole model and its optimizer (a `.keras`
+The plain fit and raynlp's ways also run with a checkpoint every `checkpoint_every` optimizer steps
+(`…_checkpointing`): the plain fit with Keras' `ModelCheckpoint(save_freq=N)` writing the whole model and its optimizer (a `.keras`
 file), raynlp with `train.checkpoint_every_steps=N` (weights and optimizer state through Ray Train's report).
 `checkpoint_cost` gives, for each, the examples/s against the same way without, and the seconds a checkpoint
 adds to the step that writes it: from the checkpointing run's own step clock (`raynlp.bench._clock`), the median
@@ -39,9 +39,10 @@ Throughput is examples per second over the epochs after the first (the first one
 for raynlp reading the shard), so each way is measured in its steady state. Every way carries a step clock, so
 every way waits for each step's loss alike (Keras then runs batch-end callbacks in the training loop, not
 asynchronously); `median_step_*` gives the median step of those epochs, the cost of a training step, which an
-epoch that stalls once does not move. Wall time from call to result is reported beside it (for raynlp it includes tokenizing on Ray Data, starting workers and exporting the preset;
-raynlp's workers also load what this machine compiled before from JAX's compilation cache, where the plain ways
-compile afresh: compare wall times with `JAX_ENABLE_COMPILATION_CACHE=false`).
+epoch that stalls once does not move. Wall time from call to result is reported beside it (for raynlp it
+includes tokenizing on Ray Data, starting workers and exporting the preset; raynlp's workers also load what
+this machine compiled before from JAX's compilation cache, where the plain ways compile afresh: compare wall
+times with `JAX_ENABLE_COMPILATION_CACHE=false`).
 """
 
 import logging

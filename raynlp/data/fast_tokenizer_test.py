@@ -193,7 +193,7 @@ def test_a_batch_of_several_chunks_packs_each_row_as_alone(vocab_path):
     # pair must come out as if packed on its own.
     fast = FastWordPieceTokenizer(vocab_path, lowercase=True)
     count = 2 * _PACK_CHUNK_ROWS + 7
-    texts = np.array([f"{HARD_STRINGS[i % len(HARD_STRINGS)]} row {i}" for i in range(count)], dtype=object)
+    texts = np.array([f"row {i} {HARD_STRINGS[i % len(HARD_STRINGS)]}" for i in range(count)], dtype=object)
     texts_b = [f"pair {i} {HARD_STRINGS[7 * i % len(HARD_STRINGS)]}" for i in range(count)]
     for pairs in (None, texts_b):
         whole = fast.pack(texts, pairs, sequence_length=24)
