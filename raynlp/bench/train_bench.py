@@ -158,8 +158,9 @@ def _step_figures(clock: str) -> dict:
 
     seconds = [np.diff([epoch["started"], *epoch["step_ends"]])[:-1] for epoch in json.loads(Path(clock).read_text())[1:]]
     median = float(np.median(np.concatenate(seconds)))
+    # Both to 4 significant digits, so that either one read back gives the other to 1e-3.
     return {"median_step_seconds": float(f"{median:.4g}"),
-            "median_step_examples_per_second": round(GLOBAL_BATCH / median, 1)}
+            "median_step_examples_per_second": float(f"{GLOBAL_BATCH / median:.4g}")}
 
 
 def _raynlp_fit(out: Path, rows: int, workers: int, checkpoint_every: int | None = None,
