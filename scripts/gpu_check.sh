@@ -3,7 +3,7 @@
 #   scripts/gpu_check.sh [OUTPUT]        (default runs/bench_gpu; gpu.json, gpu.png)
 # Builds .venv as `make install` does, adds the gpu extra (JAX for CUDA), then runs `raynlp bench gpu`:
 # a 1-GPU fine-tune of MiniLM, a BERT-base-sized masked-LM step loop (real tokens/s, model FLOPs utilisation),
-# and `raynlp bench serve` with its replica on the GPU. Stopped after 8 minutes; what finished is in gpu.json.
+# and `raynlp bench serve` with its replicas on the GPU. Stopped after 8 minutes; what finished is in gpu.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make install

@@ -12,7 +12,8 @@
    windows of random ids: real tokens per second and model FLOPs utilisation, the model's own training FLOPs
    (6 a parameter a token outside the embeddings, 12 × layers × hidden × sequence length a token for attention,
    and the vocabulary projection at the masked slots) over the GPU's dense bfloat16 peak.
-4. `serve`: `raynlp bench serve` with its replica on the GPU: batched against unbatched at concurrency 32.
+4. `serve`: `raynlp bench serve` with its two replicas (batched, unbatched) sharing the GPU, half each: batched
+   against unbatched at concurrency 32.
 
 Each step's failure is written into the JSON in its place and the next step runs: a device's minutes are scarce.
 Several processes share the one GPU (this one, the training worker, the Serve replica), so none takes most of
@@ -184,7 +185,7 @@ def _serve(output_dir: Path, size: dict, num_gpus: float) -> dict:
     path = run_serve_bench(output_dir / "gpu_serve", preset=size["preset"], levels=size["levels"],
                            seconds=size["seconds"], num_gpus=num_gpus)
     report = json.loads(path.read_text())
-    return {"preset": size["preset"], "replica_gpus": num_gpus, "levels": list(size["levels"]),
+    return {"preset": size["preset"], "replica_gpus": report["replica_gpus"], "levels": list(size["levels"]),
             **{k: v for k, v in report.items() if k.startswith(("batched", "serve_overhead", "bare_model"))},
             "report": str(path)}
 

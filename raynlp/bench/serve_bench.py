@@ -8,10 +8,12 @@ each, wait for its answer, and send the next, for a fixed time. Three targets, t
 - `in_process`: `TextClassifier.predict_proba([text])` called by the client threads directly: the model's own
   speed with no HTTP, no Serve (calls run one at a time, as in one replica without batching).
 
-Per level it reports throughput (answers per second) and p50/p95/p99 latency. Serve's overhead is the p50
-latency at concurrency 1 over the bare call's. One replica throughout (the machine has few cores: a second
-replica would share them), and the client threads share the machine with the server, as they would not in
-production.
+Both deployments run side by side, and each level's time is cut into turns that the three targets take in
+order (the bare model's batch sizes likewise): the machine's speed drifts over minutes, and turns spread the
+drift over every target alike. Per level it reports throughput (answers per second) and p50/p95/p99 latency.
+Serve's overhead is the p50 latency at concurrency 1 over the bare call's. One replica a deployment (the
+machine has few cores: a second would share them; the idle one takes next to nothing), and the client threads
+share the machine with the server, as they would not in production.
 """
 
 import http.client
@@ -33,6 +35,7 @@ LEVELS = (1, 4, 16, 32)
 SECONDS = 8.0
 WARM_UP_SECONDS = 1.0
 CEILING_SECONDS = 3.0  # the bare model at each batch size
+ROUNDS = 3  # turns a level's seconds are cut into, the ways alternating
 
 
 def _classifier_folder(output_dir: Path, preset: str) -> str:
@@ -54,10 +57,8 @@ def _classifier_folder(output_dir: Path, preset: str) -> str:
 
 
 def closed_loop(call, texts: list[str], concurrency: int, seconds: float) -> dict:
-    """`concurrency` threads calling `call(text)` back to back for `seconds` (after a short warm-up).
-
-    `client_cpu`: the CPU this process took meanwhile, in cores (CPU seconds a second): the load generator's own
-    share of the machine, which the server did not have (for `in_process`, the model's calls too)."""
+    """`concurrency` threads calling `call(text)` back to back for `seconds` (after a short warm-up): the raw
+    latencies, errors and the CPU this process took meanwhile (`cpu_seconds`, over `wall_seconds`)."""
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
     cpu_start = time.process_time()
@@ -86,13 +87,40 @@ def closed_loop(call, texts: list[str], concurrency: int, seconds: float) -> dic
         t.start()
     for t in threads:
         t.join()
-    client_cpu = (time.process_time() - cpu_start) / (time.perf_counter() - start)
-    flat = np.array([x for per in latencies for x in per]) * 1000
+    return {"started": start, "latencies": [x for per in latencies for x in per], "errors": sum(errors),
+            "cpu_seconds": time.process_time() - cpu_start, "wall_seconds": time.perf_counter() - start}
+
+
+def _level_figures(concurrency: int, slices: list[dict], seconds: float) -> dict:
+    """One way's figures at one level, over its slices. `client_cpu`: the cores this process took meanwhile (CPU
+    seconds a second): the load generator's own share of the machine, which the server did not have (for
+    `in_process`, the model's calls too)."""
+    flat = np.array([x for s in slices for x in s["latencies"]]) * 1000
     p50, p95, p99 = np.percentile(flat, [50, 95, 99]) if len(flat) else (float("nan"),) * 3
-    return {"concurrency": concurrency, "requests": int(len(flat)), "errors": int(sum(errors)),
+    cpu = sum(s["cpu_seconds"] for s in slices) / sum(s["wall_seconds"] for s in slices)
+    return {"concurrency": concurrency, "requests": int(len(flat)), "errors": int(sum(s["errors"] for s in slices)),
             "throughput": round(len(flat) / seconds, 1),
             "p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "p99_ms": round(float(p99), 2),
-            "client_cpu": round(client_cpu, 3)}
+            "client_cpu": round(cpu, 3),
+            "slice_throughputs": [round(len(s["latencies"]) / (seconds / len(slices)), 1) for s in slices]}
+
+
+def _interleaved_levels(ways: dict, texts, levels, seconds) -> tuple[dict, list]:
+    """Each level's `seconds` in ROUNDS slices, the ways taking turns (a, b, c, a, b, c, ...): the machine's speed
+    drifts over minutes, and turns spread the drift over every way alike. Also returns the order it ran in,
+    (way, level, started) a slice."""
+    results: dict[str, list[dict]] = {way: [] for way in ways}
+    order = []
+    for level in levels:
+        slices: dict[str, list[dict]] = {way: [] for way in ways}
+        for _ in range(ROUNDS):
+            for way, call in ways.items():
+                slices[way].append(closed_loop(call, texts, level, seconds / ROUNDS))
+                order.append((way, level, slices[way][-1]["started"]))
+        for way in ways:
+            results[way].append(_level_figures(level, slices[way], seconds))
+            logger.info("serve bench: %s %s", way, results[way][-1])
+    return results, order
 
 
 def _http_session(host: str, port: int, path: str):
@@ -111,84 +139,86 @@ def _http_session(host: str, port: int, path: str):
     return make
 
 
-def _in_process_levels(folder: str, texts, levels, seconds) -> tuple[list[dict], dict]:
-    from raynlp.inference import TextClassifier
-
-    classifier = TextClassifier.load(folder)
-    classifier.warm_up()
-    results = []
-    for level in levels:
-        results.append(closed_loop(lambda: lambda text: classifier.predict_proba([text]), texts, level, seconds))
-        logger.info("serve bench: in_process %s", results[-1])
-    return results, _model_ceiling(classifier, texts)
-
-
 def _model_ceiling(classifier, texts) -> dict:
-    """Texts/s of the bare model at batch 1 and at the largest batch: the most batching can gain on this machine."""
-    speeds = {}
-    for size in (1, classifier.max_batch_size):
-        calls, start = 0, time.perf_counter()
-        while calls < 4 or time.perf_counter() - start < CEILING_SECONDS:  # a few calls alone read too noisy
-            classifier.predict_proba(texts[(calls * size) % len(texts):][:size])
-            calls += 1
-        speeds[size] = round(calls * size / (time.perf_counter() - start), 1)
+    """Texts/s of the bare model at batch 1 and at the largest batch, in turns like the load: the most batching can
+    gain on this machine."""
+    sizes = (1, classifier.max_batch_size)
+    calls, spent = dict.fromkeys(sizes, 0), dict.fromkeys(sizes, 0.0)
+    for _ in range(ROUNDS):
+        for size in sizes:
+            start = time.perf_counter()
+            n = 0
+            while n < 4 or time.perf_counter() - start < CEILING_SECONDS / ROUNDS:  # a few calls alone read too noisy
+                classifier.predict_proba(texts[((calls[size] + n) * size) % len(texts):][:size])
+                n += 1
+            calls[size] += n
+            spent[size] += time.perf_counter() - start
+    speeds = {size: round(calls[size] * size / spent[size], 1) for size in sizes}
     return {"texts_per_second_by_batch_size": speeds,
             "gain_from_batching": round(speeds[classifier.max_batch_size] / speeds[1], 2)}
 
 
-def _serve_levels(folder: str, batching: bool, port: int, texts, levels, seconds, num_gpus: float = 0) -> list[dict]:
+def _deploy(folder: str, batching: bool, port: int, num_gpus: float) -> str:
+    """The deployment as `raynlp serve` runs it, one replica, batching on or off, as an app of its own: its name."""
     from ray import serve
 
     from raynlp.serve import load_serve_config
     from raynlp.serve.app import build_app
 
-    name = "batched" if batching else "unbatched"
-    app = f"serve-bench-{name}"  # beside whatever other apps the Serve instance runs
+    app = f"serve-bench-{'batched' if batching else 'unbatched'}"  # beside whatever other apps Serve runs
     config = load_serve_config(None, values={
         "preset": folder, "name": app, "route_prefix": f"/{app}", "http.port": port,
         "batching.enabled": batching, "autoscaling.min_replicas": 1, "autoscaling.max_replicas": 1,
         "replica.num_gpus": num_gpus})
     serve.run(build_app(config), name=app, route_prefix=f"/{app}")
-    try:
-        session = _http_session("127.0.0.1", port, f"/{app}/v1/classify")
-        results = []
-        for level in levels:
-            results.append(closed_loop(session, texts, level, seconds))
-            logger.info("serve bench: %s %s", name, results[-1])
-        return results
-    finally:
-        serve.delete(app)
+    return app
 
 
 def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, ...] = LEVELS,
                     seconds: float = SECONDS, num_gpus: float = 0) -> Path:
-    """`num_gpus`: what the replica takes (the in-process way runs wherever this process's JAX does)."""
+    """`num_gpus`: what the two replicas take together, half each (the in-process way runs wherever this process's
+    JAX does)."""
+    from ray import serve
 
     from raynlp import datasets
     from raynlp._internal.cluster import ensure_ray
+    from raynlp.inference import TextClassifier
     from raynlp.serve.deploy import serve_instance
 
     folder = _classifier_folder(output_dir, preset)
     texts = datasets.read_split("rotten_tomatoes", "test")["text"].to_pylist()
-    logger.info("serve bench: %s at sequence length %d, concurrency %s, %.0f s per level",
-                preset, SEQUENCE_LENGTH, list(levels), seconds)
-
-    in_process, ceiling = _in_process_levels(folder, texts, levels, seconds)
-    results = {"in_process": in_process}
+    logger.info("serve bench: %s at sequence length %d, concurrency %s, %.0f s per level in %d turns",
+                preset, SEQUENCE_LENGTH, list(levels), seconds, ROUNDS)
+    classifier = TextClassifier.load(folder)
+    classifier.warm_up()
 
     ensure_ray()
     with serve_instance() as (_, port):  # the bench's apps join a Serve the cluster runs, else one of its own
-        results["serve_batched"] = _serve_levels(folder, True, port, texts, levels, seconds, num_gpus)
-        results["serve_unbatched"] = _serve_levels(folder, False, port, texts, levels, seconds, num_gpus)
+        apps = {}
+        try:
+            for batching in (True, False):  # both deployed at once, so that they can take turns
+                apps[batching] = _deploy(folder, batching, port, num_gpus / 2)
+            results, order = _interleaved_levels({
+                "in_process": lambda: lambda text: classifier.predict_proba([text]),
+                "serve_batched": _http_session("127.0.0.1", port, f"/{apps[True]}/v1/classify"),
+                "serve_unbatched": _http_session("127.0.0.1", port, f"/{apps[False]}/v1/classify")},
+                texts, levels, seconds)
+            ceiling = _model_ceiling(classifier, texts)
+        finally:
+            for app in apps.values():
+                serve.delete(app)
 
     report = {
         "benchmark": "serve", "preset": preset, "sequence_length": SEQUENCE_LENGTH, "levels": list(levels),
-        "seconds_per_level": seconds, "texts_per_request": 1, "replicas": 1, "replica_gpus": num_gpus,
-        "machine": machine(),
+        "seconds_per_level": seconds, "turns_per_level": ROUNDS, "texts_per_request": 1, "replicas": 1,
+        "replica_gpus": num_gpus / 2, "machine": machine(),
         "results": results, **_summary(results, levels, ceiling["gain_from_batching"]), "bare_model": ceiling,
-        "note": "closed-loop load on 127.0.0.1; client threads, Serve's proxy and the replica share this machine's "
+        "order": [{"way": way, "concurrency": level, "started_s": round(started - order[0][2], 3)}
+                  for way, level, started in order],
+        "note": "closed-loop load on 127.0.0.1; client threads, Serve's proxy and the replicas share this machine's "
                 "cores (client_cpu: the cores the client process took). in_process calls the model directly (no "
-                "HTTP, no Serve).",
+                "HTTP, no Serve). Each level's seconds run in turns, the ways alternating (`order`), and the bare "
+                "model's batch sizes likewise, so that the machine's drift reaches every way alike.",
     }
     path = write_report(output_dir, "serve", report, _plot)
     logger.info("serve bench: %s", {k: v for k, v in report.items()

@@ -80,10 +80,13 @@ def _raynlp_pack(preset_dir: str, texts: list[str]) -> tuple[dict, float]:
 def _ray_pack(texts: list[str], num_actors: int) -> tuple[dict, dict]:
     """Packed on Ray Data, and its clock: `seconds` from the call to the last packed block (starting the actors
     included), `startup_s` until each actor's first block is out, `steady_rows` and `steady_s` the rows packed
-    after that and the time they took."""
-    import pyarrow as pa
+    after that and the time they took.
+
+    Each block is copied into place and let go as it arrives, as a trainer's feed would: blocks kept until the end
+    fill the object store at corpus scale, and the run then measures spilling."""
     import ray
     import ray.data
+    from ray.data.block import BlockAccessor
 
     from raynlp.data import tokenize_dataset
     from raynlp.data.columns import derived
@@ -96,17 +99,21 @@ def _ray_pack(texts: list[str], num_actors: int) -> tuple[dict, dict]:
     start = time.perf_counter()
     packed = tokenize_dataset(source, PRESET, sequence_length=SEQUENCE_LENGTH, num_actors=num_actors,
                               batch_size=_call_rows(len(texts)))
-    arrivals = []  # (seconds since start, block references) as each packed block comes out, not fetched
+    batch: dict[str, np.ndarray] = {}
+    arrivals = []  # (seconds since start, rows) as each packed bundle comes out
     for bundle in packed.iter_internal_ref_bundles():
-        arrivals.append((time.perf_counter() - start, bundle.block_refs))
-    tables = [[ray.get(ref) for ref in refs] for _, refs in arrivals]
-    rows = [sum(t.num_rows for t in group) for group in tables]
-    table = pa.concat_tables([t for group in tables for t in group]).sort_by("row")
-    batch = {name: table[name].combine_chunks().to_numpy(zero_copy_only=False) for name in table.column_names}
-    batch = {name: np.stack(v) if v.dtype == object else v for name, v in batch.items()}
+        arrivals.append((time.perf_counter() - start, bundle.num_rows()))
+        for ref in bundle.block_refs:
+            block = BlockAccessor.for_block(ray.get(ref)).to_numpy()
+            for name, values in block.items():
+                if name in PACKED_FEATURES:
+                    if name not in batch:
+                        batch[name] = np.empty((len(texts), *values.shape[1:]), values.dtype)
+                    batch[name][block["row"]] = values
     # Each actor packs its first block during start-up: start-up ends when as many blocks as actors are out.
     first = min(num_actors, len(arrivals)) - 1
-    clock = {"seconds": arrivals[-1][0], "startup_s": arrivals[first][0], "steady_rows": sum(rows[first + 1:]),
+    clock = {"seconds": arrivals[-1][0], "startup_s": arrivals[first][0],
+             "steady_rows": sum(rows for _, rows in arrivals[first + 1:]),
              "steady_s": arrivals[-1][0] - arrivals[first][0]}
     return {k: batch[k] if k in batch else derived(k, batch) for k in PACKED_FEATURES}, clock
 
