@@ -16,7 +16,7 @@
    against unbatched at concurrency 32.
 
 Each step's failure is written into the JSON in its place and the next step runs: a device's minutes are scarce.
-Several processes share the one GPU (this one, the training worker, the Serve replica), so none takes most of
+Several processes share the one GPU (this one, the training worker, the Serve replicas), so none takes most of
 its memory when it starts.
 """
 

@@ -35,7 +35,7 @@ LEVELS = (1, 4, 16, 32)
 SECONDS = 8.0
 WARM_UP_SECONDS = 1.0
 CEILING_SECONDS = 3.0  # the bare model at each batch size
-ROUNDS = 3  # turns a level's seconds are cut into, the ways alternating
+TURNS = 3  # a level's seconds are cut into this many turns a way, the ways alternating
 
 
 def _classifier_folder(output_dir: Path, preset: str) -> str:
@@ -91,34 +91,34 @@ def closed_loop(call, texts: list[str], concurrency: int, seconds: float) -> dic
             "cpu_seconds": time.process_time() - cpu_start, "wall_seconds": time.perf_counter() - start}
 
 
-def _level_figures(concurrency: int, slices: list[dict], seconds: float) -> dict:
-    """One way's figures at one level, over its slices. `client_cpu`: the cores this process took meanwhile (CPU
+def _level_figures(concurrency: int, turns: list[dict], seconds: float) -> dict:
+    """One way's figures at one level, over its turns. `client_cpu`: the cores this process took meanwhile (CPU
     seconds a second): the load generator's own share of the machine, which the server did not have (for
     `in_process`, the model's calls too)."""
-    flat = np.array([x for s in slices for x in s["latencies"]]) * 1000
+    flat = np.array([x for turn in turns for x in turn["latencies"]]) * 1000
     p50, p95, p99 = np.percentile(flat, [50, 95, 99]) if len(flat) else (float("nan"),) * 3
-    cpu = sum(s["cpu_seconds"] for s in slices) / sum(s["wall_seconds"] for s in slices)
-    return {"concurrency": concurrency, "requests": int(len(flat)), "errors": int(sum(s["errors"] for s in slices)),
-            "throughput": round(len(flat) / seconds, 1),
+    cpu = sum(turn["cpu_seconds"] for turn in turns) / sum(turn["wall_seconds"] for turn in turns)
+    return {"concurrency": concurrency, "requests": int(len(flat)),
+            "errors": int(sum(turn["errors"] for turn in turns)), "throughput": round(len(flat) / seconds, 1),
             "p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "p99_ms": round(float(p99), 2),
-            "client_cpu": round(cpu, 3),
-            "slice_throughputs": [round(len(s["latencies"]) / (seconds / len(slices)), 1) for s in slices]}
+            "client_cpu": round(cpu, 3), "turn_requests": [len(turn["latencies"]) for turn in turns]}
 
 
 def _interleaved_levels(ways: dict, texts, levels, seconds) -> tuple[dict, list]:
-    """Each level's `seconds` in ROUNDS slices, the ways taking turns (a, b, c, a, b, c, ...): the machine's speed
-    drifts over minutes, and turns spread the drift over every way alike. Also returns the order it ran in,
-    (way, level, started) a slice."""
+    """Each level's `seconds` in TURNS turns a way, the ways alternating and each round starting one way later
+    (a b c, b c a, c a b): the machine's speed drifts over minutes, and turns spread the drift over every way
+    alike. Also returns the order it ran in, (way, level, started) a turn."""
     results: dict[str, list[dict]] = {way: [] for way in ways}
+    names = list(ways)
     order = []
     for level in levels:
-        slices: dict[str, list[dict]] = {way: [] for way in ways}
-        for _ in range(ROUNDS):
-            for way, call in ways.items():
-                slices[way].append(closed_loop(call, texts, level, seconds / ROUNDS))
-                order.append((way, level, slices[way][-1]["started"]))
+        turns: dict[str, list[dict]] = {way: [] for way in ways}
+        for round_ in range(TURNS):
+            for way in names[round_ % len(names):] + names[:round_ % len(names)]:
+                turns[way].append(closed_loop(ways[way], texts, level, seconds / TURNS))
+                order.append((way, level, turns[way][-1]["started"]))
         for way in ways:
-            results[way].append(_level_figures(level, slices[way], seconds))
+            results[way].append(_level_figures(level, turns[way], seconds))
             logger.info("serve bench: %s %s", way, results[way][-1])
     return results, order
 
@@ -140,16 +140,17 @@ def _http_session(host: str, port: int, path: str):
 
 
 def _model_ceiling(classifier, texts) -> dict:
-    """Texts/s of the bare model at batch 1 and at the largest batch, in turns like the load: the most batching can
-    gain on this machine."""
+    """Texts/s of the bare model at batch 1 and at the largest batch, in turns like the load (1 32, 32 1, ...): the
+    most batching can gain on this machine."""
     sizes = (1, classifier.max_batch_size)
     calls, spent = dict.fromkeys(sizes, 0), dict.fromkeys(sizes, 0.0)
-    for _ in range(ROUNDS):
-        for size in sizes:
+    for round_ in range(TURNS):
+        for size in sizes[::-1] if round_ % 2 else sizes:
             start = time.perf_counter()
             n = 0
-            while n < 4 or time.perf_counter() - start < CEILING_SECONDS / ROUNDS:  # a few calls alone read too noisy
-                classifier.predict_proba(texts[((calls[size] + n) * size) % len(texts):][:size])
+            while n < 4 or time.perf_counter() - start < CEILING_SECONDS / TURNS:  # a few calls alone read too noisy
+                first = ((calls[size] + n) * size) % (len(texts) - size + 1)  # a whole batch, even at the end
+                classifier.predict_proba(texts[first:first + size])
                 n += 1
             calls[size] += n
             spent[size] += time.perf_counter() - start
@@ -169,7 +170,8 @@ def _deploy(folder: str, batching: bool, port: int, num_gpus: float) -> str:
     config = load_serve_config(None, values={
         "preset": folder, "name": app, "route_prefix": f"/{app}", "http.port": port,
         "batching.enabled": batching, "autoscaling.min_replicas": 1, "autoscaling.max_replicas": 1,
-        "replica.num_gpus": num_gpus})
+        # Half a CPU each: the two deployments side by side reserve what one did (a joined cluster may have no more).
+        "replica.num_cpus": 0.5, "replica.num_gpus": num_gpus})
     serve.run(build_app(config), name=app, route_prefix=f"/{app}")
     return app
 
@@ -188,7 +190,7 @@ def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, .
     folder = _classifier_folder(output_dir, preset)
     texts = datasets.read_split("rotten_tomatoes", "test")["text"].to_pylist()
     logger.info("serve bench: %s at sequence length %d, concurrency %s, %.0f s per level in %d turns",
-                preset, SEQUENCE_LENGTH, list(levels), seconds, ROUNDS)
+                preset, SEQUENCE_LENGTH, list(levels), seconds, TURNS)
     classifier = TextClassifier.load(folder)
     classifier.warm_up()
 
@@ -210,7 +212,8 @@ def run_serve_bench(output_dir: Path, preset: str = PRESET, levels: tuple[int, .
 
     report = {
         "benchmark": "serve", "preset": preset, "sequence_length": SEQUENCE_LENGTH, "levels": list(levels),
-        "seconds_per_level": seconds, "turns_per_level": ROUNDS, "texts_per_request": 1, "replicas": 1,
+        "seconds_per_level": seconds, "turns_per_level": TURNS, "texts_per_request": 1,
+        "replicas_per_deployment": 1,
         "replica_gpus": num_gpus / 2, "machine": machine(),
         "results": results, **_summary(results, levels, ceiling["gain_from_batching"]), "bare_model": ceiling,
         "order": [{"way": way, "concurrency": level, "started_s": round(started - order[0][2], 3)}
@@ -257,8 +260,8 @@ def _plot(report: dict, path: Path) -> None:
     ax.set_xlabel("throughput (texts / s, one text per request)")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
-    ax.set_title(f"Serving {report['preset']} at sequence length {report['sequence_length']}, one replica "
-                 f"({report['machine']['cpus']} CPU cores)")
+    ax.set_title(f"Serving {report['preset']} at sequence length {report['sequence_length']}, one replica a "
+                 f"deployment ({report['machine']['cpus']} CPU cores)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
