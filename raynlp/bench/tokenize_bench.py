@@ -83,8 +83,8 @@ def _ray_pack(texts: list[str], num_actors: int) -> tuple[dict, dict]:
     """Packed on Ray Data, and its clock: `seconds` from the call to the last packed block (starting the actors
     included), `startup_s` until each actor's first block is out, `steady_rows` and `steady_s` the rows packed
     after that and the time they took, as a consumer sees them that copies each packed block into place and lets
-    it go as it arrives (as a trainer's feed would: blocks kept until the end filled the object store at corpus
-    scale); every row must arrive exactly once."""
+    it go as it arrives (as a trainer's feed would, rather than holding a corpus' packed blocks in the object store
+    to the end); every row must arrive exactly once."""
     import ray
     import ray.data
     from ray.data.block import BlockAccessor
