@@ -9,7 +9,7 @@ each, wait for its answer, and send the next, for a fixed time. Three targets, t
   speed with no HTTP, no Serve (calls run one at a time, as in one replica without batching).
 
 Both deployments run side by side, and each level's time is cut into turns that the three targets take in
-order (the bare model's batch sizes likewise): the machine's speed drifts over minutes, and turns spread the
+rotation (the bare model's batch sizes likewise): the machine's speed drifts over minutes, and turns spread the
 drift over every target alike. Per level it reports throughput (answers per second) and p50/p95/p99 latency.
 Serve's overhead is the p50 latency at concurrency 1 over the bare call's. One replica a deployment (the
 machine has few cores: a second would share them; the idle one takes next to nothing), and the client threads
@@ -160,7 +160,8 @@ def _model_ceiling(classifier, texts) -> dict:
 
 
 def _deploy(folder: str, batching: bool, port: int, num_gpus: float) -> str:
-    """The deployment as `raynlp serve` runs it, one replica, batching on or off, as an app of its own: its name."""
+    """The deployment as `raynlp serve` runs it, batching on or off, as an app of its own with one replica that
+    reserves half a CPU (scheduling only: it runs on whatever cores are free): its name."""
     from ray import serve
 
     from raynlp.serve import load_serve_config
