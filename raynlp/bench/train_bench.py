@@ -35,6 +35,12 @@ Each way reports its training loss per epoch: with one worker raynlp trains on t
 from the same initial weights as the plain `fit`, so the two agree; with 2 workers each global batch is made
 of both workers' shards (other rows together), so its losses differ a little.
 
+The three ways the goals compare (the plain process, the Ray task, raynlp on 1 worker) run in two rounds, the
+second in reverse order (a b c c b a): the machine's speed drifts over the minutes a bench takes by more than the
+gaps between ways, and a linear drift then reaches each way alike. Their figures are over both runs (each run's
+own under `runs`, and the per-step ratio of each round in `median_step_ratio_to_keras_hub_fit_in_ray_task_by_round`);
+`order` lists the runs as they ran. The other ways run once, after the rounds.
+
 Throughput is examples per second over the epochs after the first (the first one includes compilation, and
 for raynlp reading the shard), so each way is measured in its steady state. Every way carries a step clock, so
 every way waits for each step's loss alike (Keras then runs batch-end callbacks in the training loop, not
@@ -45,6 +51,7 @@ this machine compiled before from JAX's compilation cache, where the plain ways 
 times with `JAX_ENABLE_COMPILATION_CACHE=false`).
 """
 
+import functools
 import logging
 import shutil
 import time
@@ -63,6 +70,7 @@ GLOBAL_BATCH = 32
 EPOCHS = 3
 DEFAULT_ROWS = 3200
 CHECKPOINT_EVERY = 10  # optimizer steps
+ROUNDS = 2  # of the ways the goals compare, every other one in reverse order
 
 
 # `--nodes`: each node holds one worker of WORKER_CPUS beside the tasks that read its data.
@@ -151,12 +159,14 @@ def _plain_fit_in_train_worker(rows: int, folder: str) -> dict:
     return json.loads(figures.read_text())
 
 
-def _step_figures(clock: str) -> dict:
+def _step_figures(*clocks: str) -> dict:
     """The median step of the epochs after the first (each epoch's last step left out: an epoch's own end work
-    lands there), from a step clock, and the examples/s it makes: a stalled epoch does not move it."""
+    lands there), from the step clocks of one way's runs, and the examples/s it makes: a stalled epoch does not
+    move it."""
     import json
 
-    seconds = [np.diff([epoch["started"], *epoch["step_ends"]])[:-1] for epoch in json.loads(Path(clock).read_text())[1:]]
+    seconds = [np.diff([epoch["started"], *epoch["step_ends"]])[:-1]
+               for clock in clocks for epoch in json.loads(Path(clock).read_text())[1:]]
     median = float(np.median(np.concatenate(seconds)))
     # Both to 4 significant digits, so that either one read back gives the other to 1e-3.
     return {"median_step_seconds": float(f"{median:.4g}"),
@@ -165,8 +175,6 @@ def _step_figures(clock: str) -> dict:
 
 def _raynlp_fit(out: Path, rows: int, workers: int, checkpoint_every: int | None = None,
                 settings: tuple[str, ...] = ()) -> dict:
-    import functools
-
     from raynlp.train import train
 
     out = out.resolve()  # the workers run in their own working folders
@@ -186,6 +194,27 @@ def _raynlp_fit(out: Path, rows: int, workers: int, checkpoint_every: int | None
             "wall_seconds": round(time.perf_counter() - start, 1),
             "epoch_losses": [round(m["loss"], 4) for m in result.metrics],
             "nodes": len({p.read_text() for p in placement.glob("rank*")}), "clock": str(clock)}
+
+
+def _in_rounds(ways: dict, runs: Path) -> tuple[dict, list[str]]:
+    """Each of `ways` (name → a function of its run folder) run ROUNDS times, every other round in reverse order;
+    each way's figures over its runs (`_over_runs`), and the names in the order they ran."""
+    names, order = list(ways), []
+    figures: dict[str, list[dict]] = {name: [] for name in names}
+    for round_ in range(ROUNDS):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            figures[name].append(ways[name](runs / f"{name}_round{round_ + 1}"))
+            order.append(name)
+    return {name: _over_runs(figures[name]) for name in names}, order
+
+
+def _over_runs(runs: list[dict]) -> dict:
+    """One way's figures over its runs: examples/s over all their steady epochs, the median step of all their
+    steady steps, and each run's own figures (`runs`)."""
+    steady_seconds = [sum(run["epoch_seconds"][1:]) for run in runs]
+    examples = sum(run["examples_per_second"] * seconds for run, seconds in zip(runs, steady_seconds))
+    return {"examples_per_second": round(examples / sum(steady_seconds), 1),
+            **_step_figures(*[run["clock"] for run in runs]), "epoch_losses": runs[0]["epoch_losses"], "runs": runs}
 
 
 def _node_record(folder: str):
@@ -211,27 +240,34 @@ def _checked_rows(rows: int | None) -> int:
     return rows or DEFAULT_ROWS
 
 
-def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[int, ...] = (1, 2),
+def run_train_bench(output_dir: Path, rows: int | None = None, more_workers: tuple[int, ...] = (2,),
                     checkpoint_every: int = CHECKPOINT_EVERY) -> Path:
+    """Every way in the module's docstring; `more_workers`: the worker counts raynlp also runs beside 1."""
     from raynlp._internal.cluster import ensure_ray
 
     rows = _checked_rows(rows)
     logger.info("train bench: %s, %d rows, sequence length %d, global batch %d, %d epochs, checkpoints every %d "
                 "steps", PRESET, rows, SEQUENCE_LENGTH, GLOBAL_BATCH, EPOCHS, checkpoint_every)
     runs = (output_dir / "runs").resolve()  # the workers run in their own working folders
-    results = {"keras_hub_fit_1_process": _plain_fit(rows, str(runs / "keras_hub_fit_1_process")),
-               "keras_hub_fit_1_process_checkpointing": _plain_fit(rows, str(runs / "keras_checkpoints"),
-                                                                   checkpoint_every)}
     ray = ensure_ray()
-    results["keras_hub_fit_in_ray_task"] = ray.get(ray.remote(num_cpus=1)(_plain_fit).remote(
-        rows, str(runs / "keras_hub_fit_in_ray_task")))
-    results["keras_hub_fit_in_ray_train_worker"] = _plain_fit_in_train_worker(
-        rows, str(runs / "keras_hub_fit_in_ray_train_worker"))
-    for count in workers:
-        name = f"raynlp_{count}_worker{'s' if count > 1 else ''}"
-        results[name] = _raynlp_fit(output_dir / "runs" / name, rows, count)
-        results[f"{name}_checkpointing"] = _raynlp_fit(output_dir / "runs" / f"{name}_checkpointing", rows, count,
-                                                       checkpoint_every)
+    compared, order = _in_rounds({
+        "keras_hub_fit_1_process": lambda folder: _plain_fit(rows, str(folder)),
+        "keras_hub_fit_in_ray_task": lambda folder: ray.get(ray.remote(num_cpus=1)(_plain_fit).remote(
+            rows, str(folder))),
+        "raynlp_1_worker": lambda folder: _raynlp_fit(folder, rows, 1)}, runs)
+    once = {"keras_hub_fit_1_process_checkpointing": functools.partial(
+                _plain_fit, rows, str(runs / "keras_checkpoints"), checkpoint_every),
+            "keras_hub_fit_in_ray_train_worker": functools.partial(
+                _plain_fit_in_train_worker, rows, str(runs / "keras_hub_fit_in_ray_train_worker")),
+            "raynlp_1_worker_checkpointing": functools.partial(
+                _raynlp_fit, runs / "raynlp_1_worker_checkpointing", rows, 1, checkpoint_every)}
+    for count in more_workers:
+        for name, every in ((f"raynlp_{count}_workers", None), (f"raynlp_{count}_workers_checkpointing", checkpoint_every)):
+            once[name] = functools.partial(_raynlp_fit, runs / name, rows, count, every)
+    for name, run in once.items():
+        compared[name] = _over_runs([run()])
+        order.append(name)
+    results = compared  # in the order each way first ran
     base = results["keras_hub_fit_1_process"]["examples_per_second"]
     in_ray = results["keras_hub_fit_in_ray_task"]["examples_per_second"]
     step_in_ray = results["keras_hub_fit_in_ray_task"]["median_step_examples_per_second"]
@@ -248,19 +284,25 @@ def run_train_bench(output_dir: Path, rows: int | None = None, workers: tuple[in
         "median_step_ratio_to_keras_hub_fit_in_ray_task": {
             name: round(r["median_step_examples_per_second"] / step_in_ray, 3)
             for name, r in results.items() if name.startswith("raynlp") or name.endswith("train_worker")},
+        "median_step_ratio_to_keras_hub_fit_in_ray_task_by_round": [
+            round(one["median_step_examples_per_second"] / task["median_step_examples_per_second"], 3)
+            for one, task in zip(results["raynlp_1_worker"]["runs"], results["keras_hub_fit_in_ray_task"]["runs"])],
         "median_step_ratio_to_keras_hub_fit_in_ray_train_worker": {
             name: round(r["median_step_examples_per_second"] / step_in_train_worker, 3)
             for name, r in results.items() if name.startswith("raynlp")},
         "checkpoint_cost": {name: _checkpoint_cost(results[name], results[f"{name}_checkpointing"], checkpoint_every)
                             for name in results if f"{name}_checkpointing" in results},
-        "note": "examples/s over the epochs after the first (steady state); the workers share this machine's cores, "
+        "order": order,
+        "note": "the plain process, the Ray task and raynlp on 1 worker run twice, the second round in reverse "
+                "order (`order`), their figures over both runs (each run's in `runs`); examples/s over the epochs "
+                "after the first (steady state); the workers share this machine's cores, "
                 "so 2 workers on one machine measure the cost of synchronisation, not a speed-up; the fit in a Ray "
                 "task is the plain fit with Ray around it, no raynlp code. Wall times: raynlp's workers load programs "
                 "compiled before from JAX's compilation cache (off: JAX_ENABLE_COMPILATION_CACHE=false). "
                 "median_step_*: from each way's step clock (every way waits for each step's loss alike), the "
                 "median step of the epochs after the first, which a stalled epoch does not move; the fit in a Ray "
                 "Train worker is the plain fit as the one worker of a JaxTrainer run, no raynlp code. "
-                "checkpoint_cost: examples/s with checkpoints against without (two runs), and the seconds a "
+                "checkpoint_cost: examples/s with checkpoints against without (separate runs), and the seconds a "
                 "checkpoint adds to the step that writes it (one run's step clock: median of those steps less the "
                 "median of the others, epochs after the first).",
     }
@@ -314,7 +356,7 @@ def _checkpoint_cost(without: dict, with_checkpoints: dict, every: int) -> dict:
     epoch's last step is left out, where an epoch's own end work lands in the plain fit)."""
     import json
 
-    epochs = json.loads(Path(with_checkpoints["clock"]).read_text())[1:]
+    epochs = [epoch for run in with_checkpoints["runs"] for epoch in json.loads(Path(run["clock"]).read_text())[1:]]
     writing, other = [], []
     for epoch in epochs:
         ends = np.asarray([epoch["started"], *epoch["step_ends"]])
