@@ -17,7 +17,7 @@ The plain fit and raynlp's ways also run with a checkpoint every `checkpoint_eve
 file), raynlp with `train.checkpoint_every_steps=N` (weights and optimizer state through Ray Train's report).
 `checkpoint_cost` gives, for each, the examples/s against the same way without, and the seconds a checkpoint
 adds to the step that writes it: from the checkpointing run's own step clock (`raynlp.bench._clock`), the median
-time of the steps that checkpoint less the median of the others in the steady epochs (two runs' epoch times
+time of the steps that checkpoint less the median of the others in the steady epochs (separate runs' epoch times
 differ by more than their checkpoints cost on this machine). Checkpoints do not change the training, so both end
 at the same losses.
 
@@ -35,11 +35,12 @@ Each way reports its training loss per epoch: with one worker raynlp trains on t
 from the same initial weights as the plain `fit`, so the two agree; with 2 workers each global batch is made
 of both workers' shards (other rows together), so its losses differ a little.
 
-The three ways the goals compare (the plain process, the Ray task, raynlp on 1 worker) run in two rounds, the
-second in reverse order (a b c c b a): the machine's speed drifts over the minutes a bench takes by more than the
-gaps between ways, and a linear drift then reaches each way alike. Their figures are over both runs (each run's
-own under `runs`, and the per-step ratio of each round in `median_step_ratio_to_keras_hub_fit_in_ray_task_by_round`);
-`order` lists the runs as they ran. The other ways run once, after the rounds.
+The three ways the goals compare (the plain process, the Ray task, raynlp on 1 worker) run twice, first in
+order and at the end in reverse order, the other ways once between (a b c … c b a): the machine's speed drifts over
+the minutes a bench takes by more than the gaps between ways, and a linear drift then reaches each of the three
+alike, while the ways between sit within their span. A way's figures are over its runs (each run's own under
+`runs`; the per-step ratio of each of the two in `median_step_ratio_to_keras_hub_fit_in_ray_task_by_run`);
+`order` lists the runs as they ran.
 
 Throughput is examples per second over the epochs after the first (the first one includes compilation, and
 for raynlp reading the shard), so each way is measured in its steady state. Every way carries a step clock, so
@@ -70,7 +71,6 @@ GLOBAL_BATCH = 32
 EPOCHS = 3
 DEFAULT_ROWS = 3200
 CHECKPOINT_EVERY = 10  # optimizer steps
-ROUNDS = 2  # of the ways the goals compare, every other one in reverse order
 
 
 # `--nodes`: each node holds one worker of WORKER_CPUS beside the tasks that read its data.
@@ -92,7 +92,7 @@ def _config(out: Path, rows: int, workers: int, checkpoint_every: int | None = N
     ])
 
 
-def _plain_fit(rows: int, folder: str, checkpoint_every: int | None = None) -> dict:
+def _plain_fit(folder: Path, rows: int, checkpoint_every: int | None = None) -> dict:
     import keras
     import keras_hub
 
@@ -140,7 +140,14 @@ def _plain_fit(rows: int, folder: str, checkpoint_every: int | None = None) -> d
             "epoch_losses": [round(float(v), 4) for v in history.history["loss"]], "clock": f"{folder}/clock.json"}
 
 
-def _plain_fit_in_train_worker(rows: int, folder: str) -> dict:
+def _plain_fit_in_ray_task(folder: Path, rows: int) -> dict:
+    """The plain fit as a Ray task of 1 CPU: Ray around it, no raynlp code."""
+    import ray
+
+    return ray.get(ray.remote(num_cpus=1)(_plain_fit).remote(folder, rows))
+
+
+def _plain_fit_in_train_worker(folder: Path, rows: int) -> dict:
     """The plain fit as the one worker of a Ray Train run (`JaxTrainer`, 1 CPU): Ray Train's worker around it,
     no raynlp code."""
     import json
@@ -152,10 +159,10 @@ def _plain_fit_in_train_worker(rows: int, folder: str) -> dict:
     figures = Path(folder) / "figures.json"
 
     def loop() -> None:
-        figures.write_text(json.dumps(_plain_fit(rows, folder)))
+        figures.write_text(json.dumps(_plain_fit(folder, rows)))
 
     JaxTrainer(loop, scaling_config=ScalingConfig(num_workers=1),
-               run_config=RunConfig(storage_path=folder, name="ray_train")).fit()
+               run_config=RunConfig(storage_path=str(folder), name="ray_train")).fit()
     return json.loads(figures.read_text())
 
 
@@ -196,24 +203,11 @@ def _raynlp_fit(out: Path, rows: int, workers: int, checkpoint_every: int | None
             "nodes": len({p.read_text() for p in placement.glob("rank*")}), "clock": str(clock)}
 
 
-def _in_rounds(ways: dict, runs: Path) -> tuple[dict, list[str]]:
-    """Each of `ways` (name → a function of its run folder) run ROUNDS times, every other round in reverse order;
-    each way's figures over its runs (`_over_runs`), and the names in the order they ran."""
-    names, order = list(ways), []
-    figures: dict[str, list[dict]] = {name: [] for name in names}
-    for round_ in range(ROUNDS):
-        for name in names if round_ % 2 == 0 else names[::-1]:
-            figures[name].append(ways[name](runs / f"{name}_round{round_ + 1}"))
-            order.append(name)
-    return {name: _over_runs(figures[name]) for name in names}, order
-
-
 def _over_runs(runs: list[dict]) -> dict:
-    """One way's figures over its runs: examples/s over all their steady epochs, the median step of all their
-    steady steps, and each run's own figures (`runs`)."""
-    steady_seconds = [sum(run["epoch_seconds"][1:]) for run in runs]
-    examples = sum(run["examples_per_second"] * seconds for run, seconds in zip(runs, steady_seconds))
-    return {"examples_per_second": round(examples / sum(steady_seconds), 1),
+    """One way's figures over its runs (one or two): examples/s over all their steady epochs (each run trains the
+    same examples, so the harmonic mean of theirs), the median step of all their steady steps, the losses (every
+    run's are the same) and each run's own figures (`runs`)."""
+    return {"examples_per_second": round(len(runs) / sum(1 / run["examples_per_second"] for run in runs), 1),
             **_step_figures(*[run["clock"] for run in runs]), "epoch_losses": runs[0]["epoch_losses"], "runs": runs}
 
 
@@ -249,25 +243,25 @@ def run_train_bench(output_dir: Path, rows: int | None = None, more_workers: tup
     logger.info("train bench: %s, %d rows, sequence length %d, global batch %d, %d epochs, checkpoints every %d "
                 "steps", PRESET, rows, SEQUENCE_LENGTH, GLOBAL_BATCH, EPOCHS, checkpoint_every)
     runs = (output_dir / "runs").resolve()  # the workers run in their own working folders
-    ray = ensure_ray()
-    compared, order = _in_rounds({
-        "keras_hub_fit_1_process": lambda folder: _plain_fit(rows, str(folder)),
-        "keras_hub_fit_in_ray_task": lambda folder: ray.get(ray.remote(num_cpus=1)(_plain_fit).remote(
-            rows, str(folder))),
-        "raynlp_1_worker": lambda folder: _raynlp_fit(folder, rows, 1)}, runs)
-    once = {"keras_hub_fit_1_process_checkpointing": functools.partial(
-                _plain_fit, rows, str(runs / "keras_checkpoints"), checkpoint_every),
-            "keras_hub_fit_in_ray_train_worker": functools.partial(
-                _plain_fit_in_train_worker, rows, str(runs / "keras_hub_fit_in_ray_train_worker")),
-            "raynlp_1_worker_checkpointing": functools.partial(
-                _raynlp_fit, runs / "raynlp_1_worker_checkpointing", rows, 1, checkpoint_every)}
+    ensure_ray()
+    compared = {"keras_hub_fit_1_process": functools.partial(_plain_fit, rows=rows),
+                "keras_hub_fit_in_ray_task": functools.partial(_plain_fit_in_ray_task, rows=rows),
+                "raynlp_1_worker": functools.partial(_raynlp_fit, rows=rows, workers=1)}
+    between = {"keras_hub_fit_1_process_checkpointing": functools.partial(
+                   _plain_fit, rows=rows, checkpoint_every=checkpoint_every),
+               "keras_hub_fit_in_ray_train_worker": functools.partial(_plain_fit_in_train_worker, rows=rows),
+               "raynlp_1_worker_checkpointing": functools.partial(
+                   _raynlp_fit, rows=rows, workers=1, checkpoint_every=checkpoint_every)}
     for count in more_workers:
-        for name, every in ((f"raynlp_{count}_workers", None), (f"raynlp_{count}_workers_checkpointing", checkpoint_every)):
-            once[name] = functools.partial(_raynlp_fit, runs / name, rows, count, every)
-    for name, run in once.items():
-        compared[name] = _over_runs([run()])
-        order.append(name)
-    results = compared  # in the order each way first ran
+        between[f"raynlp_{count}_workers"] = functools.partial(_raynlp_fit, rows=rows, workers=count)
+        between[f"raynlp_{count}_workers_checkpointing"] = functools.partial(
+            _raynlp_fit, rows=rows, workers=count, checkpoint_every=checkpoint_every)
+    ways = {**compared, **between}
+    order = [*compared, *between, *reversed(compared)]
+    runs_of: dict[str, list[dict]] = {name: [] for name in ways}
+    for name in order:
+        runs_of[name].append(ways[name](runs / (f"{name}_run{len(runs_of[name]) + 1}" if name in compared else name)))
+    results = {name: _over_runs(way_runs) for name, way_runs in runs_of.items()}
     base = results["keras_hub_fit_1_process"]["examples_per_second"]
     in_ray = results["keras_hub_fit_in_ray_task"]["examples_per_second"]
     step_in_ray = results["keras_hub_fit_in_ray_task"]["median_step_examples_per_second"]
@@ -284,7 +278,7 @@ def run_train_bench(output_dir: Path, rows: int | None = None, more_workers: tup
         "median_step_ratio_to_keras_hub_fit_in_ray_task": {
             name: round(r["median_step_examples_per_second"] / step_in_ray, 3)
             for name, r in results.items() if name.startswith("raynlp") or name.endswith("train_worker")},
-        "median_step_ratio_to_keras_hub_fit_in_ray_task_by_round": [
+        "median_step_ratio_to_keras_hub_fit_in_ray_task_by_run": [
             round(one["median_step_examples_per_second"] / task["median_step_examples_per_second"], 3)
             for one, task in zip(results["raynlp_1_worker"]["runs"], results["keras_hub_fit_in_ray_task"]["runs"])],
         "median_step_ratio_to_keras_hub_fit_in_ray_train_worker": {
@@ -293,9 +287,10 @@ def run_train_bench(output_dir: Path, rows: int | None = None, more_workers: tup
         "checkpoint_cost": {name: _checkpoint_cost(results[name], results[f"{name}_checkpointing"], checkpoint_every)
                             for name in results if f"{name}_checkpointing" in results},
         "order": order,
-        "note": "the plain process, the Ray task and raynlp on 1 worker run twice, the second round in reverse "
-                "order (`order`), their figures over both runs (each run's in `runs`); examples/s over the epochs "
-                "after the first (steady state); the workers share this machine's cores, "
+        "note": "the plain process, the Ray task and raynlp on 1 worker run first and last, in reverse order the "
+                "second time, the other ways once between (`order`); a way's figures are over its runs (each run's "
+                "in `runs`); examples/s over the epochs after the first (steady state); the workers share this "
+                "machine's cores, "
                 "so 2 workers on one machine measure the cost of synchronisation, not a speed-up; the fit in a Ray "
                 "task is the plain fit with Ray around it, no raynlp code. Wall times: raynlp's workers load programs "
                 "compiled before from JAX's compilation cache (off: JAX_ENABLE_COMPILATION_CACHE=false). "
@@ -303,7 +298,7 @@ def run_train_bench(output_dir: Path, rows: int | None = None, more_workers: tup
                 "median step of the epochs after the first, which a stalled epoch does not move; the fit in a Ray "
                 "Train worker is the plain fit as the one worker of a JaxTrainer run, no raynlp code. "
                 "checkpoint_cost: examples/s with checkpoints against without (separate runs), and the seconds a "
-                "checkpoint adds to the step that writes it (one run's step clock: median of those steps less the "
+                "checkpoint adds to the step that writes it (the checkpointing run's step clock: median of those steps less the "
                 "median of the others, epochs after the first).",
     }
     path = write_report(output_dir, "train", report, _plot)
@@ -320,7 +315,7 @@ def run_train_bench_across_nodes(output_dir: Path, rows: int | None = None, node
     logger.info("train bench across nodes: %s, %d rows, global batch %d, workers of %g CPUs; 1 node of %g CPUs, "
                 "then %d of %g", PRESET, rows, GLOBAL_BATCH, WORKER_CPUS, NODE_CPUS * nodes, nodes, NODE_CPUS)
     runs = output_dir / "runs_nodes"
-    results = {"keras_hub_fit_1_process": _plain_fit(rows, str(runs.resolve() / "keras_hub_fit_1_process"))}
+    results = {"keras_hub_fit_1_process": _plain_fit(runs.resolve() / "keras_hub_fit_1_process", rows)}
     # Every node is on this machine, so each sees the output folder.
     settings = (f"scaling.cpus_per_worker={WORKER_CPUS}", "run.shared_filesystem=true")
     with nodes_on_this_machine(NODE_CPUS * nodes) as cluster:
