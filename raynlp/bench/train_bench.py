@@ -46,7 +46,7 @@ Throughput is examples per second over the epochs after the first (the first one
 for raynlp reading the shard), so each way is measured in its steady state. Every way carries a step clock, so
 every way waits for each step's loss alike (Keras then runs batch-end callbacks in the training loop, not
 asynchronously); `median_step_*` gives the median step of those epochs, the cost of a training step, which an
-epoch that stalls once does not move. Wall time from call to result is reported beside it (for raynlp it
+epoch that stalls once does not move. Wall time from call to result is in each run's figures (for raynlp it
 includes tokenizing on Ray Data, starting workers and exporting the preset; raynlp's workers also load what
 this machine compiled before from JAX's compilation cache, where the plain ways compile afresh: compare wall
 times with `JAX_ENABLE_COMPILATION_CACHE=false`).
@@ -236,7 +236,8 @@ def _checked_rows(rows: int | None) -> int:
 
 def run_train_bench(output_dir: Path, rows: int | None = None, more_workers: tuple[int, ...] = (2,),
                     checkpoint_every: int = CHECKPOINT_EVERY) -> Path:
-    """Every way in the module's docstring; `more_workers`: the worker counts raynlp also runs beside 1."""
+    """Every way in the module's docstring but `--nodes`'s; `more_workers`: the worker counts raynlp also runs
+    beside 1."""
     from raynlp._internal.cluster import ensure_ray
 
     rows = _checked_rows(rows)
@@ -290,16 +291,15 @@ def run_train_bench(output_dir: Path, rows: int | None = None, more_workers: tup
         "note": "the plain process, the Ray task and raynlp on 1 worker run first and last, in reverse order the "
                 "second time, the other ways once between (`order`); a way's figures are over its runs (each run's "
                 "in `runs`); examples/s over the epochs after the first (steady state); the workers share this "
-                "machine's cores, "
-                "so 2 workers on one machine measure the cost of synchronisation, not a speed-up; the fit in a Ray "
-                "task is the plain fit with Ray around it, no raynlp code. Wall times: raynlp's workers load programs "
-                "compiled before from JAX's compilation cache (off: JAX_ENABLE_COMPILATION_CACHE=false). "
-                "median_step_*: from each way's step clock (every way waits for each step's loss alike), the "
-                "median step of the epochs after the first, which a stalled epoch does not move; the fit in a Ray "
-                "Train worker is the plain fit as the one worker of a JaxTrainer run, no raynlp code. "
-                "checkpoint_cost: examples/s with checkpoints against without (separate runs), and the seconds a "
-                "checkpoint adds to the step that writes it (the checkpointing run's step clock: median of those steps less the "
-                "median of the others, epochs after the first).",
+                "machine's cores, so 2 workers on one machine measure the cost of synchronisation, not a "
+                "speed-up; the fit in a Ray task is the plain fit with Ray around it, no raynlp code. Wall times "
+                "(each run's): raynlp's workers load programs compiled before from JAX's compilation cache (off: "
+                "JAX_ENABLE_COMPILATION_CACHE=false). median_step_*: from the step clocks of a way's runs (every "
+                "way waits for each step's loss alike), the median step of all their epochs after the first, which "
+                "a stalled epoch does not move; the fit in a Ray Train worker is the plain fit as the one worker of "
+                "a JaxTrainer run, no raynlp code. checkpoint_cost: examples/s with checkpoints against without "
+                "(separate runs), and the seconds a checkpoint adds to the step that writes it (the checkpointing "
+                "run's step clock: median of those steps less the median of the others, epochs after the first).",
     }
     path = write_report(output_dir, "train", report, _plot)
     logger.info("train bench: %s; checkpoints: %s", report["ratio_to_keras_hub_fit"], report["checkpoint_cost"])

@@ -38,7 +38,7 @@ def test_every_way_trained_the_same_steps_and_reports_throughput(report):
     for way, figures in data["results"].items():
         runs = figures["runs"]
         assert len(runs) == (2 if way in compared else 1), way
-        assert figures["examples_per_second"] > 0 and all(len(r["epoch_seconds"]) == data["epochs"] for r in runs)
+        assert figures["examples_per_second"] > 0 and all(len(r["epoch_seconds"]) == data["epochs"] for r in runs), way
         # Every run of a way trains the same steps, so ends at the same losses.
         assert all(r["epoch_losses"] == figures["epoch_losses"] for r in runs), way
         assert len(figures["epoch_losses"]) == data["epochs"] and all(loss > 0 for loss in figures["epoch_losses"])
