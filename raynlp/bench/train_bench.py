@@ -25,8 +25,8 @@ at the same losses.
 this machine (`ray.cluster_utils.Cluster`), every worker of 1.5 CPUs, the same global batch: `raynlp_1_worker` and
 `raynlp_N_workers_1_node` on one node of 2N CPUs, `raynlp_N_workers_N_nodes` one worker on each of N nodes of 2
 CPUs. The nodes share this machine and talk over loopback, so the gap between the last two is an upper bound on
-what the software adds to a crossing (a real network adds its own time on top); `nodes` records where the workers
-ran.
+what the software adds to a crossing (a real network adds its own time on top); each run's `nodes` counts the
+nodes its workers ran on. Each way runs once here, its figures in the same shape as above (over its one run).
 
 Ratios are given to both baselines: to the plain process (the issue's measure) and to the fit inside a Ray task,
 which isolates what raynlp adds on top of Ray.
@@ -315,15 +315,17 @@ def run_train_bench_across_nodes(output_dir: Path, rows: int | None = None, node
     logger.info("train bench across nodes: %s, %d rows, global batch %d, workers of %g CPUs; 1 node of %g CPUs, "
                 "then %d of %g", PRESET, rows, GLOBAL_BATCH, WORKER_CPUS, NODE_CPUS * nodes, nodes, NODE_CPUS)
     runs = output_dir / "runs_nodes"
-    results = {"keras_hub_fit_1_process": _plain_fit(runs.resolve() / "keras_hub_fit_1_process", rows)}
+    results = {"keras_hub_fit_1_process": _over_runs([_plain_fit(runs.resolve() / "keras_hub_fit_1_process", rows)])}
     # Every node is on this machine, so each sees the output folder.
     settings = (f"scaling.cpus_per_worker={WORKER_CPUS}", "run.shared_filesystem=true")
     with nodes_on_this_machine(NODE_CPUS * nodes) as cluster:
         for count, name in ((1, "raynlp_1_worker"), (nodes, f"raynlp_{nodes}_workers_1_node")):
-            results[name] = _raynlp_fit(runs / name, rows, count, settings=(*settings, f"run.address={cluster.address}"))
+            results[name] = _over_runs([_raynlp_fit(runs / name, rows, count,
+                                                    settings=(*settings, f"run.address={cluster.address}"))])
     with nodes_on_this_machine(*[NODE_CPUS] * nodes) as cluster:
         name = f"raynlp_{nodes}_workers_{nodes}_nodes"
-        results[name] = _raynlp_fit(runs / name, rows, nodes, settings=(*settings, f"run.address={cluster.address}"))
+        results[name] = _over_runs([_raynlp_fit(runs / name, rows, nodes,
+                                                settings=(*settings, f"run.address={cluster.address}"))])
     base = results["keras_hub_fit_1_process"]["examples_per_second"]
     one_node = results[f"raynlp_{nodes}_workers_1_node"]["examples_per_second"]
     report = {
