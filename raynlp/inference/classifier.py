@@ -28,13 +28,14 @@ logger = logging.getLogger(__name__)
 
 
 def batch_buckets(max_batch_size: int) -> list[int]:
-    """The padded batch sizes predict is compiled for: powers of two up to `max_batch_size`, and it."""
-    sizes = [1]
-    while sizes[-1] * 2 < max_batch_size:
-        sizes.append(sizes[-1] * 2)
-    if sizes[-1] != max_batch_size:
-        sizes.append(max_batch_size)
-    return sizes
+    """The padded batch sizes predict is compiled for: up to `max_batch_size` (and it), powers of two and, from 4,
+    one and a half times each, so that a batch of more than 4 is padded by less than a third (a served model's
+    batches take whatever queued, any size)."""
+    sizes, power = [1, 2], 4
+    while power < max_batch_size:
+        sizes += [power, power * 3 // 2]
+        power *= 2
+    return sorted({s for s in sizes if s < max_batch_size} | {max_batch_size})
 
 
 @dataclass

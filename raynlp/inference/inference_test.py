@@ -17,9 +17,10 @@ def softmax(logits):
 
 
 def test_batch_buckets_cover_every_size():
-    assert batch_buckets(32) == [1, 2, 4, 8, 16, 32]
-    assert batch_buckets(24) == [1, 2, 4, 8, 16, 24]
-    assert batch_buckets(1) == [1]
+    # Powers of two and, from 4 on, one and a half times each: a batch is padded by a third at most past 4.
+    assert batch_buckets(32) == [1, 2, 4, 6, 8, 12, 16, 24, 32]
+    assert batch_buckets(20) == [1, 2, 4, 6, 8, 12, 16, 20]
+    assert batch_buckets(2) == [1, 2] and batch_buckets(1) == [1]
 
 
 @pytest.mark.parametrize("rows", [1, 5, 45])  # one row, a padded bucket, and more than one full batch

@@ -7,11 +7,12 @@
     GET  /healthz      {"status": "ok"}: the process answers (liveness; open without the token)
     GET  /readyz       the model is loaded and its last health probe answered; 503 if not (readiness)
 
-Every text of a request becomes one item of Serve's dynamic batcher (`@serve.batch`), so texts from concurrent
-requests share one model call, and a request of 40 texts is spread over batches like 40 requests of one. A batch
-is padded up to one of a few fixed sizes (`batch_buckets`), each compiled at start-up: no request waits on a
-compilation. Requests are checked completely before any text reaches the batcher, so a bad request is answered
-with a 4xx JSON error and never shares a batch with good ones.
+Every text of a request becomes one item of its model's batcher (`raynlp.serve.batcher`), so texts from
+concurrent requests share one model call, and a request of 40 texts is spread over batches like 40 requests of
+one; a batch takes every text that queued while the model's previous call ran. It is padded up to one of a few
+fixed sizes (`batch_buckets`), each compiled at start-up: no request waits on a compilation. Requests are checked
+completely before any text reaches the batcher, so a bad request is answered with a 4xx JSON error and never
+shares a batch with good ones.
 
 `build_app(config)` is a Serve application builder: `raynlp serve --export` names it as the `import_path` of a
 Serve config file, with the config as its `args`.
@@ -33,6 +34,7 @@ from pydantic import BaseModel, Field
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from raynlp.serve.batcher import Batcher
 from raynlp.serve.config import ServeConfig
 
 logger = logging.getLogger("ray.serve")
@@ -242,8 +244,8 @@ class ServedModel:
         self.classifier.warm_up()
         self.name = name or self.classifier.name
         self.version = fingerprint(self.classifier.folder)
-        self._batched = serve.batch(max_batch_size=config.batching.max_batch_size,
-                                    batch_wait_timeout_s=config.batching.wait_timeout_ms / 1000)(self._classify_batch)
+        self._batched = Batcher(self._classify_batch, max_batch_size=config.batching.max_batch_size,
+                                wait_timeout_s=config.batching.wait_timeout_ms / 1000)
 
     async def classify(self, texts: list[str]) -> dict:
         if self.config.batching.enabled:

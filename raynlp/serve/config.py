@@ -18,7 +18,7 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class BatchingSettings(Section):
-    """Dynamic batching (`@serve.batch`): texts from concurrent requests are classified together."""
+    """Dynamic batching (`raynlp.serve.batcher`): texts from concurrent requests are classified together."""
 
     enabled: bool = Field(True, description="off: every request is classified on its own (for comparison)")
     max_batch_size: int = Field(32, ge=1, le=1024, description="texts per model call; predict is compiled for "

@@ -1,0 +1,114 @@
+import asyncio
+
+import pytest
+
+from raynlp.serve.batcher import Batcher
+
+
+class Model:
+    """A batch call that records its batches and, while `hold` is clear, keeps running."""
+
+    def __init__(self):
+        self.batches: list[list] = []
+        self.running = self.most_running = 0
+        self.hold = asyncio.Event()
+        self.hold.set()
+
+    async def __call__(self, items: list) -> list:
+        self.batches.append(list(items))
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        await self.hold.wait()
+        self.running -= 1
+        if "bad" in items:
+            raise ValueError("a bad item")
+        return [f"result of {item}" for item in items]
+
+
+async def _until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+def test_texts_that_queue_while_a_call_runs_share_the_next_call():
+    """The busier the model, the larger its batches: the next batch is formed when the running call ends, from
+    every item that queued meanwhile (Serve's own batcher formed it while the call ran, from what arrived within
+    one wait)."""
+
+    async def scenario():
+        model = Model()
+        batcher = Batcher(model, max_batch_size=8, wait_timeout_s=0.002)
+        model.hold.clear()
+        first = asyncio.ensure_future(batcher("a"))
+        await _until(lambda: model.batches)
+        rest = []
+        for i in range(10):  # arriving one by one, each more than a wait after the last, as requests do
+            rest.append(asyncio.ensure_future(batcher(i)))
+            await asyncio.sleep(0.005)
+        assert model.batches == [["a"]]
+        model.hold.set()
+        answers = await asyncio.gather(first, *rest)
+        return model, answers
+
+    model, answers = asyncio.run(scenario())
+    assert model.batches == [["a"], list(range(8)), [8, 9]]
+    assert answers == ["result of a"] + [f"result of {i}" for i in range(10)]
+    assert model.most_running == 1
+
+
+def test_a_batch_waits_for_more_up_to_the_timeout_then_goes():
+    async def scenario(wait_timeout_s: float):
+        model = Model()
+        batcher = Batcher(model, max_batch_size=8, wait_timeout_s=wait_timeout_s)
+        first = asyncio.ensure_future(batcher(1))
+        await asyncio.sleep(0.02)
+        await asyncio.gather(first, batcher(2))
+        return model.batches
+
+    assert asyncio.run(scenario(0.5)) == [[1, 2]]
+    assert asyncio.run(scenario(0.0)) == [[1], [2]]
+
+
+def test_a_failed_call_reaches_each_of_its_callers_and_the_next_batch_is_served():
+    async def scenario():
+        model = Model()
+        batcher = Batcher(model, max_batch_size=4, wait_timeout_s=0.05)
+        failed = await asyncio.gather(batcher("bad"), batcher("x"), return_exceptions=True)
+        return failed, await batcher("y"), model.batches
+
+    failed, later, batches = asyncio.run(scenario())
+    assert [type(e) for e in failed] == [ValueError, ValueError] and batches[0] == ["bad", "x"]
+    assert later == "result of y" and batches[1] == ["y"]
+
+
+def test_a_caller_that_gave_up_is_left_out_of_its_batch():
+    async def scenario():
+        model = Model()
+        batcher = Batcher(model, max_batch_size=8, wait_timeout_s=0.0)
+        model.hold.clear()
+        running = asyncio.ensure_future(batcher("a"))
+        await _until(lambda: model.batches)
+        gone, kept = asyncio.ensure_future(batcher("gone")), asyncio.ensure_future(batcher("kept"))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        model.hold.set()
+        await asyncio.gather(running, kept)
+        return model.batches
+
+    assert asyncio.run(scenario()) == [["a"], ["kept"]]
+
+
+def test_a_call_that_answers_for_too_few_items_fails_its_callers():
+    async def short(items):
+        return items[:1]
+
+    async def scenario():
+        batcher = Batcher(short, max_batch_size=4, wait_timeout_s=0.05)
+        return await asyncio.gather(batcher(1), batcher(2), return_exceptions=True)
+
+    assert all(isinstance(e, RuntimeError) and "1 results for 2 items" in str(e) for e in asyncio.run(scenario()))
+
+
+def test_settings_that_could_never_form_a_batch_are_refused():
+    with pytest.raises(ValueError, match="max_batch_size must be at least 1"):
+        Batcher(Model(), max_batch_size=0, wait_timeout_s=0.0)
