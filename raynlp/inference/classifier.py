@@ -29,8 +29,8 @@ logger = logging.getLogger(__name__)
 
 def batch_buckets(max_batch_size: int) -> list[int]:
     """The padded batch sizes predict is compiled for: up to `max_batch_size` (and it), powers of two and, from 4,
-    one and a half times each, so that a batch of more than 4 is padded by less than a third (a served model's
-    batches take whatever queued, any size)."""
+    one and a half times each, so that padding is under a third of a padded batch (a served model's batches hold
+    whatever queued, of any size)."""
     sizes, power = [1, 2], 4
     while power < max_batch_size:
         sizes += [power, power * 3 // 2]

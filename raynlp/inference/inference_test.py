@@ -17,10 +17,15 @@ def softmax(logits):
 
 
 def test_batch_buckets_cover_every_size():
-    # Powers of two and, from 4 on, one and a half times each: a batch is padded by a third at most past 4.
+    # Powers of two and, from 4 on, one and a half times each.
     assert batch_buckets(32) == [1, 2, 4, 6, 8, 12, 16, 24, 32]
     assert batch_buckets(20) == [1, 2, 4, 6, 8, 12, 16, 20]
     assert batch_buckets(2) == [1, 2] and batch_buckets(1) == [1]
+    for largest in range(1, 1025):
+        sizes = batch_buckets(largest)
+        assert sizes == sorted(set(sizes)) and sizes[0] == 1 and sizes[-1] == largest
+        for n in range(1, largest + 1):  # padding is under a third of a padded batch
+            assert 3 * (next(b for b in sizes if b >= n) - n) < next(b for b in sizes if b >= n), (largest, n)
 
 
 @pytest.mark.parametrize("rows", [1, 5, 45])  # one row, a padded bucket, and more than one full batch

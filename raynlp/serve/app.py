@@ -9,10 +9,10 @@
 
 Every text of a request becomes one item of its model's batcher (`raynlp.serve.batcher`), so texts from
 concurrent requests share one model call, and a request of 40 texts is spread over batches like 40 requests of
-one; a batch takes every text that queued while the model's previous call ran. It is padded up to one of a few
-fixed sizes (`batch_buckets`), each compiled at start-up: no request waits on a compilation. Requests are checked
-completely before any text reaches the batcher, so a bad request is answered with a 4xx JSON error and never
-shares a batch with good ones.
+one; a batch takes the texts that queued while the model's previous call ran (up to `batching.max_batch_size`).
+It is padded up to one of a few fixed sizes (`batch_buckets`), each compiled at start-up: no request waits on a
+compilation. Requests are checked completely before any text reaches the batcher, so a bad request is answered
+with a 4xx JSON error and never shares a batch with good ones.
 
 `build_app(config)` is a Serve application builder: `raynlp serve --export` names it as the `import_path` of a
 Serve config file, with the config as its `args`.
@@ -244,13 +244,13 @@ class ServedModel:
         self.classifier.warm_up()
         self.name = name or self.classifier.name
         self.version = fingerprint(self.classifier.folder)
-        self._batched = Batcher(self._classify_batch, max_batch_size=config.batching.max_batch_size,
+        self._batcher = Batcher(self._classify_batch, max_batch_size=config.batching.max_batch_size,
                                 wait_timeout_s=config.batching.wait_timeout_ms / 1000)
 
     async def classify(self, texts: list[str]) -> dict:
         if self.config.batching.enabled:
             now = time.monotonic()
-            rows = await asyncio.gather(*(self._batched((text, now)) for text in texts))
+            rows = await asyncio.gather(*(self._batcher((text, now)) for text in texts))
         else:
             rows = await self._predict(texts)
         self.metrics.texts_classified.inc(len(texts), tags={"model": self.name})

@@ -1,46 +1,46 @@
 """Dynamic batching for one model in a replica: texts from concurrent requests share one model call.
 
-One call runs at a time, and the next batch is formed only when it ends, from every text that queued meanwhile
-(up to `max_batch_size`); a batch that is not full waits up to `wait_timeout_s` from its first text for more.
-So the busier the model, the larger its batches. Ray Serve's `@serve.batch` (Ray 2.60) forms each batch as soon
-as its wait ends, also while the previous batch's call still runs, and queues it behind that call: under load its
-batches hold what arrived within one wait, a text or two, however many texts are waiting.
+One call runs at a time, and the next batch is formed only when it ends, from the texts that queued meanwhile (up
+to `max_batch_size`); a batch that is not full waits for more until `wait_timeout_s` after its first text
+arrived, so texts that already waited out a call go at once. The busier the model, the larger its batches.
+Ray Serve's `@serve.batch` (Ray 2.60) forms each batch as soon as its wait ends, also while the previous batch's
+call still runs, and queues it behind that call: under load its batches hold what arrived within one wait,
+however many texts are waiting.
 """
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
-
-Item = TypeVar("Item")
-Result = TypeVar("Result")
 
 
-class Batcher(Generic[Item, Result]):
+class Batcher:
     """`await batcher(item)` → `call`'s result for that item, where `call(items)` returns one result per item, in
     order. An error raised by `call` reaches every caller of that batch; the next batch runs as usual."""
 
-    def __init__(self, call: Callable[[list[Item]], Awaitable[list[Result]]], *, max_batch_size: int,
-                 wait_timeout_s: float):
+    def __init__(self, call: Callable[[list], Awaitable[list]], *, max_batch_size: int, wait_timeout_s: float):
         if max_batch_size < 1 or wait_timeout_s < 0:
             raise ValueError(f"max_batch_size must be at least 1 and wait_timeout_s not negative, not "
                              f"{max_batch_size} and {wait_timeout_s}")
         self._call, self.max_batch_size, self.wait_timeout_s = call, max_batch_size, wait_timeout_s
-        # Made on first use, on the event loop that serves the requests (not the one that built the replica).
+        # Made on first use, inside the event loop that serves the requests (there is none at construction in
+        # every caller, and a test's `asyncio.run` makes a loop of its own).
         self._queue: asyncio.Queue | None = None
         self._loop_task: asyncio.Task | None = None
 
-    async def __call__(self, item: Item) -> Result:
-        if self._loop_task is None or self._loop_task.done():
+    async def __call__(self, item):
+        loop = asyncio.get_running_loop()
+        if self._queue is None:
             self._queue = asyncio.Queue()
-            self._loop_task = asyncio.get_running_loop().create_task(self._serve_batches())
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((item, future))
+        if self._loop_task is None or self._loop_task.done():
+            # In a context of its own: not the first caller's (Serve's request id would stamp every later batch).
+            self._loop_task = loop.create_task(self._serve_batches(), context=contextvars.Context())
+        future = loop.create_future()
+        self._queue.put_nowait((item, future, loop.time()))
         return await future
 
     async def _serve_batches(self) -> None:
         while True:
-            batch = await self._next_batch()
-            batch = [(item, future) for item, future in batch if not future.cancelled()]
+            batch = [(item, future) for item, future, _ in await self._next_batch() if not future.cancelled()]
             if not batch:
                 continue
             try:
@@ -52,16 +52,20 @@ class Batcher(Generic[Item, Result]):
                     if not future.done():
                         future.set_exception(error)
                 continue
+            except BaseException:  # this loop is being stopped: its callers must not wait for ever
+                for _, future in batch:
+                    future.cancel()
+                raise
             for (_, future), result in zip(batch, results):
-                if not future.done():
+                if not future.done():  # its caller may have gone meanwhile
                     future.set_result(result)
 
-    async def _next_batch(self) -> list:
-        """Every item queued (up to max_batch_size), waiting for the first one, then for more until the batch is
-        full or wait_timeout_s has passed since the first."""
+    async def _next_batch(self) -> list[tuple]:
+        """The queued items, up to max_batch_size: waiting for a first one, then for more until the batch is full
+        or wait_timeout_s has passed since the first was queued."""
         queue, loop = self._queue, asyncio.get_running_loop()
         batch = [await queue.get()]
-        deadline = loop.time() + self.wait_timeout_s
+        deadline = batch[0][2] + self.wait_timeout_s
         while len(batch) < self.max_batch_size:
             if not queue.empty():
                 batch.append(queue.get_nowait())

@@ -56,6 +56,30 @@ def test_texts_that_queue_while_a_call_runs_share_the_next_call():
     assert model.most_running == 1
 
 
+def test_texts_that_waited_out_a_call_go_as_soon_as_it_ends():
+    """A batch's wait counts from its first text's arrival: the model does not sit idle for another wait after a
+    call when the next texts have waited through it."""
+
+    async def scenario():
+        model, loop = Model(), asyncio.get_running_loop()
+        starts = []
+        batcher = Batcher(model, max_batch_size=8, wait_timeout_s=0.3)
+        model.hold.clear()
+        first = asyncio.ensure_future(batcher("a"))
+        await _until(lambda: model.batches)
+        second = asyncio.ensure_future(batcher("b"))
+        await asyncio.sleep(0.4)  # "b" waits longer than a wait
+        released = loop.time()
+        model.hold.set()
+        await _until(lambda: len(model.batches) == 2)
+        starts.append(loop.time() - released)
+        await asyncio.gather(first, second)
+        return model.batches, starts[0]
+
+    batches, gap = asyncio.run(scenario())
+    assert batches == [["a"], ["b"]] and gap < 0.15
+
+
 def test_a_batch_waits_for_more_up_to_the_timeout_then_goes():
     async def scenario(wait_timeout_s: float):
         model = Model()
@@ -98,6 +122,27 @@ def test_a_caller_that_gave_up_is_left_out_of_its_batch():
     assert asyncio.run(scenario()) == [["a"], ["kept"]]
 
 
+def test_a_caller_that_leaves_while_its_batch_runs_stops_nothing():
+    """A client that disconnects while the model works on its text: the others of the batch, and the texts queued
+    behind it, are still answered."""
+
+    async def scenario():
+        model = Model()
+        batcher = Batcher(model, max_batch_size=2, wait_timeout_s=0.0)
+        model.hold.clear()
+        leaving, staying = asyncio.ensure_future(batcher("leaving")), asyncio.ensure_future(batcher("staying"))
+        await _until(lambda: model.batches)
+        queued = asyncio.ensure_future(batcher("queued"))
+        await asyncio.sleep(0.01)
+        leaving.cancel()
+        model.hold.set()
+        return await asyncio.wait_for(asyncio.gather(staying, queued), 2.0), model.batches
+
+    answers, batches = asyncio.run(scenario())
+    assert answers == ["result of staying", "result of queued"]
+    assert batches == [["leaving", "staying"], ["queued"]]
+
+
 def test_a_call_that_answers_for_too_few_items_fails_its_callers():
     async def short(items):
         return items[:1]
@@ -110,5 +155,6 @@ def test_a_call_that_answers_for_too_few_items_fails_its_callers():
 
 
 def test_settings_that_could_never_form_a_batch_are_refused():
-    with pytest.raises(ValueError, match="max_batch_size must be at least 1"):
-        Batcher(Model(), max_batch_size=0, wait_timeout_s=0.0)
+    for size, wait in [(0, 0.0), (8, -0.001)]:
+        with pytest.raises(ValueError, match="max_batch_size must be at least 1 and wait_timeout_s not negative"):
+            Batcher(Model(), max_batch_size=size, wait_timeout_s=wait)

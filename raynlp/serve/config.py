@@ -22,8 +22,9 @@ class BatchingSettings(Section):
 
     enabled: bool = Field(True, description="off: every request is classified on its own (for comparison)")
     max_batch_size: int = Field(32, ge=1, le=1024, description="texts per model call; predict is compiled for "
-                                                               "powers of two up to it")
-    wait_timeout_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch waits to fill up")
+                                                               "a few sizes up to it (`batch_buckets`)")
+    wait_timeout_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch that is not full waits "
+                                                                    "for more, from its first text's arrival")
 
 
 class AutoscalingSettings(Section):
