@@ -86,11 +86,13 @@ def _tokenize(args) -> None:
     masking = config_file.load(MaskingSettings, None, values=_flag_values(
         args, {"mask_rate": "selection_rate", "max_selections": "max_selections"})) if args.mlm else None
     ensure_ray(args.address)
-    source, names = as_label_ids(corpus.open(shuffle_seed=args.shuffle_seed), corpus.class_names())
+    source, names = as_label_ids(corpus.open(shuffle_seed=args.shuffle_seed, pair_column=args.pair_column),
+                                 corpus.class_names())
     rows = corpus.known_rows()
     actors = args.num_actors if args.num_actors is not None else packing_actors(rows)
     packed = tokenize_dataset(source, args.preset, sequence_length=args.sequence_length,
-                              text_column="text", pair_column=args.pair_column, masking=masking, mask_seed=args.seed,
+                              text_column="text", pair_column="text_pair" if args.pair_column else None,
+                              masking=masking, mask_seed=args.seed,
                               num_actors=actors, batch_size=packing_batch_rows(rows, actors))
     manifest = write_tokenized(packed, args.output, preset=args.preset, sequence_length=args.sequence_length,
                                masking=masking, mask_seed=args.seed, label_names=names)
@@ -310,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_flags(p)
     p.add_argument("--output", required=True, help="new folder for the Parquet shards")
     p.add_argument("--sequence-length", type=int, default=128, help="packed length (default 128)")
-    p.add_argument("--pair-column", help="second text column, for sentence pairs")
+    p.add_argument("--pair-column", help="column holding each row's second text, for sentence pairs (csv, jsonl or "
+                                         "parquet input; written with segment_ids)")
     p.add_argument("--mlm", action="store_true", help="also draw masked-LM masks, once (static masking: train on "
                                                       "them with model.masking.dynamic=false; without --mlm, "
                                                       "pretraining masks each batch anew)")

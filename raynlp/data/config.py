@@ -48,18 +48,22 @@ class CorpusSettings(Section):
 
         return datasets.split_rows(self.dataset, self.split) if self.dataset else None
 
-    def open(self, shuffle_seed: int | None = None):
+    def open(self, shuffle_seed: int | None = None, pair_column: str | None = None):
         """The corpus as a Ray Dataset with a `text` column (and `label` where it has one); with `shuffle_seed`,
-        a corpus read from a path comes in a random order seeded by it (a named data set is stored shuffled)."""
+        a corpus read from a path comes in a random order seeded by it (a named data set is stored shuffled).
+        `pair_column`: a second text a row, from that column of a csv/jsonl/parquet corpus, as `text_pair`."""
         from raynlp import datasets
         from raynlp.data.corpus import CorpusFileError, read_corpus
 
         if self.dataset:
+            if pair_column:
+                raise RaynlpError(f"data set {self.dataset} holds one text a row; a second text column "
+                                  f"({pair_column!r}) needs a corpus read from csv, jsonl or parquet files")
             return datasets.load(self.dataset)[self.split]
         try:
             return read_corpus(self.input, format=self.format, text_column=self.text_column,
-                               on_bad_file="skip" if self.skip_bad_files else "raise", encoding=self.encoding,
-                               shuffle_seed=shuffle_seed)
+                               pair_column=pair_column, on_bad_file="skip" if self.skip_bad_files else "raise",
+                               encoding=self.encoding, shuffle_seed=shuffle_seed)
         except CorpusFileError as e:
             raise e.suggesting(skip="data.skip_bad_files=true", encoding="data.encoding=latin-1") from None
 

@@ -1,9 +1,11 @@
-"""Any corpus as a streaming Ray Dataset with a `text` column (and `label` where the corpus has one).
+"""Any corpus as a streaming Ray Dataset with a `text` column (and `label` where the corpus has one; `text_pair`
+where asked, for pairs of texts).
 
     >>> read_corpus("aclImdb/train")                 # class folders: pos/, neg/ → label "neg", "pos"
     >>> read_corpus("s3://bucket/corpus/*.jsonl")    # one JSON object per line
     >>> read_corpus("plays/", format="paragraphs")   # a document per blank-line-separated paragraph
     >>> read_corpus("news/train", shuffle_seed=0)    # rows in a seeded random order (a training split)
+    >>> read_corpus("nli.csv", text_column="premise", pair_column="hypothesis")  # sentence pairs
 
 The driver only lists files and checks each one's head (non-empty, decodable, the text column present); the
 files themselves are read by Ray tasks, a group of files per task, a batch of rows at a time, so a corpus larger
@@ -49,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 Format = Literal["lines", "paragraphs", "jsonl", "csv", "parquet", "folders"]
 FORMATS: tuple[str, ...] = get_args(Format)
+_TABLE_FORMATS = ("csv", "jsonl", "parquet")  # formats with named columns
 _FORMAT_BY_SUFFIX = {".txt": "lines", ".text": "lines", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv",
                      ".parquet": "parquet"}
 _HEAD_BYTES = 1 << 16
@@ -87,6 +90,7 @@ def read_corpus(
     *,
     text_column: str = "text",
     label_column: str = "label",
+    pair_column: str | None = None,
     on_bad_file: Literal["raise", "skip"] = "raise",
     encoding: str = "utf-8",
     shuffle_seed: int | None = None,
@@ -97,7 +101,8 @@ def read_corpus(
     `keras.utils.text_dataset_from_directory`. Files are decoded with `encoding` (a UTF-8 byte-order mark is
     dropped). Empty, undecodable or wrongly shaped files raise a `CorpusFileError` naming the file, or, with
     `on_bad_file="skip"`, are left out, named and counted in a warning. With `shuffle_seed`, rows come in an
-    order seeded by it (see the module's docstring); without, in listing order.
+    order seeded by it (see the module's docstring); without, in listing order. `pair_column` (csv, jsonl and
+    parquet only): a second text a row, for sentence pairs, read into a `text_pair` column.
     """
     import ray.data
 
@@ -110,26 +115,30 @@ def read_corpus(
     except LookupError:
         raise RaynlpError(f"unknown text encoding {encoding!r}; give a Python codec name such as utf-8 or latin-1") from None
     files, format, class_names = _list_files(str(path), format)
-    files, skipped = _check_files(files, format, text_column, on_bad_file, encoding)
+    if pair_column is not None and format not in _TABLE_FORMATS:
+        raise RaynlpError(f"a second text column ({pair_column!r}) needs a table of texts ({', '.join(_TABLE_FORMATS)}); "
+                          f"corpus {path} is {format}")
+    text_columns = [text_column] + ([pair_column] if pair_column else [])
+    files, skipped = _check_files(files, format, text_columns, on_bad_file, encoding)
     if skipped:
         logger.warning("skipped %d bad corpus file(s) of %d: %s", len(skipped), len(files) + len(skipped),
                        "; ".join(skipped))
     if not files:
         raise RaynlpError(f"no readable corpus files under {path}")
-    labelled = format == "folders" or (format in ("csv", "jsonl", "parquet")
+    labelled = format == "folders" or (format in _TABLE_FORMATS
                                        and _has_column(files[0].path, format, label_column, encoding))
     logger.info("corpus %s: %d file(s), format %s%s", path, len(files), format,
                 f", classes {class_names}" if class_names else "")
     if shuffle_seed is not None:
         files = [files[i] for i in np.random.default_rng(shuffle_seed).permutation(len(files))]
     if format == "parquet":
-        columns = [text_column] + ([label_column] if labelled else [])
+        columns = text_columns + ([label_column] if labelled else [])
         dataset = read_parquet([f.path for f in files]).select_columns(columns)
-        renames = {text_column: "text", label_column: "label"}
+        renames = {text_column: "text", label_column: "label", **({pair_column: "text_pair"} if pair_column else {})}
         if any(k != v for k, v in renames.items()):
             dataset = dataset.rename_columns({k: v for k, v in renames.items() if k in columns and k != v})
     else:
-        reader = _FileReader(format, text_column, label_column, labelled, on_bad_file, encoding)
+        reader = _FileReader(format, text_column, label_column, labelled, on_bad_file, encoding, pair_column)
         groups = _read_tasks(files)
         listing = ray.data.from_items([{"path": [f.path for f in g], "label": [f.label for f in g]} for g in groups],
                                       override_num_blocks=len(groups))
@@ -157,7 +166,7 @@ def files_with_label(path: str | os.PathLike, label: str, format: Format | None 
             column = pq.read_table(file.path, columns=[label_column])[label_column].to_pylist()
             hit = label in {str(v) for v in column}
         else:
-            hit = any(str(row_label) == label for _, row_label in reader._records(file.path, None))
+            hit = any(str(row_label) == label for *_, row_label in reader._records(file.path, None))
         if hit:
             found.append(file.path)
             if len(found) == limit:
@@ -283,26 +292,30 @@ def _head_text(path: str, encoding: str = "utf-8") -> str:
     return codecs.getincrementaldecoder(_codec(encoding))().decode(head, final=False)
 
 
-def _check_file(file: _File, format: str, text_column: str, encoding: str) -> None:
+def _check_file(file: _File, format: str, text_columns: list[str], encoding: str) -> None:
+    """`text_columns`: the text column, then the pair column where one is read."""
     if format == "parquet":
         schema = pq.read_schema(file.path) if not is_uri(file.path) else pq.ParquetFile(_open_binary(file.path)).schema_arrow
-        if text_column not in schema.names:
-            raise ValueError(f"has no column {text_column!r} (columns: {', '.join(schema.names)})")
+        for column in text_columns:
+            if column not in schema.names:
+                raise ValueError(f"has no column {column!r} (columns: {', '.join(schema.names)})")
         return
     head = _head_text(file.path, encoding)
     if format == "csv":
         header = next(csv.reader(io.StringIO(head)), [])
-        if text_column not in header:
-            raise ValueError(f"has no column {text_column!r} in its header (columns: {', '.join(header)}); "
-                             f"pass text_column=")
+        for column, option in zip(text_columns, ("text_column", "pair_column")):
+            if column not in header:
+                raise ValueError(f"has no column {column!r} in its header (columns: {', '.join(header)}); "
+                                 f"pass {option}=")
     elif format == "jsonl":
         first = head.split("\n", 1)[0]
         try:
             record = json.loads(first)
         except json.JSONDecodeError as e:
             raise ValueError(f"line 1 is not JSON ({e.msg})") from e
-        if not isinstance(record, dict) or text_column not in record:
-            raise ValueError(f"line 1 has no field {text_column!r}; pass text_column=")
+        for column, option in zip(text_columns, ("text_column", "pair_column")):
+            if not isinstance(record, dict) or column not in record:
+                raise ValueError(f"line 1 has no field {column!r}; pass {option}=")
 
 
 def _describe(error: Exception) -> str:
@@ -314,11 +327,11 @@ def _describe(error: Exception) -> str:
     return str(error)
 
 
-def _check_files(files: list[_File], format: str, text_column: str, on_bad_file: str, encoding: str):
+def _check_files(files: list[_File], format: str, text_columns: list[str], on_bad_file: str, encoding: str):
     good, bad = [], []
     for file in files:
         try:
-            _check_file(file, format, text_column, encoding)
+            _check_file(file, format, text_columns, encoding)
             good.append(file)
         except (ValueError, OSError, pa.ArrowException) as e:
             problem = f"corpus file {file.path} {_describe(e)}"
@@ -344,26 +357,26 @@ class _FileReader:
     """Streams the rows of one corpus file as Arrow batches; runs in Ray Data tasks."""
 
     def __init__(self, format: str, text_column: str, label_column: str, labelled: bool, on_bad_file: str,
-                 encoding: str = "utf-8"):
+                 encoding: str = "utf-8", pair_column: str | None = None):
         self.format, self.text_column, self.label_column = format, text_column, label_column
         self.labelled, self.on_bad_file, self.encoding = labelled, on_bad_file, _codec(encoding)
+        self.pair_column = pair_column
 
     def __call__(self, listing: pa.Table) -> Iterator[pa.Table]:
         # A row of the listing is a read task: a group of files, whose rows go out in batches of up to
         # _ROWS_PER_BATCH (small files share a batch).
-        texts, labels = [], []
+        rows = []
         for paths, folder_labels in zip(listing["path"].to_pylist(), listing["label"].to_pylist()):
             for path, folder_label in zip(paths, folder_labels):
-                for text, label in self._read(path, folder_label):
-                    texts.append(text)
-                    labels.append(label)
-                    if len(texts) == _ROWS_PER_BATCH:
-                        yield self._batch(texts, labels)
-                        texts, labels = [], []
-        if texts:
-            yield self._batch(texts, labels)
+                for row in self._read(path, folder_label):
+                    rows.append(row)
+                    if len(rows) == _ROWS_PER_BATCH:
+                        yield self._batch(rows)
+                        rows = []
+        if rows:
+            yield self._batch(rows)
 
-    def _read(self, path: str, folder_label: str | None) -> Iterator[tuple[str, str | None]]:
+    def _read(self, path: str, folder_label: str | None) -> Iterator[tuple[str, str | None, str | None]]:
         try:
             yield from self._records(path, folder_label)
         except (UnicodeDecodeError, ValueError, KeyError, OSError) as e:
@@ -372,25 +385,29 @@ class _FileReader:
                 raise CorpusFileError(problem, undecodable=isinstance(e, UnicodeDecodeError)) from None
             logger.warning("skipping the rest of %s", problem)
 
-    def _batch(self, texts: list[str], labels: list) -> pa.Table:
+    def _batch(self, rows: list[tuple[str, str | None, str | None]]) -> pa.Table:
+        texts, pairs, labels = zip(*rows)
         columns = {"text": pa.array(texts, pa.string())}
+        if self.pair_column:
+            columns["text_pair"] = pa.array(pairs, pa.string())
         if self.labelled:
             columns["label"] = pa.array(labels, pa.string())
         return pa.table(columns)
 
-    def _records(self, path: str, folder_label: str | None) -> Iterator[tuple[str, str | None]]:
+    def _records(self, path: str, folder_label: str | None) -> Iterator[tuple[str, str | None, str | None]]:
+        """(text, its pair or None, its label or None) a row."""
         with _open_binary(path) as raw:
             stream = io.TextIOWrapper(raw if not is_uri(path) else io.BufferedReader(_Readable(raw)),
                                       encoding=self.encoding, newline="")
             if self.format == "folders":
-                yield stream.read().strip(), folder_label
+                yield stream.read().strip(), None, folder_label
             elif self.format == "lines":
                 for line in stream:
                     line = line.strip()
                     if line:
-                        yield line, None
+                        yield line, None, None
             elif self.format == "paragraphs":
-                yield from ((p, None) for p in _paragraphs(stream))
+                yield from ((p, None, None) for p in _paragraphs(stream))
             elif self.format == "csv":
                 for number, record in enumerate(csv.DictReader(stream), start=2):
                     yield self._fields(record, f"row {number}")
@@ -403,16 +420,19 @@ class _FileReader:
                             raise ValueError(f"line {number} is not JSON ({e.msg})") from e
                         yield self._fields(record, f"line {number}")
 
-    def _fields(self, record, where: str) -> tuple[str, str | None]:
-        if not isinstance(record, dict) or record.get(self.text_column) is None:
-            raise ValueError(f"{where} has no {self.text_column!r}")
+    def _fields(self, record, where: str) -> tuple[str, str | None, str | None]:
+        columns = [self.text_column] + ([self.pair_column] if self.pair_column else [])
+        for column in columns:
+            if not isinstance(record, dict) or record.get(column) is None:
+                raise ValueError(f"{where} has no {column!r}")
         label = None
         if self.labelled:
             label = record.get(self.label_column)
             if label is None or str(label).strip() == "":
                 raise ValueError(f"{where} has no {self.label_column!r}")
             label = str(label).strip()
-        return str(record[self.text_column]), label
+        pair = str(record[self.pair_column]) if self.pair_column else None
+        return str(record[self.text_column]), pair, label
 
 
 def _paragraphs(stream) -> Iterator[str]:

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as arrow_csv
 import pyarrow.parquet as pq
 import pytest
 
@@ -166,6 +167,43 @@ def test_tokenize_cli_writes_shards_and_manifest(ray_cluster, tmp_path, capsys):
     assert "800 rows" in capsys.readouterr().out
     # The same folder again is refused: it holds another run's shards.
     assert main(["tokenize", "--preset", PRESET, "--dataset", "rotten_tomatoes", "--output", str(out)]) == 2
+
+
+def test_tokenize_cli_packs_sentence_pairs_from_each_table_format(ray_cluster, preset_dir, tmp_path, capsys):
+    """`--pair-column` reads a second text a row from csv, jsonl and parquet (named columns, string labels) and
+    writes the pairs as keras-hub packs them, segment ids included; where rows have one text, it is refused."""
+    from raynlp._internal.ray_data import read_parquet
+
+    texts = datasets.read_split("rotten_tomatoes", "test")["text"].to_pylist()[:120]
+    rows = {"premise": texts, "hypothesis": texts[::-1],
+            "label": ["neutral" if i % 3 else "entailment" for i in range(len(texts))]}
+    table = pa.table(rows)
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(dict(zip(rows, r))) + "\n" for r in zip(*rows.values())))
+    arrow_csv.write_csv(table, tmp_path / "pairs.csv")
+    pq.write_table(table, tmp_path / "pairs.parquet")
+    expected = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir).pack(texts, texts[::-1],
+                                                                                 sequence_length=48)
+    assert expected["segment_ids"].any()
+    for suffix in ("csv", "jsonl", "parquet"):
+        out = tmp_path / f"tokens_{suffix}"
+        assert main(["tokenize", "--preset", PRESET, "--input", str(tmp_path / f"pairs.{suffix}"),
+                     "--text-column", "premise", "--pair-column", "hypothesis", "--num-actors", "0",
+                     "--sequence-length", "48", "--output", str(out)]) == 0, suffix
+        assert "labels 0 entailment, 1 neutral" in capsys.readouterr().out
+        batch = read_parquet(str(out)).take_batch(len(texts), batch_format="numpy")
+        assert batch["segment_ids"].dtype == np.int8, suffix
+        for key, value in expected.items():
+            np.testing.assert_array_equal(batch[key], value, err_msg=f"{suffix} {key}")
+        np.testing.assert_array_equal(batch["label"], [int(label == "neutral") for label in rows["label"]])
+    lines = tmp_path / "lines.txt"
+    lines.write_text("\n".join(texts))
+    for source in (["--input", str(lines)], ["--dataset", "rotten_tomatoes"]):
+        assert main(["tokenize", "--preset", PRESET, *source, "--pair-column", "hypothesis",
+                     "--output", str(tmp_path / "refused")]) == 2
+        assert "second text column ('hypothesis')" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert main(["tokenize", "--preset", PRESET, "--input", str(tmp_path / "pairs.csv"), "--text-column",
+                 "premise", "--pair-column", "second", "--output", str(tmp_path / "refused")]) == 2
+    assert "has no column 'second' in its header" in capsys.readouterr().err
 
 
 def test_bad_input_is_refused_with_one_line(ray_cluster, tmp_path, capsys):
