@@ -30,6 +30,14 @@ async def _until(condition) -> None:
         await asyncio.sleep(0.001)
 
 
+async def _held_call(batcher: Batcher, model: Model, item) -> asyncio.Future:
+    """`item`'s answer, once its call has started and is held running (until `model.hold` is set)."""
+    model.hold.clear()
+    answer = asyncio.ensure_future(batcher(item))
+    await _until(lambda: model.batches)
+    return answer
+
+
 def test_texts_that_queue_while_a_call_runs_share_the_next_call():
     """The busier the model, the larger its batches: the next batch is formed when the running call ends, from
     every item that queued meanwhile (Serve's own batcher formed it while the call ran, from what arrived within
@@ -38,9 +46,7 @@ def test_texts_that_queue_while_a_call_runs_share_the_next_call():
     async def scenario():
         model = Model()
         batcher = Batcher(model, max_batch_size=8, wait_timeout_s=0.002)
-        model.hold.clear()
-        first = asyncio.ensure_future(batcher("a"))
-        await _until(lambda: model.batches)
+        first = await _held_call(batcher, model, "a")
         rest = []
         for i in range(10):  # arriving one by one, each more than a wait after the last, as requests do
             rest.append(asyncio.ensure_future(batcher(i)))
@@ -64,9 +70,7 @@ def test_texts_that_waited_out_a_call_go_as_soon_as_it_ends():
         model, loop = Model(), asyncio.get_running_loop()
         starts = []
         batcher = Batcher(model, max_batch_size=8, wait_timeout_s=0.3)
-        model.hold.clear()
-        first = asyncio.ensure_future(batcher("a"))
-        await _until(lambda: model.batches)
+        first = await _held_call(batcher, model, "a")
         second = asyncio.ensure_future(batcher("b"))
         await asyncio.sleep(0.4)  # "b" waits longer than a wait
         released = loop.time()
@@ -109,9 +113,7 @@ def test_a_caller_that_gave_up_is_left_out_of_its_batch():
     async def scenario():
         model = Model()
         batcher = Batcher(model, max_batch_size=8, wait_timeout_s=0.0)
-        model.hold.clear()
-        running = asyncio.ensure_future(batcher("a"))
-        await _until(lambda: model.batches)
+        running = await _held_call(batcher, model, "a")
         gone, kept = asyncio.ensure_future(batcher("gone")), asyncio.ensure_future(batcher("kept"))
         await asyncio.sleep(0.01)
         gone.cancel()
