@@ -115,9 +115,12 @@ def read_corpus(
     except LookupError:
         raise RaynlpError(f"unknown text encoding {encoding!r}; give a Python codec name such as utf-8 or latin-1") from None
     files, format, class_names = _list_files(str(path), format)
-    if pair_column is not None and format not in _TABLE_FORMATS:
+    if pair_column and format not in _TABLE_FORMATS:
         raise RaynlpError(f"a second text column ({pair_column!r}) needs a table of texts ({', '.join(_TABLE_FORMATS)}); "
                           f"corpus {path} is {format}")
+    if pair_column and pair_column in (text_column, label_column):
+        raise RaynlpError(f"the second text column ({pair_column!r}) must be another column than the text and the "
+                          "label")
     text_columns = [text_column] + ([pair_column] if pair_column else [])
     files, skipped = _check_files(files, format, text_columns, on_bad_file, encoding)
     if skipped:
@@ -293,7 +296,8 @@ def _head_text(path: str, encoding: str = "utf-8") -> str:
 
 
 def _check_file(file: _File, format: str, text_columns: list[str], encoding: str) -> None:
-    """`text_columns`: the text column, then the pair column where one is read."""
+    """`text_columns`: the text column, and the pair column where one is read. The messages name the columns
+    found, not an option to pass: each command names its own (a flag, a config field)."""
     if format == "parquet":
         schema = pq.read_schema(file.path) if not is_uri(file.path) else pq.ParquetFile(_open_binary(file.path)).schema_arrow
         for column in text_columns:
@@ -303,19 +307,19 @@ def _check_file(file: _File, format: str, text_columns: list[str], encoding: str
     head = _head_text(file.path, encoding)
     if format == "csv":
         header = next(csv.reader(io.StringIO(head)), [])
-        for column, option in zip(text_columns, ("text_column", "pair_column")):
+        for column in text_columns:
             if column not in header:
-                raise ValueError(f"has no column {column!r} in its header (columns: {', '.join(header)}); "
-                                 f"pass {option}=")
+                raise ValueError(f"has no column {column!r} in its header (columns: {', '.join(header)})")
     elif format == "jsonl":
         first = head.split("\n", 1)[0]
         try:
             record = json.loads(first)
         except json.JSONDecodeError as e:
             raise ValueError(f"line 1 is not JSON ({e.msg})") from e
-        for column, option in zip(text_columns, ("text_column", "pair_column")):
+        for column in text_columns:
             if not isinstance(record, dict) or column not in record:
-                raise ValueError(f"line 1 has no field {column!r}; pass {option}=")
+                fields = ", ".join(record) if isinstance(record, dict) else "none"
+                raise ValueError(f"line 1 has no field {column!r} (fields: {fields})")
 
 
 def _describe(error: Exception) -> str:
@@ -361,6 +365,7 @@ class _FileReader:
         self.format, self.text_column, self.label_column = format, text_column, label_column
         self.labelled, self.on_bad_file, self.encoding = labelled, on_bad_file, _codec(encoding)
         self.pair_column = pair_column
+        self.text_columns = [text_column] + ([pair_column] if pair_column else [])
 
     def __call__(self, listing: pa.Table) -> Iterator[pa.Table]:
         # A row of the listing is a read task: a group of files, whose rows go out in batches of up to
@@ -421,8 +426,7 @@ class _FileReader:
                         yield self._fields(record, f"line {number}")
 
     def _fields(self, record, where: str) -> tuple[str, str | None, str | None]:
-        columns = [self.text_column] + ([self.pair_column] if self.pair_column else [])
-        for column in columns:
+        for column in self.text_columns:
             if not isinstance(record, dict) or record.get(column) is None:
                 raise ValueError(f"{where} has no {column!r}")
         label = None

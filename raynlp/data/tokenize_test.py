@@ -201,9 +201,15 @@ def test_tokenize_cli_packs_sentence_pairs_from_each_table_format(ray_cluster, p
         assert main(["tokenize", "--preset", PRESET, *source, "--pair-column", "hypothesis",
                      "--output", str(tmp_path / "refused")]) == 2
         assert "second text column ('hypothesis')" in capsys.readouterr().err.strip().splitlines()[-1]
+    # A file without the column: named, with the columns it has and this command's way to go on.
     assert main(["tokenize", "--preset", PRESET, "--input", str(tmp_path / "pairs.csv"), "--text-column",
                  "premise", "--pair-column", "second", "--output", str(tmp_path / "refused")]) == 2
-    assert "has no column 'second' in its header" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"raynlp: error: corpus file {tmp_path / 'pairs.csv'} has no column 'second' in its header (columns: premise, "
+        "hypothesis, label) (--skip-bad-files to leave such files out)")
+    assert main(["tokenize", "--preset", PRESET, "--input", str(tmp_path / "pairs.jsonl"), "--text-column",
+                 "premise", "--pair-column", "label", "--output", str(tmp_path / "refused")]) == 2
+    assert "another column than the text and the label" in capsys.readouterr().err
 
 
 def test_bad_input_is_refused_with_one_line(ray_cluster, tmp_path, capsys):
