@@ -164,7 +164,7 @@ def _masked_lm_steps(size: dict, gpu: str | None, peak_tflops: float | None) -> 
              + 6 * (d * d + d * vocabulary) * batch * slots)
     peak = peak_tflops or _peak_tflops(gpu)
     achieved = flops / seconds / 1e12
-    return {**size, "parameters_outside_embeddings": body, "seconds_per_step": round(seconds, 4),
+    return {**size, "parameters_outside_embeddings": body, "seconds_per_step": round(seconds, 6),
             "real_tokens_per_second": round(batch * (length - 2) / seconds, 1),
             "model_tflops_per_step": round(flops / 1e12, 3), "achieved_tflops": round(achieved, 2),
             "peak_bf16_tflops": peak, "model_flops_utilization": round(achieved / peak, 4) if peak else None}
