@@ -245,7 +245,8 @@ class ServedModel:
         self.name = name or self.classifier.name
         self.version = fingerprint(self.classifier.folder)
         self._batcher = Batcher(self._classify_batch, max_batch_size=config.batching.max_batch_size,
-                                wait_timeout_s=config.batching.wait_timeout_ms / 1000)
+                                wait_timeout_s=config.batching.wait_timeout_ms / 1000,
+                                on_queue_length=lambda n: metrics.queued_texts.set(n, tags={"model": self.name}))
 
     async def classify(self, texts: list[str]) -> dict:
         if self.config.batching.enabled:

@@ -15,13 +15,17 @@ from collections.abc import Awaitable, Callable
 
 class Batcher:
     """`await batcher(item)` → `call`'s result for that item, where `call(items)` returns one result per item, in
-    order. An error raised by `call` reaches every caller of that batch; the next batch runs as usual."""
+    order. An error raised by `call` reaches every caller of that batch; the next batch runs as usual.
+    `on_queue_length(n)`, where given, hears how many items wait for a call each time an item arrives and each time
+    a batch is formed."""
 
-    def __init__(self, call: Callable[[list], Awaitable[list]], *, max_batch_size: int, wait_timeout_s: float):
+    def __init__(self, call: Callable[[list], Awaitable[list]], *, max_batch_size: int, wait_timeout_s: float,
+                 on_queue_length: Callable[[int], None] | None = None):
         if max_batch_size < 1 or wait_timeout_s < 0:
             raise ValueError(f"max_batch_size must be at least 1 and wait_timeout_s not negative, not "
                              f"{max_batch_size} and {wait_timeout_s}")
         self._call, self.max_batch_size, self.wait_timeout_s = call, max_batch_size, wait_timeout_s
+        self._on_queue_length = on_queue_length or (lambda n: None)
         # Made on first use, inside the event loop that serves the requests (there is none at construction in
         # every caller, and a test's `asyncio.run` makes a loop of its own).
         self._queue: asyncio.Queue | None = None
@@ -36,11 +40,13 @@ class Batcher:
             self._loop_task = loop.create_task(self._serve_batches(), context=contextvars.Context())
         future = loop.create_future()
         self._queue.put_nowait((item, future, loop.time()))
+        self._on_queue_length(self._queue.qsize())
         return await future
 
     async def _serve_batches(self) -> None:
         while True:
             batch = [(item, future) for item, future, _ in await self._next_batch() if not future.cancelled()]
+            self._on_queue_length(self._queue.qsize())
             if not batch:
                 continue
             try:

@@ -62,6 +62,25 @@ def test_texts_that_queue_while_a_call_runs_share_the_next_call():
     assert model.most_running == 1
 
 
+def test_the_queue_length_is_heard_as_texts_arrive_and_as_batches_form():
+    """What the replica's queue gauge shows: the texts waiting for a call, up as they arrive, down as a batch forms."""
+    lengths = []
+
+    async def scenario():
+        model = Model()
+        batcher = Batcher(model, max_batch_size=4, wait_timeout_s=0.002, on_queue_length=lengths.append)
+        first = await _held_call(batcher, model, "a")
+        rest = [asyncio.ensure_future(batcher(i)) for i in range(6)]
+        await asyncio.sleep(0.05)  # all six queued behind the held call
+        model.hold.set()
+        await asyncio.gather(first, *rest)
+        return model
+
+    model = asyncio.run(scenario())
+    assert model.batches == [["a"], [0, 1, 2, 3], [4, 5]]
+    assert lengths == [1, 0, 1, 2, 3, 4, 5, 6, 2, 0]
+
+
 def test_texts_that_waited_out_a_call_go_as_soon_as_it_ends():
     """A batch's wait counts from its first text's arrival: the model does not sit idle for another wait after a
     call when the next texts have waited through it."""

@@ -9,6 +9,7 @@ raynlp adds the model's name (`model`) where a model did the work:
     ray_raynlp_batch_size_bucket{model,le}          texts per model call
     ray_raynlp_model_seconds_bucket{model,le}       seconds per model call
     ray_raynlp_queue_wait_seconds_bucket{model,le}  seconds a text waited for its batch's model call to start
+    ray_raynlp_queued_texts{model}                  texts waiting for a model call now (a gauge)
 """
 
 from functools import cache
@@ -32,6 +33,8 @@ class ReplicaMetrics:
         self.queue_wait_seconds = metrics.Histogram(
             "raynlp_queue_wait_seconds", description="seconds a text waited for its batch's model call to start",
             boundaries=SECONDS, tag_keys=("model",))
+        self.queued_texts = metrics.Gauge("raynlp_queued_texts", description="texts waiting for a model call",
+                                          tag_keys=("model",))
 
     def refused(self, status: int) -> None:
         self.requests_refused.inc(tags={"status": str(status)})
