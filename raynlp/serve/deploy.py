@@ -34,7 +34,9 @@ def serve_config_file(config: ServeConfig) -> dict:
             "name": config.name,
             "route_prefix": config.route_prefix,
             "import_path": APP_BUILDER,
-            "args": config.model_dump(mode="json", exclude={"http", "address"}, exclude_none=True),
+            # Only the way the config names its models (`preset` or `models`), not the other one left empty.
+            "args": config.model_dump(mode="json", exclude={"http", "address"} | ({"models"} if not config.models
+                                                                                 else set()), exclude_none=True),
             "runtime_env": {"env_vars": dict(WORKER_ENV)},
         }],
     }

@@ -231,7 +231,8 @@ def test_cli_classify_and_export(server, keras_hub_classifier, tmp_path, capsys)
     assert main(["serve", "--config", "configs/serve.yaml", "--preset", folder, "--port", "8555",
                  "--export", str(target)]) == 0
     document = ServeDeploySchema.model_validate(yaml.safe_load(target.read_text()))
-    assert document.http_options.port == 8555 and document.applications[0].args["preset"] == folder
+    args = document.applications[0].args
+    assert document.http_options.port == 8555 and args["preset"] == folder and "models" not in args
 
 
 def test_start_joins_the_running_serve_on_its_port_and_says_so(serve_port, keras_hub_classifier, expected, caplog):
