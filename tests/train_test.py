@@ -1,6 +1,6 @@
 """End to end on a real local Ray cluster: fine-tuning from a user's class folders, pretraining, fine-tuning from
-cached tokens on two workers through a killed worker and a resume (levels 4 and 6, and the demo's chain of all
-six, run in tests/demo_test.py).
+cached tokens of sentence pairs on two workers through a killed worker and a resume (levels 4 and 6, and the demo's
+chain of all six, run in tests/demo_test.py).
 
 Sizes are small so that the suite stays fast on 2 CPU cores; what each test asserts would fail if training
 did not learn, if the export did not hold the trained weights, or if a resumed run started over.
@@ -134,13 +134,23 @@ def pretrained(ray_cluster, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cached_tokens(pretrained, tmp_path_factory):
-    """Level 3: the user tokenizes Rotten Tomatoes once with the new backbone's tokenizer (`raynlp tokenize`)."""
+    """Level 3: the user tokenizes Rotten Tomatoes once with the new backbone's tokenizer (`raynlp tokenize`), as
+    sentence pairs from a csv (a review, then the review before it; the first one's label), so that the cached
+    tokens carry segment ids."""
+    import pyarrow as pa
+    from pyarrow import csv as arrow_csv
+
     from raynlp.cli import main
 
     folder = tmp_path_factory.mktemp("tokens")
     for split in ("train", "test"):
-        assert main(["tokenize", "--preset", str(pretrained.preset), "--dataset", "rotten_tomatoes", "--split", split,
-                     "--sequence-length", "32", "--output", str(folder / split)]) == 0
+        table = datasets.read_split("rotten_tomatoes", split)
+        texts = table["text"].to_pylist()
+        arrow_csv.write_csv(pa.table({"review": texts, "before": texts[-1:] + texts[:-1], "label": table["label"]}),
+                            folder / f"{split}.csv")
+        assert main(["tokenize", "--preset", str(pretrained.preset), "--input", str(folder / f"{split}.csv"),
+                     "--text-column", "review", "--pair-column", "before", "--sequence-length", "32",
+                     "--output", str(folder / split)]) == 0
     return folder
 
 
@@ -181,6 +191,19 @@ def test_finetune_from_the_pretrained_backbone_and_cached_tokens_on_two_workers(
     assert config.scaling.num_workers == 2
     result = train(config)
     assert not (result.output / "data").exists()  # trained from the cached tokens, nothing tokenized again
+    # Pairs: the shards hold the second segment's ids (int8), and they reached `fit`: the second segment's
+    # embedding, which pretraining never saw (its windows are one segment), moved as far as steps of Adam move a
+    # weight (about the learning rate each), not only by AdamW's decay (a thousandth of that).
+    import keras_hub
+
+    from raynlp._internal.ray_data import read_parquet
+
+    segments = read_parquet(str(cached_tokens / "train")).take_batch(64, batch_format="numpy")["segment_ids"]
+    assert segments.dtype == np.int8 and segments.any()
+    before = keras_hub.models.BertBackbone.from_preset(str(pretrained.preset)).segment_embedding.get_weights()[0]
+    tuned = keras_hub.models.BertTextClassifier.from_preset(str(result.preset)).backbone.segment_embedding
+    moved = np.abs(tuned.get_weights()[0][1] - before[1]).max()
+    assert moved > 1e-3, moved
     steps = 640 // (16 * 2)
     assert [(m["epoch"], m["global_step"]) for m in result.metrics] == [(1, steps), (2, 2 * steps)]
     assert result.metrics[-1]["loss"] < result.metrics[0]["loss"] and "val_accuracy" in result.metrics[-1]
