@@ -246,7 +246,7 @@ class ServedModel:
         self.version = fingerprint(self.classifier.folder)
         self._batcher = Batcher(self._classify_batch, max_batch_size=config.batching.max_batch_size,
                                 wait_timeout_s=config.batching.wait_timeout_ms / 1000,
-                                on_queue_length=lambda n: metrics.queued_texts.set(n, tags={"model": self.name}))
+                                on_queue_length=self.report_queue_length)
 
     async def classify(self, texts: list[str]) -> dict:
         if self.config.batching.enabled:
@@ -275,6 +275,12 @@ class ServedModel:
         self.metrics.model_seconds.observe(time.monotonic() - started, tags={"model": self.name})
         self.metrics.batch_size.observe(len(texts), tags={"model": self.name})
         return rows
+
+    def report_queue_length(self, queued: int | None = None) -> None:
+        """The queue gauge: set by the batcher on each change, and again at each health check, because Ray's metrics
+        agent drops a gauge that was not set within two export intervals (20 s by default; an idle replica's would
+        vanish): `health.period_s` (10 s by default) must stay below that."""
+        self.metrics.queued_texts.set(self._batcher.queued if queued is None else queued, tags={"model": self.name})
 
     async def probe(self) -> None:
         """Classify PROBE_TEXT; raise unless the answer is a probability distribution."""
@@ -378,6 +384,7 @@ class ClassifierServer:
         replica unhealthy, and Serve replaces it."""
         try:
             for model in self.models.values():
+                model.report_queue_length()
                 await model.probe()
         except Exception as error:
             self.probe_failure = f"{type(error).__name__}: {error}"

@@ -10,14 +10,17 @@ however many texts are waiting.
 
 import asyncio
 import contextvars
+import logging
 from collections.abc import Awaitable, Callable
+
+logger = logging.getLogger(__name__)
 
 
 class Batcher:
     """`await batcher(item)` → `call`'s result for that item, where `call(items)` returns one result per item, in
     order. An error raised by `call` reaches every caller of that batch; the next batch runs as usual.
-    `on_queue_length(n)`, where given, hears how many items wait for a call each time an item arrives and each time
-    a batch is formed."""
+    `on_queue_length(n)`, where given, hears how many items wait for a call (`queued`) each time an item arrives
+    and each time a batch is formed."""
 
     def __init__(self, call: Callable[[list], Awaitable[list]], *, max_batch_size: int, wait_timeout_s: float,
                  on_queue_length: Callable[[int], None] | None = None):
@@ -40,13 +43,24 @@ class Batcher:
             self._loop_task = loop.create_task(self._serve_batches(), context=contextvars.Context())
         future = loop.create_future()
         self._queue.put_nowait((item, future, loop.time()))
-        self._on_queue_length(self._queue.qsize())
+        self._report_queue_length()
         return await future
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for a call (not those of a batch being formed or run)."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    def _report_queue_length(self) -> None:
+        try:
+            self._on_queue_length(self.queued)
+        except Exception:  # a metrics hook must not stop the batches nor fail a caller
+            logger.exception("the batcher's on_queue_length hook failed")
 
     async def _serve_batches(self) -> None:
         while True:
             batch = [(item, future) for item, future, _ in await self._next_batch() if not future.cancelled()]
-            self._on_queue_length(self._queue.qsize())
+            self._report_queue_length()
             if not batch:
                 continue
             try:

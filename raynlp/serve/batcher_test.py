@@ -81,6 +81,18 @@ def test_the_queue_length_is_heard_as_texts_arrive_and_as_batches_form():
     assert lengths == [1, 0, 1, 2, 3, 4, 5, 6, 2, 0]
 
 
+def test_a_failing_queue_length_hook_stops_no_batch():
+    def hook(length):
+        raise RuntimeError("the metrics agent is gone")
+
+    async def scenario():
+        batcher = Batcher(Model(), max_batch_size=4, wait_timeout_s=0.002, on_queue_length=hook)
+        return await asyncio.gather(*(batcher(i) for i in range(6))), batcher.queued
+
+    answers, queued = asyncio.run(scenario())
+    assert answers == [f"result of {i}" for i in range(6)] and queued == 0
+
+
 def test_texts_that_waited_out_a_call_go_as_soon_as_it_ends():
     """A batch's wait counts from its first text's arrival: the model does not sit idle for another wait after a
     call when the next texts have waited through it."""

@@ -158,8 +158,12 @@ def test_metrics_move_on_the_nodes_metrics_endpoint(server, expected):
         time.sleep(2)
     assert all(moved[name] >= least for name, least in wanted.items()), (moved, now)
     assert now["ray_raynlp_batch_size_sum"] >= 5 and now["ray_raynlp_model_seconds_sum"] > 0
-    # The queue gauge: every text has had its call, so none waits.
+    # The queue gauge: every text has had its call, so none waits; and it still says so when the replica has been
+    # idle for longer than Ray's agent keeps a gauge nobody sets (two export intervals, 20 s): the health check
+    # sets it again.
     assert now.get("ray_raynlp_queued_texts") == 0, now
+    time.sleep(30)
+    assert _scraped(port, "classifier").get("ray_raynlp_queued_texts") == 0
 
 
 def test_concurrent_requests_of_mixed_sizes_and_bad_ones_get_their_own_answers(server, expected):
