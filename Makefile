@@ -22,9 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-# Unit and co-located tests: no Ray Train run, Serve app, Ray job, benchmark or demo.
+# Unit and co-located tests: no Ray Train run, Serve app, Ray job, benchmark or demo; in two processes, as above.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check raynlp tests jobs conftest.py

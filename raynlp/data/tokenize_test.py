@@ -23,6 +23,13 @@ def preset_dir():
     return resolve(PRESET)
 
 
+def _in_row_order(dataset) -> dict[str, np.ndarray]:
+    """Every row of `dataset`, ordered by its `row` column here (a Ray Data sort costs seconds of shuffle tasks)."""
+    blocks = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+    order = np.argsort(np.concatenate([block["row"] for block in blocks]))
+    return {key: np.concatenate([block[key] for block in blocks])[order] for key in blocks[0]}
+
+
 def _texts(name):
     return [t for split in ("train", "test") for t in datasets.read_split(name, split)["text"].to_pylist()]
 
@@ -60,7 +67,7 @@ def test_ray_data_pipeline_equals_one_process(ray_cluster, preset_dir, num_actor
                                   for i, t in enumerate(texts)], override_num_blocks=8)
     packed = tokenize_dataset(source.drop_columns(["b"]), PRESET, sequence_length=64, num_actors=num_actors,
                               batch_size=100)
-    batch = packed.sort("row").take_batch(len(texts), batch_format="numpy")
+    batch = _in_row_order(packed)
     fast = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir)
     expected = fast.pack(texts, sequence_length=64)
     # Stored compact: ids in int16 (30,522 of them), the mask in bool, and no segment ids for one segment.
@@ -71,8 +78,8 @@ def test_ray_data_pipeline_equals_one_process(ray_cluster, preset_dir, num_actor
         np.testing.assert_array_equal(batch[key], value)
     np.testing.assert_array_equal(batch["label"], np.arange(len(texts)) % 2)
     # Pairs keep their segment ids, in int8.
-    pairs = tokenize_dataset(source, PRESET, sequence_length=64, pair_column="b", num_actors=num_actors,
-                             batch_size=100).sort("row").take_batch(len(texts), batch_format="numpy")
+    pairs = _in_row_order(tokenize_dataset(source, PRESET, sequence_length=64, pair_column="b",
+                                           num_actors=num_actors, batch_size=100))
     expected = fast.pack(texts, texts[::-1], sequence_length=64)
     assert pairs["segment_ids"].dtype == np.int8 and expected["segment_ids"].any()
     for key, value in expected.items():
@@ -107,11 +114,11 @@ def test_masked_lm_on_ray_data_keeps_the_contract(ray_cluster, preset_dir):
     masking, seed = MaskingSettings(max_selections=20), 3
     masked = tokenize_dataset(source, PRESET, sequence_length=128, masking=masking, mask_seed=seed, num_actors=1,
                               batch_size=50)
-    batch = masked.sort("row").take_batch(len(texts), batch_format="numpy")
+    batch = _in_row_order(masked)
     # Packed in tasks instead of an actor, the masks come out the same: they are seeded by each batch's content.
     in_tasks = tokenize_dataset(source, PRESET, sequence_length=128, masking=masking, mask_seed=seed,
                                 num_actors=0, batch_size=50)
-    for key, value in in_tasks.sort("row").take_batch(len(texts), batch_format="numpy").items():
+    for key, value in _in_row_order(in_tasks).items():
         np.testing.assert_array_equal(value, batch[key])
     tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir)
     original = tokenizer.pack(texts, sequence_length=128)["token_ids"]
