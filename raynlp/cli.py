@@ -85,6 +85,7 @@ def _tokenize(args) -> None:
     corpus = config_file.load(CorpusSettings, None, values={k.removeprefix("data."): v for k, v in given.items()})
     masking = config_file.load(MaskingSettings, None, values=_flag_values(
         args, {"mask_rate": "selection_rate", "max_selections": "max_selections"})) if args.mlm else None
+    corpus.check()
     ensure_ray(args.address)
     source, names = as_label_ids(corpus.open(shuffle_seed=args.shuffle_seed, pair_column=args.pair_column),
                                  corpus.class_names())
@@ -428,11 +429,14 @@ def _raynlp_error(error: BaseException) -> RaynlpError | None:
 
 
 def _in_this_commands_terms(error: RaynlpError, args) -> RaynlpError:
-    """An unreadable corpus file's error, with the way to go on that this command takes."""
-    from raynlp.data.corpus import CorpusFileError
+    """A corpus error in this command's terms: a missing input named by its flag, an unreadable file's error with
+    the way to go on that this command takes."""
+    from raynlp.data.corpus import CorpusFileError, CorpusPathError
     from raynlp.train.recipes import RECIPES
 
     error = getattr(error, "cause", error)  # Ray's wrapper of an error raised in a Ray task keeps the original
+    if isinstance(error, CorpusPathError) and error.field == "data.input" and hasattr(args, "input"):
+        return error.named("--input")
     if not isinstance(error, CorpusFileError):
         return error
     if hasattr(args, "skip_bad_files"):  # a command with the corpus flags

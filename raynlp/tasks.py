@@ -60,6 +60,7 @@ def _vocab(config) -> Path:
     from raynlp._internal.cluster import ensure_ray
     from raynlp.data import learn_vocabulary, save_vocabulary
 
+    config.data.check()
     ensure_ray(config.address)
     vocabulary = learn_vocabulary(config.data.open(), config.size, lowercase=config.lowercase,
                                   strip_accents=config.strip_accents)
@@ -76,6 +77,7 @@ def _evaluate(config) -> dict:
     from raynlp._internal.cluster import ensure_ray
     from raynlp.inference import evaluate
 
+    config.data.check()
     ensure_ray(config.address)
     _check_gpus(config)
     report = evaluate(config.data.open(), config.preset, num_actors=config.num_actors, batch_size=config.batch_size,
@@ -106,6 +108,7 @@ def _predict(config) -> dict:
 
     if not storage.is_empty(config.output):
         raise RaynlpError(f"output folder {config.output} is not empty; choose a new folder or delete it")
+    config.data.check()
     ensure_ray(config.address)
     _check_gpus(config)
     predictions = predict_dataset(config.data.open(), config.preset, num_actors=config.num_actors,

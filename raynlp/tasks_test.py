@@ -95,3 +95,22 @@ def test_inference_actors_that_ask_for_gpus_on_a_cluster_without_any_are_refused
                                           r"num_gpus out or join a cluster with GPUs \(address\)$"):
         task(name).run(config)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["tokenize", "--preset", "bert_tiny_en_uncased_scratch", "--output", "{out}"],
+    ["evaluate", "--preset", "bert_tiny_en_uncased_scratch", "--output", "{out}/report.json"],
+    ["predict", "--preset", "bert_tiny_en_uncased_scratch", "--output", "{out}"],
+    ["vocab", "--size", "100", "--output", "{out}/vocab.txt"],
+], ids=lambda command: command[0])
+def test_a_corpus_that_does_not_exist_is_refused_naming_its_flag_before_ray_starts(tmp_path, command):
+    import subprocess
+    import sys
+
+    missing, out = tmp_path / "reviws", tmp_path / "out"
+    argv = [part.format(out=out) for part in command] + ["--input", str(missing)]
+    done = subprocess.run([sys.executable, "-m", "raynlp.cli", *argv], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (f"raynlp: error: --input: corpus path {missing} does not exist; "
+                                                     "give a file, a folder, a glob or an s3:// / gs:// URI")
+    assert "Ray" not in done.stderr and not out.exists()

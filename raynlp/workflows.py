@@ -79,7 +79,9 @@ def _corpus(dataset, input, split):
     from raynlp.data.config import CorpusSettings
 
     values = {"dataset": dataset, "input": input, "split": split}
-    return config_file.load(CorpusSettings, None, values={k: v for k, v in values.items() if v is not None})
+    corpus = config_file.load(CorpusSettings, None, values={k: v for k, v in values.items() if v is not None})
+    corpus.check()  # before Ray starts
+    return corpus
 
 
 def tokenize(preset: str, output: str, *, dataset: str | None = None, input: str | None = None, split: str = "train",
@@ -93,9 +95,9 @@ def tokenize(preset: str, output: str, *, dataset: str | None = None, input: str
     from raynlp.data.labels import as_label_ids
     from raynlp.data.tokenize import packing_actors, packing_batch_rows
 
+    corpus = _corpus(dataset, input, split)
     ensure_ray()
     masking = MaskingSettings() if masked_lm else None
-    corpus = _corpus(dataset, input, split)
     source, names = as_label_ids(corpus.open(shuffle_seed=shuffle_seed), corpus.class_names())
     rows = corpus.known_rows()
     actors = num_actors if num_actors is not None else packing_actors(rows)
@@ -111,8 +113,9 @@ def vocab(size: int, output: str, *, dataset: str | None = None, input: str | No
     from raynlp._internal.cluster import ensure_ray
     from raynlp.data import learn_vocabulary, save_vocabulary
 
+    corpus = _corpus(dataset, input, split)
     ensure_ray()
-    return save_vocabulary(learn_vocabulary(_corpus(dataset, input, split).open(), size), output)
+    return save_vocabulary(learn_vocabulary(corpus.open(), size), output)
 
 
 def classify(preset: str, texts: list[str]) -> list[dict]:
@@ -131,8 +134,9 @@ def evaluate(preset: str, *, dataset: str | None = None, input: str | None = Non
     from raynlp._internal.cluster import ensure_ray
     from raynlp.inference import evaluate as evaluate_dataset
 
+    settings = _corpus(dataset, input, split)
     ensure_ray()
-    corpus = _corpus(dataset, input, split).open()
+    corpus = settings.open()
     if max_rows:
         corpus = corpus.limit(max_rows)
     return evaluate_dataset(corpus, preset, num_actors=num_actors, batch_size=batch_size)

@@ -81,6 +81,30 @@ def test_cli_refuses_a_wrong_config_before_ray_starts(tmp_path):
     assert "Ray" not in done.stderr and not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("field", ["data.train", "data.test"])
+def test_a_data_path_that_does_not_exist_is_refused_naming_the_field_before_ray_starts(tmp_path, field):
+    missing, out = tmp_path / "reviws", tmp_path / "run"
+    paths = {"data.train": CONFIGS.parent / "tests", "data.test": CONFIGS.parent / "tests", field: missing}
+    done = subprocess.run(
+        [sys.executable, "-m", "raynlp.cli", "finetune", "--config", str(CONFIGS / "finetune.yaml"),
+         "--set", "data.dataset=null", *[f"--set={key}={path}" for key, path in paths.items()],
+         "--set", f"run.output={out}"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (f"raynlp: error: {field}: corpus path {missing} does not exist; "
+                                                     "give a file, a folder, a glob or an s3:// / gs:// URI")
+    assert "Ray" not in done.stderr and not out.exists()
+
+
+def test_a_corpus_refused_as_it_is_read_leaves_the_output_folder_unclaimed(ray_cluster, tmp_path):
+    """Read after Ray starts but before the folder is claimed: the fixed config must not meet the refused one's
+    claim as "another run"."""
+    corpus = tmp_path / "reviews.csv"
+    corpus.write_text("review,label\n" + "".join(f"review number {i},{i % 2}\n" for i in range(64)))
+    with pytest.raises(RaynlpError, match="has no column 'text'"):
+        train(finetune(tmp_path / "run", "data.dataset=null", f"data.train={corpus}"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_preset_and_too_long_sequences_are_refused_before_the_output_is_claimed(tmp_path):
     with pytest.raises(RaynlpError, match="unknown preset 'bert_huge'.*offline presets: minilm_l6_en_uncased"):
         train(finetune(tmp_path / "a", "preset=bert_huge"))

@@ -84,6 +84,18 @@ class CorpusFileError(RaynlpError):
         return CorpusFileError(self.problem, undecodable=self.undecodable, skip=skip, encoding=encoding)
 
 
+class CorpusPathError(RaynlpError):
+    """A corpus path that does not exist, named by the setting that gave it (`field`, a config field); whoever
+    knows the caller's own name for that setting (a command-line flag) rewords it with `named`."""
+
+    def __init__(self, path: str, field: str):
+        self.path, self.field = path, field
+        super().__init__(f"{field}: {_missing(path)}")
+
+    def named(self, field: str) -> "CorpusPathError":
+        return CorpusPathError(self.path, field)
+
+
 def read_corpus(
     path: str | os.PathLike,
     format: Format | None = None,
@@ -147,6 +159,18 @@ def read_corpus(
                                       override_num_blocks=len(groups))
         dataset = listing.map_batches(reader, batch_size=1, batch_format="pyarrow")
     return dataset.random_shuffle(seed=shuffle_seed) if shuffle_seed is not None else dataset
+
+
+def check_corpus_path(path: str | os.PathLike, *, field: str) -> None:
+    """Refuse a corpus path that does not exist, naming the setting that gave it (`field`): one call on the path's
+    filesystem, which a command makes before it starts Ray. A glob, and everything else about a corpus, is checked
+    when it is read."""
+    path = str(path)
+    if any(ch in path for ch in "*?["):
+        return
+    fs, root = _filesystem(path)
+    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+        raise CorpusPathError(path, field)
 
 
 def class_names(path: str | os.PathLike, format: Format | None = None) -> list[str] | None:
@@ -215,7 +239,7 @@ def _list_files(path: str, format: str | None) -> tuple[list[_File], str, list[s
         return _files_of_one_format(files, format, path), format or _format_of(files[0], path), []
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
-        raise RaynlpError(f"corpus path {path} does not exist; give a file, a folder, a glob or an s3:// / gs:// URI")
+        raise RaynlpError(_missing(path))
     if info.type == pafs.FileType.File:
         return [_File(prefix + root if prefix else root, size=info.size or 0)], format or _format_of(root, path), []
     entries = fs.get_file_info(pafs.FileSelector(root, recursive=False))
@@ -229,6 +253,10 @@ def _list_files(path: str, format: str | None) -> tuple[list[_File], str, list[s
         raise RaynlpError(f"corpus folder {path} holds no files; put text files in it, or class folders "
                           f"(pos/, neg/, ...) with one document per file")
     return _files_of_one_format(plain, format, path, sizes), format or _format_of(plain[0], path), []
+
+
+def _missing(path: str) -> str:
+    return f"corpus path {path} does not exist; give a file, a folder, a glob or an s3:// / gs:// URI"
 
 
 def _glob(fs: pafs.FileSystem, pattern: str, prefix: str) -> list[str]:

@@ -69,13 +69,16 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
 
     recipe = RECIPES[config.task]
     preset_dir = _check_preset(config, recipe)  # before any Ray resource is taken
+    prepare.check_paths(config)
     run = RunFolder.open(config)
     ensure_ray(config.run.address)
-    check_layout(config, *cluster_nodes())  # before the folder is claimed (a fixed config must not be "another run")
+    # What can be refused is refused before the folder is claimed: a fixed config must not meet the claim of the
+    # refused one as "another run".
+    check_layout(config, *cluster_nodes())
+    splits, label_names = prepare.raw_splits(config, labelled=recipe.labelled)  # the corpus files and labels
     run.claim(config)
 
     # 1. Tokenize every split once, on Ray Data, into Parquet shards in the run's folder.
-    splits, label_names = prepare.raw_splits(config, labelled=recipe.labelled)
     tokenizer = recipe.tokenizer(config, splits["train"], run)
     data = prepare.prepare(config, splits, tokenizer, masked_lm=recipe.masked_lm, out=run.root)
     num_classes = prepare.num_classes(config, data, label_names) if recipe.labelled else None

@@ -59,6 +59,17 @@ class PreparedData:
         return row_bytes(shard.schema_arrow, stored)
 
 
+def check_paths(config: RecipeConfig) -> None:
+    """Refuse a data.train, data.validation or data.test path that does not exist, naming the field: before Ray
+    starts. (The files are checked by `raw_splits`, before the run's folder is claimed.)"""
+    from raynlp.data.corpus import check_corpus_path
+
+    for split in ("train", "validation", "test"):
+        path = getattr(config.data, split)
+        if path is not None:
+            check_corpus_path(path, field=f"data.{split}")
+
+
 def raw_splits(config: RecipeConfig, *, labelled: bool) -> tuple[dict, list[str] | None]:
     """The configured splits (raw text as Ray Datasets, or `raynlp tokenize` folders) and the label names.
 
