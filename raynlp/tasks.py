@@ -106,8 +106,7 @@ def _predict(config) -> dict:
     from raynlp._internal.cluster import ensure_ray
     from raynlp.inference import predict_dataset
 
-    if not storage.is_empty(config.output):
-        raise RaynlpError(f"output folder {config.output} is not empty; choose a new folder or delete it")
+    storage.check_unused(config.output)
     config.data.check()
     ensure_ray(config.address)
     _check_gpus(config)

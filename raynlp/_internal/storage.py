@@ -96,6 +96,14 @@ def is_empty(folder: str | Path) -> bool:
     return not fs.get_file_info(pyarrow.fs.FileSelector(inner, allow_not_found=True))
 
 
+def check_unused(folder: str | Path) -> None:
+    """Refuse a folder that holds something, for a command that writes a new data set into it."""
+    from raynlp.errors import RaynlpError
+
+    if not is_empty(location(folder)):
+        raise RaynlpError(f"output folder {folder} is not empty; choose a new folder or delete it")
+
+
 def delete(path: str | Path) -> None:
     """Delete a folder (or a file) and everything in it; nothing happens where there is none."""
     if not is_uri(path):

@@ -295,9 +295,8 @@ def write_packed(streams, output_dir: str, *, preset: str, sequence_length: int,
     from raynlp.data.tokenize import MANIFEST
     from raynlp.presets import resolve
 
+    storage.check_unused(output_dir)
     output = storage.location(output_dir)
-    if not storage.is_empty(output):
-        raise RaynlpError(f"output folder {output_dir} is not empty; choose a new folder or delete it")
     tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(resolve(preset))
     packer = PACKERS[mode](sequence_length, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id)
     stats = PackingStats(sequence_length)

@@ -109,6 +109,18 @@ def packing_batch_rows(rows: int | None, workers: int = PACKING_ACTORS) -> int:
     return int(min(PACKING_BATCH_ROWS_MAX, max(PACKING_BATCH_ROWS, rows // (4 * (workers or PACKING_ACTORS)))))
 
 
+def check_packing_preset(preset: str, sequence_length: int) -> None:
+    """Refuse a preset that is neither local nor a raynlp preset, or too short for `sequence_length`."""
+    from raynlp.presets import is_local, resolve
+
+    preset_dir = resolve(preset)
+    if not is_local(preset_dir):
+        raise RaynlpError(f"tokenizing needs a local preset folder or a raynlp preset name, not {preset!r}")
+    limit = max_sequence_length(preset_dir)
+    if sequence_length < 3 or (limit and sequence_length > limit):
+        raise RaynlpError(f"sequence_length {sequence_length} is outside 3..{limit or '∞'} for preset {preset}")
+
+
 def tokenize_dataset(dataset, preset: str, *, sequence_length: int = 128, text_column: str = "text",
                      pair_column: str | None = None, masking: MaskingSettings | None = None,
                      mask_seed: int = 0, num_actors: int = PACKING_ACTORS, batch_size: int = PACKING_BATCH_ROWS):
@@ -120,14 +132,9 @@ def tokenize_dataset(dataset, preset: str, *, sequence_length: int = 128, text_c
     """
     import ray.data
 
-    from raynlp.presets import is_local, portable, resolve
+    from raynlp.presets import portable
 
-    preset_dir = resolve(preset)
-    if not is_local(preset_dir):
-        raise RaynlpError(f"tokenizing needs a local preset folder or a raynlp preset name, not {preset!r}")
-    limit = max_sequence_length(preset_dir)
-    if sequence_length < 3 or (limit and sequence_length > limit):
-        raise RaynlpError(f"sequence_length {sequence_length} is outside 3..{limit or '∞'} for preset {preset}")
+    check_packing_preset(preset, sequence_length)
     names = dataset.schema().names
     for column in [text_column] + ([pair_column] if pair_column else []):
         if column not in names:
@@ -157,9 +164,8 @@ def write_tokenized(dataset, output_dir: str, *, preset: str, sequence_length: i
 
     from raynlp._internal import storage
 
+    storage.check_unused(output_dir)
     output = storage.location(output_dir)
-    if not storage.is_empty(output):
-        raise RaynlpError(f"output folder {output_dir} is not empty; choose a new folder or delete it")
     # A Dataset executes with the context it was created with: the option goes on its own, not the global one.
     dataset.context.execution_options.preserve_order = True
     dataset.write_parquet(str(output))

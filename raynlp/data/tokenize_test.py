@@ -230,3 +230,23 @@ def test_bad_input_is_refused_with_one_line(ray_cluster, tmp_path, capsys):
     assert main(["tokenize", "--preset", "nope", "--dataset", "rotten_tomatoes", "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("raynlp: error: unknown preset 'nope'")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--sequence-length", "1024"], f"sequence_length 1024 is outside 3..512 for preset {PRESET}"),
+    (["--output", "{used}"], "output folder {used} is not empty; choose a new folder or delete it"),
+], ids=["preset", "sequence length", "output"])
+def test_tokenize_refuses_its_preset_and_output_before_ray_starts(tmp_path, flags, message):
+    import subprocess
+    import sys
+
+    (tmp_path / "reviews.txt").write_text("a gem of a film\n")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    argv = ["--preset", PRESET, "--input", str(tmp_path / "reviews.txt"), "--output", str(tmp_path / "out"),
+            *[flag.format(used=tmp_path / "used") for flag in flags]]
+    done = subprocess.run([sys.executable, "-m", "raynlp.cli", "tokenize", *argv], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(f"raynlp: error: {message.format(used=tmp_path / 'used')}")
+    assert "Ray" not in done.stderr and not (tmp_path / "out").exists()
