@@ -74,20 +74,19 @@ def _job_config(task: str, args, flags: dict[str, str]):
 
 
 def _tokenize(args) -> None:
-    from raynlp._internal import config_file, storage
+    from raynlp._internal import config_file
     from raynlp._internal.cluster import ensure_ray
     from raynlp.data import tokenize_dataset, write_tokenized
     from raynlp.data.config import CorpusSettings, MaskingSettings
     from raynlp.data.labels import as_label_ids
-    from raynlp.data.tokenize import check_packing_preset, packing_actors, packing_batch_rows
+    from raynlp.data.tokenize import check_tokenize_job, packing_actors, packing_batch_rows
 
     given = _flag_values(args, _CORPUS_FLAGS)
     corpus = config_file.load(CorpusSettings, None, values={k.removeprefix("data."): v for k, v in given.items()})
     masking = config_file.load(MaskingSettings, None, values=_flag_values(
         args, {"mask_rate": "selection_rate", "max_selections": "max_selections"})) if args.mlm else None
-    corpus.check()  # refused before Ray starts
-    check_packing_preset(args.preset, args.sequence_length)
-    storage.check_unused(args.output)
+    corpus.check_input()  # refused before Ray starts
+    check_tokenize_job(args.preset, args.sequence_length, args.output)
     ensure_ray(args.address)
     source, names = as_label_ids(corpus.open(shuffle_seed=args.shuffle_seed, pair_column=args.pair_column),
                                  corpus.class_names())
@@ -437,7 +436,7 @@ def _in_this_commands_terms(error: RaynlpError, args) -> RaynlpError:
     from raynlp.train.recipes import RECIPES
 
     error = getattr(error, "cause", error)  # Ray's wrapper of an error raised in a Ray task keeps the original
-    if isinstance(error, CorpusPathError) and error.field == "data.input" and hasattr(args, "input"):
+    if isinstance(error, CorpusPathError) and error.field == "data.input" and getattr(args, "input", None):
         return error.named("--input")
     if not isinstance(error, CorpusFileError):
         return error

@@ -60,7 +60,7 @@ def _vocab(config) -> Path:
     from raynlp._internal.cluster import ensure_ray
     from raynlp.data import learn_vocabulary, save_vocabulary
 
-    config.data.check()
+    config.data.check_input()
     ensure_ray(config.address)
     vocabulary = learn_vocabulary(config.data.open(), config.size, lowercase=config.lowercase,
                                   strip_accents=config.strip_accents)
@@ -76,8 +76,10 @@ def _evaluate(config) -> dict:
 
     from raynlp._internal.cluster import ensure_ray
     from raynlp.inference import evaluate
+    from raynlp.inference.classifier import describe_classifier
 
-    config.data.check()
+    config.data.check_input()
+    describe_classifier(config.preset)  # refused before Ray starts, as is a missing corpus
     ensure_ray(config.address)
     _check_gpus(config)
     report = evaluate(config.data.open(), config.preset, num_actors=config.num_actors, batch_size=config.batch_size,
@@ -105,9 +107,11 @@ def _predict(config) -> dict:
     from raynlp._internal import storage
     from raynlp._internal.cluster import ensure_ray
     from raynlp.inference import predict_dataset
+    from raynlp.inference.classifier import describe_classifier
 
     storage.check_unused(config.output)
-    config.data.check()
+    config.data.check_input()
+    describe_classifier(config.preset)  # refused before Ray starts, as is a missing corpus
     ensure_ray(config.address)
     _check_gpus(config)
     predictions = predict_dataset(config.data.open(), config.preset, num_actors=config.num_actors,

@@ -87,30 +87,60 @@ print("ok")
 
 
 @pytest.mark.parametrize("name", ["evaluate", "predict"])
-def test_inference_actors_that_ask_for_gpus_on_a_cluster_without_any_are_refused(ray_cluster, name, tmp_path):
+def test_inference_actors_that_ask_for_gpus_on_a_cluster_without_any_are_refused(ray_cluster, keras_hub_classifier,
+                                                                                 name, tmp_path):
     from raynlp.tasks import task
 
-    config = load_task_config(name, f"configs/{name}.yaml", ["num_gpus=1", f"output={tmp_path / 'out'}"])
+    config = load_task_config(name, f"configs/{name}.yaml", ["num_gpus=1", f"output={tmp_path / 'out'}",
+                                                             f"preset={keras_hub_classifier[0]}"])
     with pytest.raises(RaynlpError, match=r"^num_gpus=1, but no node of this cluster has a GPU \(4 CPUs\): leave "
                                           r"num_gpus out or join a cluster with GPUs \(address\)$"):
         task(name).run(config)
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("command", [
-    ["tokenize", "--preset", "bert_tiny_en_uncased_scratch", "--output", "{out}"],
-    ["evaluate", "--preset", "bert_tiny_en_uncased_scratch", "--output", "{out}/report.json"],
-    ["predict", "--preset", "bert_tiny_en_uncased_scratch", "--output", "{out}"],
-    ["vocab", "--size", "100", "--output", "{out}/vocab.txt"],
-], ids=lambda command: command[0])
-def test_a_corpus_that_does_not_exist_is_refused_naming_its_flag_before_ray_starts(tmp_path, command):
+def _refused_before_ray_starts(argv: list[str]) -> str:
+    """`raynlp *argv` in a process of its own: the one-line error it exits with, once it is sure Ray never started."""
     import subprocess
     import sys
 
-    missing, out = tmp_path / "reviws", tmp_path / "out"
-    argv = [part.format(out=out) for part in command] + ["--input", str(missing)]
     done = subprocess.run([sys.executable, "-m", "raynlp.cli", *argv], capture_output=True, text=True)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == (f"raynlp: error: --input: corpus path {missing} does not exist; "
-                                                     "give a file, a folder, a glob or an s3:// / gs:// URI")
-    assert "Ray" not in done.stderr and not out.exists()
+    assert done.returncode == 2 and "Ray" not in done.stderr, done.stderr[-2000:]
+    return done.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("command, given, field", [
+    (["tokenize", "--preset", "bert_tiny_en_uncased_scratch", "--output", "{out}"], "--input", "--input"),
+    (["evaluate", "--preset", "bert_tiny_en_uncased_scratch", "--output", "{out}/report.json"], "--input", "--input"),
+    (["predict", "--preset", "bert_tiny_en_uncased_scratch", "--output", "{out}"], "--input", "--input"),
+    (["vocab", "--size", "100", "--output", "{out}/vocab.txt"], "--input", "--input"),
+    (["evaluate", "--preset", "bert_tiny_en_uncased_scratch"], "--set=data.input", "data.input"),
+], ids=["tokenize", "evaluate", "predict", "vocab", "evaluate --set"])
+def test_a_corpus_that_does_not_exist_is_refused_naming_how_it_was_given_before_ray_starts(tmp_path, command, given,
+                                                                                           field):
+    missing, out = tmp_path / "reviws", tmp_path / "out"
+    argv = [part.format(out=out) for part in command] + [f"{given}={missing}"]
+    assert _refused_before_ray_starts(argv) == (f"raynlp: error: {field}: corpus path {missing} does not exist; "
+                                                "give a file, a folder, a glob or an s3:// / gs:// URI")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["predict", "--output", "{out}"]], ids=["evaluate", "predict"])
+@pytest.mark.parametrize("preset, message", [
+    ("{missing}", "preset folder '{missing}' does not exist"),
+    ("bert_tiny_en_uncased_scratch", "holds no classifier (no task.json with num_classes, no raynlp_model.json)"),
+], ids=["missing", "a backbone"])
+def test_a_preset_that_is_not_a_classifier_is_refused_before_ray_starts(tmp_path, command, preset, message):
+    (tmp_path / "reviews.csv").write_text("text,label\na gem of a film,1\n")
+    missing, out = tmp_path / "run" / "preset", tmp_path / "out"
+    argv = [part.format(out=out) for part in command] + ["--preset", preset.format(missing=missing), "--input",
+                                                         str(tmp_path / "reviews.csv")]
+    assert message.format(missing=missing) in _refused_before_ray_starts(argv)
+    assert not out.exists()
+
+
+def test_the_python_workflows_name_a_missing_corpus_by_their_own_argument(tmp_path):
+    from raynlp import workflows
+
+    with pytest.raises(RaynlpError, match=r"^input: corpus path \S+reviws does not exist"):
+        workflows.vocab(100, str(tmp_path / "vocab.txt"), input=str(tmp_path / "reviws"))

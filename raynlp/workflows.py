@@ -80,7 +80,7 @@ def _corpus(dataset, input, split):
 
     values = {"dataset": dataset, "input": input, "split": split}
     corpus = config_file.load(CorpusSettings, None, values={k: v for k, v in values.items() if v is not None})
-    corpus.check()  # before Ray starts
+    corpus.check_input(field="input")  # before Ray starts
     return corpus
 
 
@@ -93,9 +93,10 @@ def tokenize(preset: str, output: str, *, dataset: str | None = None, input: str
     from raynlp._internal.cluster import ensure_ray
     from raynlp.data import MaskingSettings, tokenize_dataset, write_tokenized
     from raynlp.data.labels import as_label_ids
-    from raynlp.data.tokenize import packing_actors, packing_batch_rows
+    from raynlp.data.tokenize import check_tokenize_job, packing_actors, packing_batch_rows
 
     corpus = _corpus(dataset, input, split)
+    check_tokenize_job(preset, sequence_length, output)
     ensure_ray()
     masking = MaskingSettings() if masked_lm else None
     source, names = as_label_ids(corpus.open(shuffle_seed=shuffle_seed), corpus.class_names())
@@ -133,8 +134,10 @@ def evaluate(preset: str, *, dataset: str | None = None, input: str | None = Non
     """Level 1 at scale: accuracy, loss and confusion matrix over a labelled corpus, on a Ray Data actor pool."""
     from raynlp._internal.cluster import ensure_ray
     from raynlp.inference import evaluate as evaluate_dataset
+    from raynlp.inference.classifier import describe_classifier
 
     settings = _corpus(dataset, input, split)
+    describe_classifier(preset)  # before Ray starts
     ensure_ray()
     corpus = settings.open()
     if max_rows:

@@ -174,20 +174,20 @@ def test_more_labels_than_num_classes_is_refused(ray_cluster, tmp_path):
 @pytest.mark.parametrize("command, suggested", [
     (["tokenize", "--preset", "bert_tiny_en_uncased_scratch", "--output", "{out}", "--input", "{file}"],
      "(give its encoding (--encoding latin-1) or --skip-bad-files to leave such files out)"),
-    (["evaluate", "--preset", "{out}", "--input", "{file}"],
+    (["evaluate", "--preset", "{classifier}", "--input", "{file}"],
      "(give its encoding (--encoding latin-1) or --skip-bad-files to leave such files out)"),
     (["finetune", "--config", str(CONFIGS / "finetune.yaml"), "--set", "run.output={out}", "--set", "data.dataset=null",
       "--set", "data.train={file}"],
      "(give its encoding (--set data.encoding=latin-1) or --set data.skip_bad_files=true to leave such files out)"),
 ])
 def test_an_unreadable_file_is_named_with_the_options_of_the_command_that_failed(
-        ray_cluster, tmp_path, capsys, command, suggested):
+        ray_cluster, keras_hub_classifier, tmp_path, capsys, command, suggested):
     from raynlp.cli import main
 
     (tmp_path / "corpus").mkdir()
     bad = tmp_path / "corpus" / "old.csv"
     bad.write_bytes("text,label\ncafé,1\n".encode("latin-1"))
-    status = main([part.format(out=tmp_path / "out", file=bad) for part in command])
+    status = main([part.format(out=tmp_path / "out", file=bad, classifier=keras_hub_classifier[0]) for part in command])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert status == 2 and error == f"raynlp: error: corpus file {bad} is not UTF-8 text (byte 0xe9 at offset 14) {suggested}"
 

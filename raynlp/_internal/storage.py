@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from raynlp._internal.home import cache_dir
+from raynlp.errors import RaynlpError
 
 # What pyarrow raises for a URI it cannot open or use: unknown scheme, no credentials, no such bucket.
 ERRORS = (OSError, ValueError, NotImplementedError)
@@ -98,8 +99,6 @@ def is_empty(folder: str | Path) -> bool:
 
 def check_unused(folder: str | Path) -> None:
     """Refuse a folder that holds something, for a command that writes a new data set into it."""
-    from raynlp.errors import RaynlpError
-
     if not is_empty(location(folder)):
         raise RaynlpError(f"output folder {folder} is not empty; choose a new folder or delete it")
 

@@ -36,12 +36,13 @@ class CorpusSettings(Section):
             raise ValueError("give exactly one of data.dataset and data.input")
         return self
 
-    def check(self) -> None:
-        """Refuse an input path that does not exist, naming data.input, before a command starts Ray."""
+    def check_input(self, field: str = "data.input") -> None:
+        """Refuse an input path that does not exist, naming it as the caller knows it (`field`), before a command
+        starts Ray."""
         from raynlp.data.corpus import check_corpus_path
 
         if self.input:
-            check_corpus_path(self.input, field="data.input")
+            check_corpus_path(self.input, field=field)
 
     def class_names(self) -> list[str] | None:
         """The class-folder names of a class-folder corpus (a listing), else None."""

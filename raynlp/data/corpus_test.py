@@ -157,3 +157,27 @@ def test_string_and_integer_labels_become_ids_and_names(ray_cluster, tmp_path):
     assert sorted(r["label"] for r in encode_labels(ids, None).take_all()) == [0, 2]
     with pytest.raises(Exception, match="label 'sports' is not one of the labels the model knows \\(arts, news\\)"):
         encode_labels(named, ["arts", "news"]).take_all()
+
+
+def test_a_corpus_path_that_does_not_exist_is_refused_naming_its_field_and_any_other_passes(
+        s3_server, tmp_path, monkeypatch):
+    """The check a command makes before it starts Ray: one call on the path's filesystem."""
+    import pyarrow.fs
+
+    from raynlp.data.corpus import CorpusPathError, check_corpus_path
+
+    (tmp_path / "reviews").mkdir()
+    (tmp_path / "reviews" / "a.txt").write_text("a gem of a film\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    s3 = pyarrow.fs.S3FileSystem(endpoint_override=s3_server["AWS_ENDPOINT_URL"], allow_bucket_creation=True)
+    s3.create_dir("corpora")
+    with s3.open_output_stream("corpora/reviews/a.txt") as f:
+        f.write(b"a gem of a film\n")
+    # A glob matching nothing is left to the read, which names it.
+    for path in ["reviews", "~/reviews", str(tmp_path / "reviews" / "a.txt"), "s3://corpora/reviews",
+                 "s3://corpora/reviews/a.txt", "nothing/*.txt"]:
+        check_corpus_path(path, field="data.train")
+    for path in ["reviws", "~/reviws", "s3://corpora/reviws"]:
+        with pytest.raises(CorpusPathError, match=rf"^data.train: corpus path {path} does not exist"):
+            check_corpus_path(path, field="data.train")

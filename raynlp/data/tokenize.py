@@ -121,6 +121,14 @@ def check_packing_preset(preset: str, sequence_length: int) -> None:
         raise RaynlpError(f"sequence_length {sequence_length} is outside 3..{limit or '∞'} for preset {preset}")
 
 
+def check_tokenize_job(preset: str, sequence_length: int, output_dir: str) -> None:
+    """What a job that tokenizes into `output_dir` can refuse before it starts Ray: the preset, the folder."""
+    from raynlp._internal import storage
+
+    check_packing_preset(preset, sequence_length)
+    storage.check_unused(output_dir)
+
+
 def tokenize_dataset(dataset, preset: str, *, sequence_length: int = 128, text_column: str = "text",
                      pair_column: str | None = None, masking: MaskingSettings | None = None,
                      mask_seed: int = 0, num_actors: int = PACKING_ACTORS, batch_size: int = PACKING_BATCH_ROWS):

@@ -61,10 +61,13 @@ class PreparedData:
 
 def check_paths(config: RecipeConfig) -> None:
     """Refuse a data.train, data.validation or data.test path that does not exist, naming the field: before Ray
-    starts. (The files are checked by `raw_splits`, before the run's folder is claimed.)"""
+    starts. (`raw_splits` checks the files' heads, before the run's folder is claimed.) A named data set's run
+    reads no path."""
     from raynlp.data.corpus import check_corpus_path
 
-    for split in ("train", "validation", "test"):
+    if config.data.dataset:
+        return
+    for split in SPLITS:
         path = getattr(config.data, split)
         if path is not None:
             check_corpus_path(path, field=f"data.{split}")
