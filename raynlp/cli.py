@@ -12,7 +12,7 @@ import sys
 
 from raynlp._internal.cluster import ADDRESS_HELP, WORKER_ENV
 from raynlp.bench import BENCHMARKS
-from raynlp.errors import RaynlpError
+from raynlp.errors import RaynlpError, raynlp_error_behind
 
 for _name, _value in WORKER_ENV.items():  # this process too: it may import Keras
     os.environ.setdefault(_name, _value)
@@ -418,17 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raynlp_error(error: BaseException) -> RaynlpError | None:
-    """The RaynlpError behind `error`, also when Ray wrapped it in a task or actor error."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, RaynlpError):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
-
-
 def _in_this_commands_terms(error: RaynlpError, args) -> RaynlpError:
     """A corpus error in this command's terms: a missing input named by its flag, an unreadable file's error with
     the way to go on that this command takes."""
@@ -454,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = args.run(args)
     except Exception as e:
-        found = _raynlp_error(e)
+        found = raynlp_error_behind(e)
         if found is None:
             raise
         found = _in_this_commands_terms(found, args)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from raynlp.errors import RaynlpError
+from raynlp.errors import RaynlpError, raynlp_error_behind
 from raynlp.train import load_config, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -95,13 +95,22 @@ def test_a_data_path_that_does_not_exist_is_refused_naming_the_field_before_ray_
     assert "Ray" not in done.stderr and not out.exists()
 
 
-def test_a_corpus_refused_as_it_is_read_leaves_the_output_folder_unclaimed(ray_cluster, tmp_path):
-    """Read after Ray starts but before the folder is claimed: the fixed config must not meet the refused one's
-    claim as "another run"."""
+def test_a_new_run_refused_for_its_data_gives_its_output_folder_back(ray_cluster, tmp_path):
+    """Refused after the folder was claimed, in the driver (a file's head) or in a Ray task reading past it: the
+    fixed config must not meet the refused one's claim as "another run"."""
+    from raynlp.data.corpus import CorpusFileError
+
     corpus = tmp_path / "reviews.csv"
     corpus.write_text("review,label\n" + "".join(f"review number {i},{i % 2}\n" for i in range(64)))
     with pytest.raises(RaynlpError, match="has no column 'text'"):
         train(finetune(tmp_path / "run", "data.dataset=null", f"data.train={corpus}"))
+    assert not (tmp_path / "run").exists()
+    late = tmp_path / "late.csv"  # UTF-8 for longer than the head the driver checks, then a latin-1 byte
+    late.write_bytes(("text,label\n" + "".join(f"review number {i},{i % 2}\n" for i in range(8000))).encode()
+                     + "café,1\n".encode("latin-1"))
+    with pytest.raises(Exception) as refused:
+        train(finetune(tmp_path / "run", "data.dataset=null", f"data.train={late}"))
+    assert isinstance(raynlp_error_behind(refused.value), CorpusFileError), refused.value
     assert not (tmp_path / "run").exists()
 
 
@@ -165,10 +174,20 @@ def test_labelled_task_on_unlabelled_data_is_refused(ray_cluster, tmp_path):
 
 
 def test_more_labels_than_num_classes_is_refused(ray_cluster, tmp_path):
+    """Found once the labels are tokenized: a new run gives its folder back (model.num_classes=3 then runs there);
+    a resumed run keeps what it holds."""
+    from raynlp.train._internal.run_folder import RUN_FILE, RunFolder
+
     corpus = tmp_path / "three.csv"
     corpus.write_text("text,label\n" + "".join(f"review number {i},{i % 3}\n" for i in range(60)))
+    config = finetune(tmp_path / "run", "data.dataset=null", f"data.train={corpus}", "model.num_classes=2")
     with pytest.raises(RaynlpError, match="model.num_classes is 2, but the training data holds label 2"):
-        train(finetune(tmp_path / "run", "data.dataset=null", f"data.train={corpus}", "model.num_classes=2"))
+        train(config)
+    assert not (tmp_path / "run").exists()
+    RunFolder.open(config).claim(config)  # as a run that got this far before, then stopped
+    with pytest.raises(RaynlpError, match="model.num_classes is 2, but the training data holds label 2"):
+        train(config)
+    assert (tmp_path / "run" / RUN_FILE).exists() and (tmp_path / "run" / "data" / "train").is_dir()
 
 
 @pytest.mark.parametrize("command, suggested", [

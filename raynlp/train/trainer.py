@@ -72,16 +72,16 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
     prepare.check_paths(config)
     run = RunFolder.open(config)
     ensure_ray(config.run.address)
-    # What can be refused is refused before the folder is claimed: a fixed config must not meet the claim of the
-    # refused one as "another run".
-    check_layout(config, *cluster_nodes())
-    splits, label_names = prepare.raw_splits(config, labelled=recipe.labelled)  # the corpus files and labels
+    check_layout(config, *cluster_nodes())  # before the folder is claimed (a fixed config must not be "another run")
     run.claim(config)
 
-    # 1. Tokenize every split once, on Ray Data, into Parquet shards in the run's folder.
-    tokenizer = recipe.tokenizer(config, splits["train"], run)
-    data = prepare.prepare(config, splits, tokenizer, masked_lm=recipe.masked_lm, out=run.root)
-    num_classes = prepare.num_classes(config, data, label_names) if recipe.labelled else None
+    # 1. Tokenize every split once, on Ray Data, into Parquet shards in the run's folder (a new run refused for its
+    # data, a file or a label, gives the folder back: the fixed config must not be "another run" either).
+    with run.given_back_if_refused():
+        splits, label_names = prepare.raw_splits(config, labelled=recipe.labelled)
+        tokenizer = recipe.tokenizer(config, splits["train"], run)
+        data = prepare.prepare(config, splits, tokenizer, masked_lm=recipe.masked_lm, out=run.root)
+        num_classes = prepare.num_classes(config, data, label_names) if recipe.labelled else None
     plan = _plan(config, recipe, data, preset_dir=preset_dir, tokenizer_dir=tokenizer, num_classes=num_classes,
                  label_names=label_names, tensorboard_dir=str(run.join("tensorboard")),
                  mlflow_run_id=mlflow_run.open_run(config, run))

@@ -61,8 +61,8 @@ class PreparedData:
 
 def check_paths(config: RecipeConfig) -> None:
     """Refuse a data.train, data.validation or data.test path that does not exist, naming the field: before Ray
-    starts. (`raw_splits` checks the files' heads, before the run's folder is claimed.) A named data set's run
-    reads no path."""
+    starts. (`raw_splits` checks the files' heads, the reading tasks the rest.) A named data set's run reads no
+    path."""
     from raynlp.data.corpus import check_corpus_path
 
     if config.data.dataset:

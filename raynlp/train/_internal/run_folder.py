@@ -2,6 +2,7 @@
 
     >>> run = RunFolder.open(config)           # new, or this very run again (it resumes); another run's is refused
     >>> run.claim(config)                      # the folder is this run's from now on
+    >>> with run.given_back_if_refused(): ...  # its data refused before training: the folder is as it was found
     >>> run.staged("metrics.json")             # where the driver makes a file: the folder, or a local staging folder
     >>> run.publish("metrics.json")            # ... uploaded to the URI (nothing to do for a local folder)
 
@@ -13,6 +14,7 @@ fresh under raynlp's cache and removed by `close()`, once everything is uploaded
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from raynlp._internal import storage
-from raynlp.errors import RaynlpError
+from raynlp.errors import RaynlpError, raynlp_error_behind
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class RunFolder:
         self.root: Path | str = storage.location(output)
         self.remote = storage.is_uri(self.root)
         self.local: Path = storage.local_dir("staging", self.root, tail=0) if self.remote else self.root
+        self.new = True  # no run held the folder when it was opened
 
     @classmethod
     def open(cls, config) -> RunFolder:
@@ -52,6 +55,7 @@ class RunFolder:
                     f"output folder {run.root} holds another run (task {previous.get('task')}, preset "
                     f"{previous.get('preset')}); choose a new run.output or delete the folder")
             logger.info("output folder %s holds this run: resuming from its latest checkpoint", run.root)
+            run.new = False
         elif not empty:
             raise RaynlpError(f"output folder {run.root} is not empty and holds no raynlp run; choose a new run.output")
         return run
@@ -67,6 +71,18 @@ class RunFolder:
             shutil.rmtree(self.local, ignore_errors=True)
             self.local.mkdir(parents=True)
         return self
+
+    @contextlib.contextmanager
+    def given_back_if_refused(self):
+        """Around what a new run does before it trains: refused for its input (a RaynlpError, also from a Ray
+        task), the run takes back all it wrote, so that the fixed config finds the folder free, not "another run"."""
+        try:
+            yield
+        except Exception as error:
+            if self.new and raynlp_error_behind(error) is not None:
+                storage.delete(self.root)
+                self.close()
+            raise
 
     def join(self, *names: str) -> Path | str:
         """A path (or URI) inside the run's folder."""
