@@ -18,5 +18,5 @@ def raynlp_error_behind(error: BaseException) -> RaynlpError | None:
         seen.add(id(error))
         if isinstance(error, RaynlpError):
             return error
-        error = error.__cause__ or error.__context__
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     return None

@@ -112,6 +112,24 @@ def test_a_new_run_refused_for_its_data_gives_its_output_folder_back(ray_cluster
         train(finetune(tmp_path / "run", "data.dataset=null", f"data.train={late}"))
     assert isinstance(raynlp_error_behind(refused.value), CorpusFileError), refused.value
     assert not (tmp_path / "run").exists()
+    (tmp_path / "made").mkdir()  # a folder the user made for it stays, as it was
+    with pytest.raises(RaynlpError, match="has no column 'text'"):
+        train(finetune(tmp_path / "made", "data.dataset=null", f"data.train={corpus}"))
+    assert (tmp_path / "made").is_dir() and not any((tmp_path / "made").iterdir())
+
+
+def test_a_new_run_that_fails_for_another_reason_keeps_its_output_folder(ray_cluster, tmp_path, monkeypatch):
+    """Only bad input gives the folder back: what a run wrote before, say, a full disk is kept."""
+    from raynlp.train._internal import prepare
+    from raynlp.train._internal.run_folder import RUN_FILE
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(prepare, "prepare", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        train(finetune(tmp_path / "run"))
+    assert (tmp_path / "run" / RUN_FILE).exists()
 
 
 def test_unknown_preset_and_too_long_sequences_are_refused_before_the_output_is_claimed(tmp_path):

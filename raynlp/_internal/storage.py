@@ -121,6 +121,16 @@ def delete(path: str | Path) -> None:
         fs.delete_file(inner)
 
 
+def delete_contents(folder: str | Path) -> None:
+    """Delete everything in `folder`, keeping the folder; nothing happens where there is none."""
+    if not is_uri(folder):
+        for child in Path(folder).iterdir() if Path(folder).is_dir() else []:
+            delete(child)
+        return
+    fs, inner = filesystem(folder)
+    fs.delete_dir_contents(inner, missing_dir_ok=True)
+
+
 def upload(local: str | Path, uri: str) -> None:
     """Copy a local folder (or file) to `uri`, replacing what was there."""
     import pyarrow.fs

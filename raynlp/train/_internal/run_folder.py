@@ -2,7 +2,7 @@
 
     >>> run = RunFolder.open(config)           # new, or this very run again (it resumes); another run's is refused
     >>> run.claim(config)                      # the folder is this run's from now on
-    >>> with run.given_back_if_refused(): ...  # its data refused before training: the folder is as it was found
+    >>> with run.given_back_if_refused(): ...  # a new run refused for its data takes back what it wrote
     >>> run.staged("metrics.json")             # where the driver makes a file: the folder, or a local staging folder
     >>> run.publish("metrics.json")            # ... uploaded to the URI (nothing to do for a local folder)
 
@@ -36,7 +36,8 @@ class RunFolder:
         self.root: Path | str = storage.location(output)
         self.remote = storage.is_uri(self.root)
         self.local: Path = storage.local_dir("staging", self.root, tail=0) if self.remote else self.root
-        self.new = True  # no run held the folder when it was opened
+        self.new = False  # set by `open`: no run held the folder when it was opened
+        self.existed = True  # set by `open`: the folder was there (empty, where new)
 
     @classmethod
     def open(cls, config) -> RunFolder:
@@ -47,6 +48,7 @@ class RunFolder:
         try:
             empty = storage.is_empty(run.root)
             previous = None if empty or not storage.exists(run_file) else json.loads(storage.read_text(run_file))
+            run.new, run.existed = previous is None, storage.exists(run.root)
         except storage.ERRORS as e:
             raise run._unusable(e) from e
         if previous is not None:
@@ -55,7 +57,6 @@ class RunFolder:
                     f"output folder {run.root} holds another run (task {previous.get('task')}, preset "
                     f"{previous.get('preset')}); choose a new run.output or delete the folder")
             logger.info("output folder %s holds this run: resuming from its latest checkpoint", run.root)
-            run.new = False
         elif not empty:
             raise RaynlpError(f"output folder {run.root} is not empty and holds no raynlp run; choose a new run.output")
         return run
@@ -75,12 +76,19 @@ class RunFolder:
     @contextlib.contextmanager
     def given_back_if_refused(self):
         """Around what a new run does before it trains: refused for its input (a RaynlpError, also from a Ray
-        task), the run takes back all it wrote, so that the fixed config finds the folder free, not "another run"."""
+        task), the run takes back all it wrote (the folder too, where the run made it), so that the fixed config
+        finds the folder free, not "another run". Two runs writing into one folder at once are not supported."""
         try:
             yield
         except Exception as error:
             if self.new and raynlp_error_behind(error) is not None:
-                storage.delete(self.root)
+                try:
+                    if self.existed:
+                        storage.delete_contents(self.root)
+                    else:
+                        storage.delete(self.root)
+                except storage.ERRORS as e:  # the refusal is what the caller must see
+                    logger.warning("could not give back output folder %s: %s", self.root, e)
                 self.close()
             raise
 
