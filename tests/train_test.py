@@ -1,6 +1,6 @@
 """End to end on a real local Ray cluster: fine-tuning from a user's class folders, pretraining, fine-tuning from
-cached tokens of sentence pairs on two workers through a killed worker and a resume (levels 4 and 6, and the demo's
-chain of all six, run in tests/demo_test.py).
+cached tokens of sentence pairs on two workers (levels 4 and 6, and the demo's chain of all six, run in
+tests/demo_test.py; a killed worker and a resume in tests/long_runs_test.py).
 
 Sizes are small so that the suite stays fast on 2 CPU cores; what each test asserts would fail if training
 did not learn, if the export did not hold the trained weights, or if a resumed run started over.
