@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
 import time
 
 import numpy as np
@@ -272,6 +273,43 @@ def test_shard_cache_reads_the_shard_once_whoever_asks_first():
     again = shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=4, cache=cache)
     next(again)
     assert shard.passes == 1  # a new generator over the same cache does not read the shard either
+
+
+class CountedShard(ListShard):
+    """A shard that notes each batch it gives, and whether a batch was asked for on the caller's thread."""
+
+    def __init__(self, rows: int):
+        super().__init__(rows)
+        self.given, self.threads = 0, set()
+
+    def iter_batches(self, **options):
+        for batch in super().iter_batches(**options):
+            self.given += 1
+            self.threads.add(threading.current_thread().name)
+            yield batch
+
+
+def test_a_cache_that_started_reading_holds_the_pass_before_anyone_asks_and_raises_what_the_read_raised():
+    """The worker starts its caches reading before it imports Keras and builds the model (`loop.py`)."""
+    shard = CountedShard(rows=50)
+    cache = ShardCache()
+    cache.start_reading(shard, batch_size=8, steps=4)
+    deadline = time.monotonic() + 10
+    while shard.given < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert shard.passes == 1 and shard.given == 6  # the whole pass read (4 batches kept), nobody having asked
+    assert threading.current_thread().name not in shard.threads
+    batches = shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=4, cache=cache)
+    epochs = [[next(batches)[1] for _ in range(4)] for _ in range(2)]
+    assert shard.passes == 1 and len(cache.batches) == 4  # dealt from that read, every epoch
+    expected = [shard.rows["label"][i * 8 : (i + 1) * 8] for i in range(4)]
+    for epoch in epochs:
+        assert all(np.array_equal(a, b) for a, b in zip(epoch, expected))
+
+    short = ShardCache()
+    short.start_reading(ListShard(rows=20), batch_size=8, steps=4)
+    with pytest.raises(RaynlpError, match="ran out after 2 of 4 batches"):
+        next(shard_batches(shard, batch_size=8, feature_columns=FEATURES, label_column="label", steps=4, cache=short))
 
 
 def test_shuffled_cache_deals_the_same_rows_in_a_new_order_each_epoch():

@@ -10,6 +10,7 @@ the shard to the compiled step as numpy arrays, with no `tf.data` in between.
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -115,8 +116,7 @@ def shard_batches(
                                       timeout_s), epoch, skip)
             epoch += 1  # a pass abandoned midway never gets here
         else:
-            if not cache:
-                cache.fill(list(_one_pass(shard, batch_size, steps, {}, timeout_s)))  # the only pass from Ray Data
+            cache.read(shard, batch_size=batch_size, steps=steps, timeout_s=timeout_s)
             yield from deal(cache.replay(), cache.epoch, skip)
         skip = 0
 
@@ -213,12 +213,28 @@ class ShardCache:
         self.batches: list = []
         self.shuffle_seed = shuffle_seed
         self.epoch = first_epoch  # the epoch the next complete pass deals
+        self._reading: concurrent.futures.Future | None = None
 
     def __bool__(self) -> bool:
         return bool(self.batches)
 
-    def fill(self, batches: list) -> None:
-        self.batches = list(batches)
+    def start_reading(self, shard: Any, *, batch_size: int, steps: int, timeout_s: float | None = None) -> None:
+        """Read the shard's one pass from Ray Data in a thread from now on, so that Ray Data's start and the read
+        overlap what the worker does meanwhile (importing Keras, building the model), which the first batch
+        would otherwise wait for. `read` waits for it, and raises what it raised."""
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="raynlp-shard-cache")
+        self._reading = pool.submit(lambda: list(_one_pass(shard, batch_size, steps, {}, timeout_s)))
+        pool.shutdown(wait=False)
+
+    def read(self, shard: Any, *, batch_size: int, steps: int, timeout_s: float | None = None) -> None:
+        """Hold the shard's first `steps` batches, read from Ray Data once: the read `start_reading` began, else
+        a pass now. A no-op once they are held."""
+        if self.batches:
+            return
+        if self._reading is not None:
+            self.batches, self._reading = self._reading.result(), None
+        else:
+            self.batches = list(_one_pass(shard, batch_size, steps, {}, timeout_s))  # the only pass from Ray Data
 
     def replay(self) -> Iterator[Any]:
         """This epoch's batches; the epoch counts as done once the last one was taken."""

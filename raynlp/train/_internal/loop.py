@@ -12,11 +12,23 @@ logger = logging.getLogger(__name__)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
+    import ray.train
+
+    from raynlp.train.config import RecipeConfig
+    from raynlp.train.recipes import RECIPES, Plan
+
+    config = RecipeConfig.model_validate(loop_config["recipe"])
+    plan = _on_this_node(Plan(**loop_config["plan"]), config)
+    recipe, train = RECIPES[config.task], config.train
+
+    # 0. Shards kept in memory start coming from Ray Data at once, in threads of their own: Ray Data's start and
+    # the read overlap the imports and the model's build below, which the first batch would otherwise wait for.
+    caches = _caches_reading(plan, config) if plan.cache_shards else {}
+
     import collections
     import functools
 
     import keras
-    import ray.train
 
     from raynlp._internal.cluster import keep_tensorflow_off_gpus
     from raynlp._internal.compilation_cache import use_compilation_cache
@@ -35,13 +47,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         restore_from_ray,
     )
     from raynlp.train._internal.distributed import check_replicas_agree, setup_data_parallel
-    from raynlp.train._internal.feeding import ShardCache, shard_batches
-    from raynlp.train.config import RecipeConfig
-    from raynlp.train.recipes import RECIPES, Plan
-
-    config = RecipeConfig.model_validate(loop_config["recipe"])
-    plan = _on_this_node(Plan(**loop_config["plan"]), config)
-    recipe, train = RECIPES[config.task], config.train
+    from raynlp.train._internal.feeding import shard_batches
 
     # 1. One replica of a data-parallel run (a plain process when there is one worker), which loads what this
     # node compiled before (a restarted group, a resumed run) instead of compiling it again; the GPUs are JAX's.
@@ -64,10 +70,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # 3. This worker's shards, an equal number of local batches on every rank. Training rows are dealt in a new
     # order every epoch after the first (the first is the shards' own, shuffled when they were written): from
-    # memory, or through a seeded buffer for a streamed shard. A cache lasts the whole run.
+    # memory, from the checkpoint's epoch on, or through a seeded buffer for a streamed shard. A cache lasts the
+    # whole run.
     batch_size, steps = train.batch_size, plan.steps_per_epoch
-    caches = {split: ShardCache(train.seed if split == "train" and train.shuffle else None, first_epoch=epoch)
-              for split in ("train", plan.validation_split, "test")} if plan.cache_shards else {}
+    for cache in caches.values():
+        cache.epoch = epoch
     tokens = RealTokens()
 
     def batches(split: str, steps: int, **position):
@@ -142,6 +149,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if going and epoch < train.epochs:
         fit(batches("train", steps, first_epoch=epoch), steps_per_epoch=steps, epochs=train.epochs,
             initial_epoch=epoch)
+
+
+def _caches_reading(plan, config) -> dict:
+    """A `ShardCache` for each split the run reads, each already reading this worker's shard."""
+    import ray.train
+
+    from raynlp.train._internal.feeding import ShardCache
+
+    steps = {"train": plan.steps_per_epoch, "test": plan.test_steps}
+    steps[plan.validation_split] = plan.validation_steps  # the test split's, when it is the validation split too
+    caches = {}
+    for split, split_steps in steps.items():
+        if split_steps:
+            shuffled = split == "train" and config.train.shuffle
+            caches[split] = ShardCache(config.train.seed if shuffled else None)
+            caches[split].start_reading(ray.train.get_dataset_shard(split), batch_size=config.train.batch_size,
+                                        steps=split_steps, timeout_s=config.run.feed_timeout_s)
+    return caches
 
 
 def _scalar_sinks(plan, config) -> list:
