@@ -126,10 +126,14 @@ def test_exported_preset_loads_with_keras_hub_alone_and_predicts_as_trained(fine
 @pytest.fixture(scope="module")
 def pretrained(ray_cluster, tmp_path_factory):
     """Level 5: masked-LM pretraining of a random-init BERT-Tiny on Shakespeare (one worker: two are the
-    chained fine-tune's): 1,500 passages packed into about 2,050 full windows, masks drawn per batch."""
-    config = recipe("pretrain_shakespeare", tmp_path_factory.mktemp("pretrain") / "run", "data.max_train_rows=1500",
-                    "data.max_test_rows=256", "data.sequence_length=32", "train.epochs=3", "scaling.num_workers=1")
+    chained fine-tune's): 750 passages packed into about 1,000 full windows, masks drawn per batch."""
+    config = recipe("pretrain_shakespeare", tmp_path_factory.mktemp("pretrain") / "run",
+                    f"data.max_train_rows={PASSAGES}", "data.max_test_rows=256", "data.sequence_length=32",
+                    "train.epochs=2", "scaling.num_workers=1")
     return train(config)
+
+
+PASSAGES = 750
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +163,7 @@ def test_pretrain_lowers_masked_lm_loss_and_exports_a_backbone(pretrained):
 
     losses = [m["loss"] for m in pretrained.metrics]
     accuracies = [m["accuracy"] for m in pretrained.metrics]
-    # From the first steps' loss (the mean over the first tenth of epoch 1: 2.35 measured) to the last epoch's (1.46).
+    # From the first steps' loss (the mean over the first tenth of epoch 1: 10.3 measured) to the last epoch's (7.1).
     assert losses[-1] < pretrained.metrics[0]["progress"][0]["loss"] - 0.5 and losses[-1] < losses[0], losses
     assert accuracies[-1] > accuracies[0], accuracies
     assert pretrained.metrics[-1]["val_loss"] < pretrained.metrics[0]["val_loss"]
@@ -171,7 +175,7 @@ def test_pretrain_lowers_masked_lm_loss_and_exports_a_backbone(pretrained):
     # Trained on packed windows (pretraining's default) with masks drawn by the workers, none in the shards.
     manifest = json.loads((pretrained.output / "data" / "train" / "_raynlp_tokenized.json").read_text())
     packing = manifest["packing"]
-    assert packing["documents"] == 1500 and packing["windows"] == manifest["rows"] > 1500
+    assert packing["documents"] == PASSAGES and packing["windows"] == manifest["rows"] > PASSAGES
     assert packing["padding_after"] < 0.01 < 0.3 < packing["padding_before"] and manifest["masking"] is None
     assert pretrained.metrics[0]["global_step"] == manifest["rows"] // 32  # every window trained (batch 32)
     # Each window says where its first document's part starts, for the masker's positions (document attention).
