@@ -35,8 +35,8 @@ FROZEN_BUILDER = "raynlp.train.examples.frozen_backbone:build"
 class DemoSize:
     backbone: str
     pretrain_rows: int
-    # Reviews level 5 validates on. Each is packed into tens of windows: the tiny size's two are about as many
-    # windows as it trains on (pretrain_steps × a batch of 8).
+    # Reviews level 5 validates on: each is packed into several windows, and these are about as many windows as
+    # level 5 trains on (pretrain_steps × a batch of 8).
     pretrain_test_rows: int
     train_rows: int
     test_rows: int | None  # None: the whole test split
@@ -54,7 +54,7 @@ class DemoSize:
 
 SIZES = {
     # What `make demo` runs (README gives its time on 2 CPU cores).
-    "full": DemoSize(backbone=BACKBONE, pretrain_rows=400, pretrain_test_rows=100, train_rows=1600, test_rows=None,
+    "full": DemoSize(backbone=BACKBONE, pretrain_rows=400, pretrain_test_rows=25, train_rows=1600, test_rows=None,
                      epochs=1, sequence_length=64, pretrain_sequence_length=128, pretrain_steps=25, workers=2,
                      scratch_rows=1600, scratch_epochs=3, vocabulary_size=8000),
     # The same pipeline at a small budget at which every classifier still beats chance (the test of the demo):
