@@ -38,9 +38,10 @@ of both workers' shards (other rows together), so its losses differ a little.
 The three ways the goals compare (the plain process, the Ray task, raynlp on 1 worker) run twice, first in
 order and at the end in reverse order, the other ways once between (a b c … c b a): the machine's speed drifts over
 the minutes a bench takes by more than the gaps between ways, and a linear drift then reaches each of the three
-alike, while the ways between sit within their span. A way's figures are over its runs (each run's own under
-`runs`; the per-step ratio of each of the two in `median_step_ratio_to_keras_hub_fit_in_ray_task_by_run`);
-`order` lists the runs as they ran.
+alike, while the ways between sit within their span (`rounds=1` runs each way once, for a quick look). A way's
+figures are over its runs (each run's own under `runs`; the per-step ratio of each of the raynlp runs to the Ray
+task's in the same round in `median_step_ratio_to_keras_hub_fit_in_ray_task_by_run`); `order` lists the runs as
+they ran.
 
 Throughput is examples per second over the epochs after the first (the first one includes compilation, and
 for raynlp reading the shard), so each way is measured in its steady state. Every way carries a step clock, so
@@ -234,12 +235,21 @@ def _checked_rows(rows: int | None) -> int:
     return rows or DEFAULT_ROWS
 
 
-def run_train_bench(output_dir: Path, rows: int | None = None, more_workers: tuple[int, ...] = (2,),
-                    checkpoint_every: int = CHECKPOINT_EVERY) -> Path:
-    """Every way in the module's docstring but `--nodes`'s; `more_workers`: the worker counts raynlp also runs
-    beside 1."""
-    from raynlp._internal.cluster import ensure_ray
+def _run_order(compared: list[str], between: list[str], rounds: int) -> list[str]:
+    """The order the ways run in: the compared ones first, the others between, and with 2 rounds the compared
+    ones again, last and in reverse (a b c … c b a)."""
+    return [*compared, *between, *(reversed(compared) if rounds == 2 else ())]
 
+
+def run_train_bench(output_dir: Path, rows: int | None = None, more_workers: tuple[int, ...] = (2,),
+                    checkpoint_every: int = CHECKPOINT_EVERY, rounds: int = 2) -> Path:
+    """Every way in the module's docstring but `--nodes`'s; `more_workers`: the worker counts raynlp also runs
+    beside 1; `rounds`: how many times the compared ways run (1 or 2)."""
+    from raynlp._internal.cluster import ensure_ray
+    from raynlp.errors import RaynlpError
+
+    if rounds not in (1, 2):
+        raise RaynlpError(f"bench train runs the compared ways in 1 or 2 rounds, not {rounds}")
     rows = _checked_rows(rows)
     logger.info("train bench: %s, %d rows, sequence length %d, global batch %d, %d epochs, checkpoints every %d "
                 "steps", PRESET, rows, SEQUENCE_LENGTH, GLOBAL_BATCH, EPOCHS, checkpoint_every)
@@ -258,7 +268,7 @@ def run_train_bench(output_dir: Path, rows: int | None = None, more_workers: tup
         between[f"raynlp_{count}_workers_checkpointing"] = functools.partial(
             _raynlp_fit, rows=rows, workers=count, checkpoint_every=checkpoint_every)
     ways = {**compared, **between}
-    order = [*compared, *between, *reversed(compared)]
+    order = _run_order(list(compared), list(between), rounds)
     runs_of: dict[str, list[dict]] = {name: [] for name in ways}
     for name in order:
         runs_of[name].append(ways[name](runs / (f"{name}_run{len(runs_of[name]) + 1}" if name in compared else name)))
@@ -288,10 +298,10 @@ def run_train_bench(output_dir: Path, rows: int | None = None, more_workers: tup
         "checkpoint_cost": {name: _checkpoint_cost(results[name], results[f"{name}_checkpointing"], checkpoint_every)
                             for name in results if f"{name}_checkpointing" in results},
         "order": order,
-        "note": "the plain process, the Ray task and raynlp on 1 worker run first and last, in reverse order the "
-                "second time, the other ways once between (`order`); a way's figures are over its runs (each run's "
-                "in `runs`); examples/s over the epochs after the first (steady state); the workers share this "
-                "machine's cores, so 2 workers on one machine measure the cost of synchronisation, not a "
+        "note": ("the plain process, the Ray task and raynlp on 1 worker run first and last, in reverse order the "
+                 "second time, the other ways once between" if rounds == 2 else "every way runs once") +
+                " (`order`); a way's figures are over its runs (each run's in `runs`); examples/s over the epochs "
+                "after the first (steady state); the workers share this machine's cores, so 2 workers on one machine measure the cost of synchronisation, not a "
                 "speed-up; the fit in a Ray task is the plain fit with Ray around it, no raynlp code. Wall times "
                 "(each run's): raynlp's workers load programs compiled before from JAX's compilation cache (off: "
                 "JAX_ENABLE_COMPILATION_CACHE=false). median_step_*: from the step clocks of a way's runs (every "
