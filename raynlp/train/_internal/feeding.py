@@ -215,9 +215,6 @@ class ShardCache:
         self.epoch = first_epoch  # the epoch the next complete pass deals
         self._reading: concurrent.futures.Future | None = None
 
-    def __bool__(self) -> bool:
-        return bool(self.batches)
-
     def start_reading(self, shard: Any, *, batch_size: int, steps: int, timeout_s: float | None = None) -> None:
         """Read the shard's one pass from Ray Data in a thread from now on, so that Ray Data's start and the read
         overlap what the worker does meanwhile (importing Keras, building the model), which the first batch

@@ -18,12 +18,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from raynlp.train.recipes import RECIPES, Plan
 
     config = RecipeConfig.model_validate(loop_config["recipe"])
-    plan = _on_this_node(Plan(**loop_config["plan"]), config)
+    plan = Plan(**loop_config["plan"])
     recipe, train = RECIPES[config.task], config.train
 
     # 0. Shards kept in memory start coming from Ray Data at once, in threads of their own: Ray Data's start and
-    # the read overlap the imports and the model's build below, which the first batch would otherwise wait for.
+    # the read overlap what follows (the preset found or fetched on this node, the imports, the model's build),
+    # which the first batch would otherwise wait for.
     caches = _caches_reading(plan, config) if plan.cache_shards else {}
+    plan = _on_this_node(plan, config)
 
     import collections
     import functools
