@@ -301,15 +301,16 @@ def run_train_bench(output_dir: Path, rows: int | None = None, more_workers: tup
         "note": ("the plain process, the Ray task and raynlp on 1 worker run first and last, in reverse order the "
                  "second time, the other ways once between" if rounds == 2 else "every way runs once") +
                 " (`order`); a way's figures are over its runs (each run's in `runs`); examples/s over the epochs "
-                "after the first (steady state); the workers share this machine's cores, so 2 workers on one machine measure the cost of synchronisation, not a "
-                "speed-up; the fit in a Ray task is the plain fit with Ray around it, no raynlp code. Wall times "
-                "(each run's): raynlp's workers load programs compiled before from JAX's compilation cache (off: "
-                "JAX_ENABLE_COMPILATION_CACHE=false). median_step_*: from the step clocks of a way's runs (every "
-                "way waits for each step's loss alike), the median step of all their epochs after the first, which "
-                "a stalled epoch does not move; the fit in a Ray Train worker is the plain fit as the one worker of "
-                "a JaxTrainer run, no raynlp code. checkpoint_cost: examples/s with checkpoints against without "
-                "(separate runs), and the seconds a checkpoint adds to the step that writes it (the checkpointing "
-                "run's step clock: median of those steps less the median of the others, epochs after the first).",
+                "after the first (steady state); the workers share this machine's cores, so 2 workers on one machine "
+                "measure the cost of synchronisation, not a speed-up; the fit in a Ray task is the plain fit with Ray "
+                "around it, no raynlp code. Wall times (each run's): raynlp's workers load programs compiled before "
+                "from JAX's compilation cache (off: JAX_ENABLE_COMPILATION_CACHE=false). median_step_*: from the step "
+                "clocks of a way's runs (every way waits for each step's loss alike), the median step of all their "
+                "epochs after the first, which a stalled epoch does not move; the fit in a Ray Train worker is the "
+                "plain fit as the one worker of a JaxTrainer run, no raynlp code. checkpoint_cost: examples/s with "
+                "checkpoints against without (separate runs), and the seconds a checkpoint adds to the step that "
+                "writes it (the checkpointing run's step clock: median of those steps less the median of the others, "
+                "epochs after the first).",
     }
     path = write_report(output_dir, "train", report, _plot)
     logger.info("train bench: %s; checkpoints: %s", report["ratio_to_keras_hub_fit"], report["checkpoint_cost"])
