@@ -31,7 +31,8 @@ def long_run(out: Path, shard_cache: str, *overrides: str):
 
 
 def watchers(folder: Path, *, kill: bool):
-    """The test's callbacks for every worker: each process notes the global step it trains first; with `kill`,
+    """The test's callbacks for every worker: each process notes the global step it trains first (and whether
+    TensorFlow is in it: raynlp keeps it out of its workers, keras-hub does without); with `kill`,
     rank 1 ends its process at step KILL_AT, once (a marker file says it did), a few seconds after the step
     before, so that Ray Train has committed the checkpoint at step 9. Defined here, so workers get them by value."""
     import keras
@@ -43,10 +44,13 @@ def watchers(folder: Path, *, kill: bool):
             import ray.train
 
             if not self.noted:  # once a process: a run resumed within an epoch calls `fit` twice
+                import sys
+
                 FirstStep.noted = True
                 with open(folder / "first_steps.txt", "a") as f:
                     f.write(f"{ray.train.get_context().get_world_rank()} "
-                            f"{int(np.asarray(self.model.optimizer.iterations)) + 1}\n")
+                            f"{int(np.asarray(self.model.optimizer.iterations)) + 1} "
+                            f"{'tensorflow' if sys.modules.get('tensorflow') else '-'}\n")
 
     class KillAtStep(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -67,7 +71,10 @@ def watchers(folder: Path, *, kill: bool):
 
 
 def first_steps(folder: Path) -> list[tuple[int, int]]:
-    return sorted(tuple(map(int, line.split())) for line in (folder / "first_steps.txt").read_text().splitlines())
+    """(rank, first step) of every training process; each of them ran without TensorFlow."""
+    lines = [line.split() for line in (folder / "first_steps.txt").read_text().splitlines()]
+    assert {tensorflow for _, _, tensorflow in lines} == {"-"}, lines
+    return sorted((int(rank), int(step)) for rank, step, _ in lines)
 
 
 def final_state(result) -> dict[str, np.ndarray]:

@@ -4,13 +4,15 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
 # Set in every Ray worker and job: Keras fixes its backend at import (and workers may import it while unpickling);
-# TensorFlow's start-up chatter would hide the logs; TensorFlow is there only for keras-hub's tokenizers and, should
-# it touch a GPU before `keep_tensorflow_off_gpus` hides them, takes memory as it needs it, not nearly all of it.
+# TensorFlow's start-up chatter would hide the logs; TensorFlow is there only for keras-hub's tokenizers and, where
+# a process has it and it touches a GPU before `keep_tensorflow_off_gpus` hides them, takes memory as it needs it,
+# not nearly all of it.
 WORKER_ENV = {"KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "jax"), "TF_CPP_MIN_LOG_LEVEL": "3",
               "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
 
@@ -19,6 +21,21 @@ def worker_env(num_gpus: float = 0) -> dict[str, str]:
     """WORKER_ENV for a process given `num_gpus`. One that shares a GPU (a fraction of one) also keeps JAX from
     taking most of the GPU's memory when it starts, its default, which would leave the other sharers none."""
     return {**WORKER_ENV, **({"XLA_PYTHON_CLIENT_PREALLOCATE": "false"} if 0 < num_gpus < 1 else {})}
+
+
+def keep_tensorflow_out() -> bool:
+    """Keep TensorFlow out of this process, one raynlp started to train or run a model (a Ray Train worker, an
+    evaluation actor, a Serve replica): it runs JAX on arrays raynlp's own tokenizer packed, and keras-hub imports
+    TensorFlow, when it is installed, only for its tf.data preprocessing and tf-text tokenizers, which it then
+    does without (pure-Python tokenizers). The process starts sooner, holds less memory and leaves the GPUs to
+    JAX. Call it before keras-hub is imported, and never in a caller's own process (its later `import
+    tensorflow` would fail). Where TensorFlow is in already, hides the GPUs from it instead
+    (`keep_tensorflow_off_gpus`); returns whether it is out."""
+    if sys.modules.get("tensorflow") is not None:
+        keep_tensorflow_off_gpus()
+        return False
+    sys.modules["tensorflow"] = None  # `import tensorflow` raises ImportError in this process from now on
+    return True
 
 
 def keep_tensorflow_off_gpus() -> bool:

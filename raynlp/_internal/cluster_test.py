@@ -57,15 +57,28 @@ def test_every_ray_process_gets_the_worker_environment(ray_cluster):
     assert WORKER_ENV["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
 
 
-def test_tensorflow_is_kept_off_the_gpus_in_a_fresh_process():
-    # A fresh process: TensorFlow sets up its devices once per process. On a machine without a GPU this shows the
-    # call is safe where raynlp makes it (keras-hub imported, no TensorFlow op run yet); `raynlp bench gpu`
-    # checks on a GPU that TensorFlow then sees none while JAX sees it.
+def test_tensorflow_is_kept_out_of_a_process_raynlp_starts_unless_it_is_in_already():
+    # Fresh processes, as a Ray worker is. keras-hub, imported after the call, finds no TensorFlow and builds its
+    # tokenizers without it. Where TensorFlow is in already, its GPUs are hidden instead: on a machine without a
+    # GPU this shows the call is safe there (no TensorFlow op run yet); `raynlp bench gpu` checks on a GPU that
+    # TensorFlow then sees none while JAX sees it.
     script = (
-        "import keras_hub, tensorflow as tf\n"
-        "from raynlp._internal.cluster import keep_tensorflow_off_gpus\n"
-        "print(keep_tensorflow_off_gpus(), tf.config.get_visible_devices('GPU'))\n"
+        "import sys\n"
+        "from raynlp._internal.cluster import keep_tensorflow_out\n"
+        "out = keep_tensorflow_out()\n"
+        "import keras_hub\n"
+        "from keras_hub.src.utils import tensor_utils\n"
+        "tokenizer = keras_hub.tokenizers.WordPieceTokenizer(vocabulary=['[UNK]', 'a', '##b'])\n"
+        "print(out, sys.modules['tensorflow'], tensor_utils.tf, tokenizer(['ab']))\n"
+        "import tensorflow\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.stdout.split() == ["True", "None", "None", "[[1,", "2]]"], done.stderr[-2000:]
+    assert done.returncode == 1 and done.stderr.strip().endswith("ModuleNotFoundError: import of tensorflow halted; "
+                                                                 "None in sys.modules")
+    script = ("import tensorflow as tf\n"
+              "from raynlp._internal.cluster import keep_tensorflow_out\n"
+              "print(keep_tensorflow_out(), tf.config.get_visible_devices('GPU'))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["True", "[]"]
+    assert done.stdout.split() == ["False", "[]"]

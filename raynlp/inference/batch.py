@@ -25,8 +25,10 @@ class _Predictor:
     """One Ray Data actor: the classifier, loaded once, applied to each batch of text."""
 
     def __init__(self, preset: str, batch_size: int):
+        from raynlp._internal.cluster import keep_tensorflow_out
         from raynlp.inference.classifier import TextClassifier
 
+        keep_tensorflow_out()
         self.classifier = TextClassifier.load(preset, max_batch_size=batch_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

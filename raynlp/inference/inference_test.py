@@ -69,6 +69,22 @@ def test_predict_dataset_and_evaluate_agree_with_one_process(ray_cluster, keras_
     assert matrix.shape == (3, 3) and matrix.sum() == 96 and np.trace(matrix) == (truth == predicted).sum()
 
 
+def test_an_inference_actor_runs_keras_hub_without_tensorflow(ray_cluster, keras_hub_classifier):
+    """The process of a `predict` / `evaluate` actor (and a Serve replica's, through the same call) keeps
+    TensorFlow out: keras-hub, which imports it where it can, loads the classifier without it."""
+    from raynlp.inference.batch import _Predictor
+
+    class Probe(_Predictor):
+        def modules(self):
+            import sys
+
+            return sys.modules.get("tensorflow") is not None, "keras_hub" in sys.modules
+
+    folder, _ = keras_hub_classifier
+    probe = ray_cluster.remote(Probe).remote(folder, 8)
+    assert ray_cluster.get(probe.modules.remote()) == (False, True)
+
+
 def test_evaluate_needs_labels_and_cli_writes_reports(ray_cluster, keras_hub_classifier, tmp_path, capsys):
     from raynlp.cli import main
 

@@ -236,8 +236,10 @@ class ServedModel:
     one model share its calls and never another model's."""
 
     def __init__(self, preset: str, name: str | None, config: ServeConfig, metrics):
+        from raynlp._internal.cluster import keep_tensorflow_out
         from raynlp.inference import TextClassifier
 
+        keep_tensorflow_out()  # a Serve replica's process
         self.config, self.metrics = config, metrics
         self.classifier = TextClassifier.load(preset, max_batch_size=config.batching.max_batch_size,
                                               sequence_length=config.sequence_length)

@@ -14,9 +14,11 @@ logger = logging.getLogger(__name__)
 def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
 
+    from raynlp._internal.cluster import keep_tensorflow_out
     from raynlp.train.config import RecipeConfig
     from raynlp.train.recipes import RECIPES, Plan
 
+    keep_tensorflow_out()  # before anything imports keras-hub (finding the preset on this node may)
     config = RecipeConfig.model_validate(loop_config["recipe"])
     plan = Plan(**loop_config["plan"])
     recipe, train = RECIPES[config.task], config.train
@@ -32,7 +34,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     import keras
 
-    from raynlp._internal.cluster import keep_tensorflow_off_gpus
     from raynlp._internal.compilation_cache import use_compilation_cache
     from raynlp.train._internal.callbacks import (
         EarlyStopping,
@@ -52,9 +53,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from raynlp.train._internal.feeding import shard_batches
 
     # 1. One replica of a data-parallel run (a plain process when there is one worker), which loads what this
-    # node compiled before (a restarted group, a resumed run) instead of compiling it again; the GPUs are JAX's.
+    # node compiled before (a restarted group, a resumed run) instead of compiling it again.
     use_compilation_cache()
-    keep_tensorflow_off_gpus()
     info = setup_data_parallel(config.scaling.use_gpu, train.seed)
     if train.precision != "float32":
         keras.mixed_precision.set_global_policy(f"mixed_{train.precision}")
