@@ -59,8 +59,10 @@ def _train_summary(config, result) -> str:
 def _vocab(config) -> Path:
     from raynlp._internal.cluster import ensure_ray
     from raynlp.data import learn_vocabulary, save_vocabulary
+    from raynlp.data.vocabulary import check_new_vocabulary_file
 
     config.data.check_input()
+    check_new_vocabulary_file(config.output)
     ensure_ray(config.address)
     vocabulary = learn_vocabulary(config.data.open(), config.size, lowercase=config.lowercase,
                                   strip_accents=config.strip_accents)

@@ -1,5 +1,6 @@
 """Every config in configs/ is valid for the task it names; flags and --set layer over files as documented."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,20 @@ def test_a_preset_that_is_not_a_classifier_is_refused_before_ray_starts(tmp_path
                                                          str(tmp_path / "reviews.csv")]
     assert message.format(missing=missing) in _refused_before_ray_starts(argv)
     assert not out.exists()
+
+
+def test_a_vocabulary_file_that_exists_is_refused_before_ray_starts_and_kept(tmp_path):
+    from raynlp import workflows
+
+    (tmp_path / "reviews.txt").write_text("a gem of a film\n")
+    mine = tmp_path / "vocab.txt"
+    mine.write_text("[PAD]\nmine\n")
+    refused = f"vocabulary file {mine} exists; choose a new path or delete it"
+    argv = ["vocab", "--size", "100", "--input", str(tmp_path / "reviews.txt"), "--output", str(mine)]
+    assert _refused_before_ray_starts(argv) == f"raynlp: error: {refused}"
+    with pytest.raises(RaynlpError, match=f"^{re.escape(refused)}$"):
+        workflows.vocab(100, str(mine), input=str(tmp_path / "reviews.txt"))
+    assert mine.read_text() == "[PAD]\nmine\n"
 
 
 def test_the_python_workflows_name_a_missing_corpus_by_their_own_argument(tmp_path):

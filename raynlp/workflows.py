@@ -113,8 +113,10 @@ def vocab(size: int, output: str, *, dataset: str | None = None, input: str | No
     """A WordPiece vocabulary of `size` tokens learned from a corpus, written to `output`."""
     from raynlp._internal.cluster import ensure_ray
     from raynlp.data import learn_vocabulary, save_vocabulary
+    from raynlp.data.vocabulary import check_new_vocabulary_file
 
     corpus = _corpus(dataset, input, split)
+    check_new_vocabulary_file(output)
     ensure_ray()
     return save_vocabulary(learn_vocabulary(corpus.open(), size), output)
 

@@ -131,6 +131,12 @@ def learn_vocabulary(
     return list(vocabulary[:vocabulary_size])
 
 
+def check_new_vocabulary_file(path: str | Path) -> None:
+    """Refuse a vocabulary file that exists, before a command learns one into it: the user's file stays."""
+    if Path(path).exists():
+        raise RaynlpError(f"vocabulary file {path} exists; choose a new path or delete it")
+
+
 def save_vocabulary(vocabulary: list[str], path: str | Path) -> Path:
     """Writes one token per line (UTF-8, "\\n"-terminated): the file format that
     `keras_hub.tokenizers.WordPieceTokenizer(vocabulary=str(path))` loads. Returns the path.
