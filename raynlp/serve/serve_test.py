@@ -8,6 +8,7 @@ instance (conftest's `serve_port`) under its own name and route prefix, and is d
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import urllib.error
@@ -91,6 +92,10 @@ def test_answers_equal_keras_hub_predict_in_input_order(server, expected, keras_
     for text, p in zip(texts, predictions):
         np.testing.assert_allclose(p.probabilities, expected[text], atol=1e-5)
         assert p.label == int(np.argmax(expected[text])) and p.label_name == str(p.label)
+    # The replica answered without TensorFlow in its process: keras-hub loaded the classifier there without it.
+    modules = _ask_replicas("classifier", lambda replica: (sys.modules.get("tensorflow") is not None,
+                                                           "keras_hub" in sys.modules))
+    assert list(modules.values()) == [(False, True)], modules
 
 
 def test_model_description_and_health(server, keras_hub_classifier):
@@ -392,19 +397,24 @@ def test_replicas_that_share_a_gpu_keep_jax_from_taking_its_memory_at_start():
     assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in env("1") and "XLA_PYTHON_CLIENT_PREALLOCATE" not in env("0")
 
 
-def _replica_pids(app: str) -> dict[str, int]:
-    """Live replicas of `app`'s deployment: actor name → process id."""
+def _ask_replicas(app: str, question) -> dict[str, object]:
+    """Live replicas of `app`'s deployment: actor name → `question(replica)` answered in its process."""
     import ray
 
-    pids = {}
+    answers = {}
     for actor in ray.util.list_named_actors(all_namespaces=True):
         if actor["namespace"] == "serve" and actor["name"].startswith(f"SERVE_REPLICA::{app}#"):
             try:
                 handle = ray.get_actor(actor["name"], namespace="serve")
-                pids[actor["name"]] = ray.get(handle.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+                answers[actor["name"]] = ray.get(handle.__ray_call__.remote(question), timeout=10)
             except Exception:  # dying or gone
                 continue
-    return pids
+    return answers
+
+
+def _replica_pids(app: str) -> dict[str, int]:
+    """Live replicas of `app`'s deployment: actor name → process id."""
+    return _ask_replicas(app, lambda replica: os.getpid())
 
 
 def test_a_replica_killed_under_load_is_replaced(serve_port, keras_hub_classifier, expected, tmp_path,
