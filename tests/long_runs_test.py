@@ -47,10 +47,15 @@ def watchers(folder: Path, *, kill: bool):
                 import sys
 
                 FirstStep.noted = True
+                try:  # a split is Ray Train's to give only when it is streamed through Ray Data
+                    ray.train.get_dataset_shard("train")
+                    fed = "ray-data"
+                except KeyError:
+                    fed = "parquet"
                 with open(folder / "first_steps.txt", "a") as f:
                     f.write(f"{ray.train.get_context().get_world_rank()} "
                             f"{int(np.asarray(self.model.optimizer.iterations)) + 1} "
-                            f"{'tensorflow' if sys.modules.get('tensorflow') else '-'}\n")
+                            f"{'tensorflow' if sys.modules.get('tensorflow') else '-'} {fed}\n")
 
     class KillAtStep(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -70,11 +75,14 @@ def watchers(folder: Path, *, kill: bool):
     return [FirstStep, *([KillAtStep] if kill else [])]
 
 
-def first_steps(folder: Path) -> list[tuple[int, int]]:
-    """(rank, first step) of every training process; each of them ran without TensorFlow."""
+def first_steps(folder: Path, shard_cache: str) -> list[tuple[int, int]]:
+    """(rank, first step) of every training process; each of them ran without TensorFlow, and read its rows
+    itself from the Parquet shards when they are kept in memory (no Ray Data split to coordinate), else from Ray
+    Data."""
     lines = [line.split() for line in (folder / "first_steps.txt").read_text().splitlines()]
-    assert {tensorflow for _, _, tensorflow in lines} == {"-"}, lines
-    return sorted((int(rank), int(step)) for rank, step, _ in lines)
+    assert {tensorflow for _, _, tensorflow, _ in lines} == {"-"}, lines
+    assert {fed for *_, fed in lines} == {"parquet" if shard_cache == "memory" else "ray-data"}, lines
+    return sorted((int(rank), int(step)) for rank, step, *_ in lines)
 
 
 def final_state(result) -> dict[str, np.ndarray]:
@@ -101,12 +109,13 @@ def test_a_worker_killed_within_an_epoch_resumes_at_the_next_batch_and_ends_as_t
     """Shards kept in memory; Ray Train restarts the group (run.max_failures=2). The streamed shard's kill is
     the next test's, where the command run again restarts it."""
     reference, reference_folder = straight["memory"]
-    assert first_steps(reference_folder) == [(0, 1), (1, 1)]
+    assert first_steps(reference_folder, "memory") == [(0, 1), (1, 1)]
+    assert first_steps(straight["stream"][1], "stream") == [(0, 1), (1, 1)]
     result = train(long_run(tmp_path / "run", "memory"), callbacks=watchers(tmp_path, kill=True))
     assert (tmp_path / "killed").exists(), "the test hook did not fire"
     # The restarted group's first step is the one after the checkpoint at step 9 (epoch 2's first batch), not
     # epoch 2's first (step 9) nor the run's (step 1).
-    assert first_steps(tmp_path) == [(0, 1), (0, 10), (1, 1), (1, 10)]
+    assert first_steps(tmp_path, "memory") == [(0, 1), (0, 10), (1, 1), (1, 10)]
     assert [(m["epoch"], m["global_step"]) for m in result.metrics] == [(1, STEPS), (2, 2 * STEPS)]
     # The same rows in the same order with the same masks and dropout: the same weights and optimizer state,
     # bit for bit (the CPU arithmetic is deterministic, and the resumed steps run the same computation).
@@ -129,7 +138,7 @@ def test_a_run_whose_process_ended_within_an_epoch_resumes_there_when_run_again(
         train(config, callbacks=watchers(tmp_path, kill=True))
     assert (tmp_path / "killed").exists(), f"the run failed before the test hook fired: {failure.value!r}"
     result = train(config, callbacks=watchers(tmp_path, kill=False))
-    assert first_steps(tmp_path) == [(0, 1), (0, 11), (1, 1), (1, 11)]
+    assert first_steps(tmp_path, "stream") == [(0, 1), (0, 11), (1, 1), (1, 11)]
     reference, _ = straight["stream"]
     resumed, expected = final_state(result), final_state(reference)
     assert resumed.keys() == expected.keys()

@@ -92,13 +92,15 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
                 plan.world_size * config.train.batch_size * accumulation, plan.steps_per_epoch // accumulation,
                 "kept in memory" if plan.cache_shards else "streamed every epoch", run.root)
 
-    # 2. Data-parallel fit on Ray Train; each worker streams its shard of the Parquet rows.
+    # 2. Data-parallel fit on Ray Train; each worker reads its share of the Parquet rows (once, into memory, or
+    # streamed through Ray Data every epoch).
     trainer = JaxTrainer(
         train_loop_per_worker,
         train_loop_config={"recipe": config.model_dump(), "plan": plan.to_dict(), "callbacks": list(callbacks or [])},
         scaling_config=ScalingConfig(num_workers=plan.world_size, use_gpu=config.scaling.use_gpu,
                                      resources_per_worker=config.scaling.resources_per_worker()),
-        datasets={split: data.read(split) for split in data.folders},
+        # Shards kept in memory are read by the workers themselves (`ParquetShard`); streamed ones through Ray Data.
+        datasets={} if plan.cache_shards else {split: data.read(split) for split in data.folders},
         dataset_config=IngestConfig(execution_options=_in_order(IngestConfig.default_ingest_options())),
         run_config=RunConfig(
             name="ray_train",
@@ -170,7 +172,7 @@ def _plan(config: RecipeConfig, recipe, data: PreparedData, **settled) -> Plan:
         cache = "memory" if fits_in_memory(needed, world) else "stream"
     return Plan(**settled, train_rows=rows["train"], steps_per_epoch=steps, validation_split=validation_split,
                 validation_steps=validation_steps, test_steps=test_steps, world_size=world,
-                cache_shards=cache == "memory")
+                cache_shards=cache == "memory", split_folders=dict(data.folders), split_rows=dict(rows))
 
 
 def _evaluation_steps(rows: dict[str, int], split: str, global_batch: int) -> int | None:

@@ -24,7 +24,7 @@ from raynlp.errors import RaynlpError
 def steps_per_epoch(rows: int, batch_size: int, world_size: int) -> int:
     """Optimizer steps in one epoch over `rows` rows at `batch_size` rows per worker and step.
 
-    Ray's default split gives every worker an equal share (`streaming_split(equal=True)`), and every worker
+    Every worker gets an equal share of the rows (`ParquetShard`, or Ray Data's `streaming_split(equal=True)`), and every worker
     drops its last partial batch, so each worker can fill `rows // (batch_size * world_size)` local batches.
     """
     steps = rows // (batch_size * world_size)
@@ -214,11 +214,13 @@ class ShardCache:
         self.shuffle_seed = shuffle_seed
         self.epoch = first_epoch  # the epoch the next complete pass deals
         self._reading: concurrent.futures.Future | None = None
+        self.shard: Any = None  # the shard `start_reading` reads
 
     def start_reading(self, shard: Any, *, batch_size: int, steps: int, timeout_s: float | None = None) -> None:
         """Read the shard's one pass from Ray Data in a thread from now on, so that Ray Data's start and the read
         overlap what the worker does meanwhile (importing Keras, building the model), which the first batch
         would otherwise wait for. `read` waits for it, and raises what it raised."""
+        self.shard = shard
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="raynlp-shard-cache")
         self._reading = pool.submit(lambda: list(_one_pass(shard, batch_size, steps, {}, timeout_s)))
         pool.shutdown(wait=False)
@@ -249,6 +251,52 @@ class ShardCache:
         for step in range(len(self.batches)):
             rows = order[step * size : (step + 1) * size]
             yield {name: column[rows] for name, column in whole.items()}
+
+
+class ParquetShard:
+    """One worker's share of a split kept in memory, read by the worker itself from the split's Parquet shards.
+
+    Rank r of w takes the r-th of w equal runs of the split's first `rows` rows, in the shards' order (files
+    sorted by name, as Ray Data lists them; the rows left over are left out, as Ray Data's equal split leaves
+    them), and reads only the row groups that hold its run. Read here rather than through
+    `ray.train.get_dataset_shard`, a split that is read once and then dealt from memory (`ShardCache`) costs no Ray
+    Data split coordinator, a process of its own a split, nor its execution's start; a split streamed every epoch
+    still comes through Ray Data.
+    """
+
+    def __init__(self, folder: str, rows: int, rank: int = 0, world_size: int = 1):
+        share = rows // world_size
+        self.folder, self.start, self.stop = folder, rank * share, (rank + 1) * share
+
+    def iter_batches(self, *, batch_size: int, batch_format: str = "numpy", drop_last: bool = True,
+                     **_) -> Iterator[dict]:
+        """This share's rows in batches of `batch_size` numpy arrays, the last partial batch left out."""
+        assert batch_format == "numpy" and drop_last, "a ParquetShard deals whole batches of numpy arrays"
+        rows = self._read()
+        for start in range(0, len(next(iter(rows.values()))) - batch_size + 1, batch_size):
+            yield {name: column[start : start + batch_size] for name, column in rows.items()}
+
+    def _read(self) -> dict[str, np.ndarray]:
+        """This share's rows, reading only the row groups that hold them."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from ray.data.block import BlockAccessor  # reads Ray's tensor columns as numpy arrays
+
+        from raynlp._internal import storage
+
+        tables, offset = [], 0
+        for path in storage.files(self.folder, ".parquet"):
+            fs, inner = storage.filesystem(path) if storage.is_uri(path) else (None, path)
+            shard = pq.ParquetFile(inner, filesystem=fs)
+            for group in range(shard.num_row_groups):
+                count = shard.metadata.row_group(group).num_rows
+                if offset < self.stop and offset + count > self.start:
+                    first, end = max(self.start - offset, 0), min(self.stop - offset, count)
+                    tables.append(shard.read_row_group(group).slice(first, end - first))
+                offset += count
+            if offset >= self.stop:
+                break
+        return BlockAccessor.for_block(pa.concat_tables(tables)).to_numpy()
 
 
 def fits_in_memory(total_bytes: int, world_size: int, limit_bytes: int = 1 << 30) -> bool:

@@ -23,10 +23,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     plan = Plan(**loop_config["plan"])
     recipe, train = RECIPES[config.task], config.train
 
-    # 0. Shards kept in memory start coming from Ray Data at once, in threads of their own: Ray Data's start and
-    # the read overlap what follows (the preset found or fetched on this node, the imports, the model's build),
+    # 0. Shards kept in memory start being read from the run's Parquet shards at once, in threads of their own:
+    # the read overlaps what follows (the preset found or fetched on this node, the imports, the model's build),
     # which the first batch would otherwise wait for.
-    caches = _caches_reading(plan, config) if plan.cache_shards else {}
+    caches = _caches_reading(plan, config, ray.train.get_context().get_world_rank()) if plan.cache_shards else {}
     plan = _on_this_node(plan, config)
 
     import collections
@@ -81,7 +81,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     def batches(split: str, steps: int, **position):
         shuffle_seed = train.seed if split == "train" and train.shuffle else None
-        dealt = shard_batches(ray.train.get_dataset_shard(split), batch_size=batch_size,
+        shard = caches[split].shard if caches else ray.train.get_dataset_shard(split)
+        dealt = shard_batches(shard, batch_size=batch_size,
                               feature_columns=recipe.inputs(config), label_column=recipe.label_column,
                               weight_column=recipe.weight_column, steps=steps, cache=caches.get(split),
                               shuffle_seed=None if caches else shuffle_seed, rank=info.rank,
@@ -153,11 +154,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             initial_epoch=epoch)
 
 
-def _caches_reading(plan, config) -> dict:
-    """A `ShardCache` for each split the run reads, each already reading this worker's shard."""
-    import ray.train
-
-    from raynlp.train._internal.feeding import ShardCache
+def _caches_reading(plan, config, rank: int) -> dict:
+    """A `ShardCache` for each split the run reads, each already reading this worker's share of the split's
+    Parquet shards (`ParquetShard`)."""
+    from raynlp.train._internal.feeding import ParquetShard, ShardCache
 
     steps = {"train": plan.steps_per_epoch, "test": plan.test_steps}
     steps[plan.validation_split] = plan.validation_steps  # the test split's, when it is the validation split too
@@ -166,8 +166,10 @@ def _caches_reading(plan, config) -> dict:
         if split_steps:
             shuffled = split == "train" and config.train.shuffle
             caches[split] = ShardCache(config.train.seed if shuffled else None)
-            caches[split].start_reading(ray.train.get_dataset_shard(split), batch_size=config.train.batch_size,
-                                        steps=split_steps, timeout_s=config.run.feed_timeout_s)
+            caches[split].start_reading(ParquetShard(plan.split_folders[split], plan.split_rows[split], rank,
+                                                     plan.world_size),
+                                        batch_size=config.train.batch_size, steps=split_steps,
+                                        timeout_s=config.run.feed_timeout_s)
     return caches
 
 

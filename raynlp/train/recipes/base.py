@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from raynlp.data.tokenize import PACKED_FEATURES
@@ -29,6 +29,8 @@ class Plan:
     validation_split: str = "test"  # the split validated on after every epoch
     test_steps: int | None = None  # a test split apart from validation: evaluated once, after the last epoch
     cache_shards: bool = True  # workers read their shards once and keep them in memory
+    split_folders: dict[str, str] = field(default_factory=dict)  # split → its Parquet shards (the run's data/)
+    split_rows: dict[str, int] = field(default_factory=dict)  # split → the rows of it used (its first ones)
     tensorboard_dir: str | None = None  # where rank 0 writes TensorBoard event files (a path or URI)
     mlflow_run_id: str | None = None  # the MLflow run rank 0 logs to (tracking.mlflow_uri)
 
