@@ -24,8 +24,9 @@ from raynlp.errors import RaynlpError
 def steps_per_epoch(rows: int, batch_size: int, world_size: int) -> int:
     """Optimizer steps in one epoch over `rows` rows at `batch_size` rows per worker and step.
 
-    Every worker gets an equal share of the rows (`ParquetShard`, or Ray Data's `streaming_split(equal=True)`), and every worker
-    drops its last partial batch, so each worker can fill `rows // (batch_size * world_size)` local batches.
+    Every worker gets an equal share of the rows (`ParquetShard`, or Ray Data's `streaming_split(equal=True)` for
+    a streamed split) and drops its last partial batch, so each worker can fill `rows // (batch_size * world_size)`
+    local batches.
     """
     steps = rows // (batch_size * world_size)
     if steps < 1:
@@ -198,7 +199,8 @@ def _waiting_tasks() -> str:
 
 
 class ShardCache:
-    """One worker's shard, read from Ray Data once and then dealt from memory, one epoch at a time.
+    """One worker's shard, read once (a `ParquetShard` in a run, or any shard with `iter_batches`) and then dealt
+    from memory, one epoch at a time.
 
     Every pass over a streaming shard is a new Ray Data execution, a fixed cost of seconds, paid again each
     epoch: with a cache, the first pass reads the whole shard and every later one, of this or any later
@@ -217,17 +219,17 @@ class ShardCache:
         self.shard: Any = None  # the shard `start_reading` reads
 
     def start_reading(self, shard: Any, *, batch_size: int, steps: int, timeout_s: float | None = None) -> None:
-        """Read the shard's one pass from Ray Data in a thread from now on, so that Ray Data's start and the read
-        overlap what the worker does meanwhile (importing Keras, building the model), which the first batch
-        would otherwise wait for. `read` waits for it, and raises what it raised."""
+        """Read the shard's one pass in a thread from now on, so that the read overlaps what the worker does
+        meanwhile (importing Keras, building the model), which the first batch would otherwise wait for. `read`
+        waits for it, and raises what it raised."""
         self.shard = shard
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="raynlp-shard-cache")
         self._reading = pool.submit(lambda: list(_one_pass(shard, batch_size, steps, {}, timeout_s)))
         pool.shutdown(wait=False)
 
     def read(self, shard: Any, *, batch_size: int, steps: int, timeout_s: float | None = None) -> None:
-        """Hold the shard's first `steps` batches, read from Ray Data once: the read `start_reading` began, else
-        a pass now. A no-op once they are held."""
+        """Hold the shard's first `steps` batches, read once: the read `start_reading` began, else a pass now. A
+        no-op once they are held."""
         if self.batches:
             return
         if self._reading is not None:
