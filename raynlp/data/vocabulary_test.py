@@ -83,8 +83,8 @@ def keras_hub_vocabularies(ray_cluster, sentences):
 
 @pytest.fixture(scope="module")
 def learned_vocabularies(ray_cluster, sentences, keras_hub_vocabularies) -> dict[str, list[str]]:
-    """Our vocabularies, one per setting, from the sentences split over several blocks."""
-    dataset = ray.data.from_items([{"text": text} for text in sentences]).repartition(4)
+    """Our vocabularies, one per setting, from the sentences split over two blocks."""
+    dataset = ray.data.from_items([{"text": text} for text in sentences]).repartition(2)
     return {
         name: learn_vocabulary(dataset, reserved_tokens=RESERVED_TOKENS, **settings)
         for name, settings in PARITY_SETTINGS.items()
@@ -112,7 +112,7 @@ def test_word_counts_equal_keras_hub_on_real_text(ray_cluster, sentences, strip_
     from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
 
     settings = {"lowercase": True, "strip_accents": strip_accents, "split_on_cjk": True}
-    dataset = ray.data.from_items([{"text": text} for text in sentences]).repartition(4)
+    dataset = ray.data.from_items([{"text": text} for text in sentences]).repartition(2)
     ours = vocabulary_module._count_words(dataset, text_column="text", **settings)
 
     # The first half of keras-hub's compute_word_piece_vocabulary, verbatim.
