@@ -270,8 +270,7 @@ class ParquetShard:
         share = rows // world_size
         self.folder, self.start, self.stop = folder, rank * share, (rank + 1) * share
 
-    def iter_batches(self, *, batch_size: int, batch_format: str = "numpy", drop_last: bool = True,
-                     **_) -> Iterator[dict]:
+    def iter_batches(self, *, batch_size: int, batch_format: str = "numpy", drop_last: bool = True) -> Iterator[dict]:
         """This share's rows in batches of `batch_size` numpy arrays, the last partial batch left out."""
         assert batch_format == "numpy" and drop_last, "a ParquetShard deals whole batches of numpy arrays"
         rows = self._read()
