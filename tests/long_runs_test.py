@@ -50,7 +50,7 @@ def watchers(folder: Path, *, kill: bool):
                 try:  # a split is Ray Train's to give only when it is streamed through Ray Data
                     ray.train.get_dataset_shard("train")
                     fed = "ray-data"
-                except KeyError:
+                except (KeyError, AttributeError):  # no such split; no dataset manager at all
                     fed = "parquet"
                 with open(folder / "first_steps.txt", "a") as f:
                     f.write(f"{ray.train.get_context().get_world_rank()} "
@@ -94,15 +94,37 @@ def final_state(result) -> dict[str, np.ndarray]:
     return state
 
 
+def actor_classes(ray) -> dict[str, str]:
+    """Every actor the cluster has made (dead ones too), id to class name (from Ray's GCS: this cluster has no
+    dashboard to ask)."""
+    return {actor_id: actor["ActorClassName"] for actor_id, actor in ray._private.state.actors().items()}
+
+
 @pytest.fixture(scope="module")
 def straight(ray_cluster, tmp_path_factory):
-    """The reference runs, one a shard mode: nothing killed."""
+    """The reference runs, one a shard mode: nothing killed. Also notes the actors each run made."""
     runs = {}
     for mode in ("memory", "stream"):
         folder = tmp_path_factory.mktemp(f"straight_{mode}")
         tracking = [f"tracking.mlflow_uri=file://{folder / 'mlruns'}"] if mode == "memory" else []
+        before = actor_classes(ray_cluster)
         runs[mode] = train(long_run(folder / "run", mode, *tracking), callbacks=watchers(folder, kill=False)), folder
+        (folder / "actors.json").write_text(json.dumps(sorted(
+            name for actor_id, name in actor_classes(ray_cluster).items() if actor_id not in before)))
     return runs
+
+
+def test_a_run_on_a_cluster_it_started_makes_only_the_ray_train_actors_it_uses(straight):
+    """The session's cluster was started by this process: a run leaves out Ray Train's placement-group cleaner and
+    preemption watcher (the cluster ends with the process, nobody drains its node), and its dataset manager when no
+    split streams through Ray Data (the workers read the shards kept in memory themselves). On a cluster a run
+    joins, the first two are kept: tests/multi_node_test.py."""
+    made = {mode: json.loads((folder / "actors.json").read_text()) for mode, (_, folder) in straight.items()}
+    assert made["memory"].count("RayTrainWorker") == 2 and made["memory"].count("TrainController") == 1, made
+    assert {"PlacementGroupCleaner", "PreemptionWatcher", "DatasetManager"}.isdisjoint(made["memory"]), made
+    # Streamed: Ray Data's split for each worker (the manager, a coordinator a split), nothing else of Ray Train's.
+    assert made["stream"].count("DatasetManager") == 1 and "SplitCoordinator" in made["stream"], made
+    assert {"PlacementGroupCleaner", "PreemptionWatcher"}.isdisjoint(made["stream"]), made
 
 
 def test_a_worker_killed_within_an_epoch_resumes_at_the_next_batch_and_ends_as_the_straight_run(straight, tmp_path):

@@ -140,8 +140,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None):
     else:
         # Ray's CPU count is logical: leave room for Ray Data's actors beside the training workers.
         cpus = num_cpus or max(4, os.cpu_count() or 1)
-        # The dashboard serves Ray's State API, through which Ray Train's placement-group cleaner watches the
-        # training controller: without it the cleaner cannot work and logs a warning every second of a run.
+        # The dashboard lets the user watch the command's jobs, actors and logs while it runs.
         # address="local": a new cluster, whatever Ray's record of an earlier one says.
         with on_loopback() as ip:
             ray.init(address="local", num_cpus=cpus, include_dashboard=True, runtime_env={"env_vars": WORKER_ENV},
@@ -149,6 +148,15 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None):
         logger.info("started a local Ray cluster for this command (%d CPUs): %s", cpus,
                     ray.get_runtime_context().gcs_address)
     return ray
+
+
+def started_here() -> bool:
+    """Whether this process started the Ray cluster it is connected to (`ensure_ray`'s local cluster, a test
+    session's): such a cluster is this machine alone, and it ends with the process."""
+    import ray._private.worker
+
+    node = ray._private.worker._global_node
+    return node is not None and node.head
 
 
 def running_local_head() -> str | None:

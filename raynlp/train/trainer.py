@@ -59,11 +59,11 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
     """
     from ray.train import CheckpointConfig, ControllerError, FailureConfig, RunConfig, ScalingConfig
     from ray.train import DataConfig as IngestConfig
-    from ray.train.v2.jax import JaxTrainer
 
     from raynlp._internal.cluster import ensure_ray
     from raynlp.train._internal import mlflow_run, prepare
     from raynlp.train._internal.layout import check_layout, cluster_nodes, no_room_error, placement_attempts
+    from raynlp.train._internal.lean_trainer import LeanJaxTrainer
     from raynlp.train._internal.loop import train_loop_per_worker
     from raynlp.train._internal.run_folder import RunFolder
 
@@ -93,8 +93,8 @@ def train(config: RecipeConfig, *, callbacks: list[Callable] | None = None) -> T
                 "kept in memory" if plan.cache_shards else "streamed every epoch", run.root)
 
     # 2. Data-parallel fit on Ray Train; each worker reads its share of the Parquet rows (once, into memory, or
-    # streamed through Ray Data every epoch).
-    trainer = JaxTrainer(
+    # streamed through Ray Data every epoch). Ray Train's helpers the run has no use for are left out (lean_trainer).
+    trainer = LeanJaxTrainer(
         train_loop_per_worker,
         train_loop_config={"recipe": config.model_dump(), "plan": plan.to_dict(), "callbacks": list(callbacks or [])},
         scaling_config=ScalingConfig(num_workers=plan.world_size, use_gpu=config.scaling.use_gpu,
