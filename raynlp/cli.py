@@ -408,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train: what crossing a node costs: 1 worker and N workers on one node against one worker "
                         "on each of N nodes (raylet nodes on this machine, talking over loopback), same global batch; "
                         "writes train_nodes.json")
-    p.add_argument("--preset", help="serve: the backbone to serve with a 2-class head (default minilm_l6_en_uncased)")
+    p.add_argument("--preset", help="train: the BERT to fine-tune (default bert_mini_en_uncased_scratch); serve: the "
+                                    "backbone to serve with a 2-class head (default minilm_l6_en_uncased)")
     p.add_argument("--smoke", action="store_true",
                    help="gpu: every step at toy size on whatever device there is (checks the check, not the GPU)")
     p.add_argument("--peak-tflops", type=float, default=None,

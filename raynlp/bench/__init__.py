@@ -15,6 +15,9 @@ def run(name: str, output_dir: str = "runs/bench", rows: int | None = None, pres
         smoke: bool = False, peak_tflops: float | None = None, nodes: int | None = None) -> Path:
     if nodes is not None and (name != "train" or nodes < 2):
         raise RaynlpError("--nodes is for raynlp bench train only, and counts 2 nodes or more")
+    if preset is not None and name not in ("train", "serve"):
+        raise RaynlpError("--preset is for raynlp bench train and serve only")
+    chosen = {"preset": preset} if preset else {}
     if name == "tokenize":
         from raynlp.bench.tokenize_bench import run_tokenize_bench
 
@@ -23,8 +26,8 @@ def run(name: str, output_dir: str = "runs/bench", rows: int | None = None, pres
         from raynlp.bench.train_bench import run_train_bench, run_train_bench_across_nodes
 
         if nodes:
-            return run_train_bench_across_nodes(Path(output_dir), rows=rows, nodes=nodes)
-        return run_train_bench(Path(output_dir), rows=rows)
+            return run_train_bench_across_nodes(Path(output_dir), rows=rows, nodes=nodes, **chosen)
+        return run_train_bench(Path(output_dir), rows=rows, **chosen)
     if name == "pretrain":
         from raynlp.bench.pretrain_bench import run_pretrain_bench
 
@@ -32,7 +35,7 @@ def run(name: str, output_dir: str = "runs/bench", rows: int | None = None, pres
     if name == "serve":
         from raynlp.bench.serve_bench import run_serve_bench
 
-        return run_serve_bench(Path(output_dir), **({"preset": preset} if preset else {}))
+        return run_serve_bench(Path(output_dir), **chosen)
     if name == "gpu":
         from raynlp.bench.gpu_bench import run_gpu_bench
 

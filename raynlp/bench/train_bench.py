@@ -1,7 +1,8 @@
 """raynlp's data-parallel fine-tuning against a plain keras-hub `fit` in one process: same model, data, global batch.
 
-The work: fine-tune a `BertTextClassifier` on the Rotten Tomatoes training sentences (no validation), for a few
-epochs, at the same global batch size everywhere:
+The work: fine-tune a `BertTextClassifier` (`PRESET`, BERT-Mini from random initial weights, or the BERT
+`--preset` names) on the Rotten Tomatoes training sentences (no validation), for a few epochs, at the same global
+batch size everywhere:
 
 - `keras_hub_fit_1_process`: the notebook way: tokenize in the process, `fit` on numpy arrays;
 - `keras_hub_fit_in_ray_task`: the same function run as a Ray task (1 CPU) on the local Ray cluster: what running
@@ -79,13 +80,14 @@ NODE_CPUS = 2
 WORKER_CPUS = 1.5
 
 
-def _config(out: Path, rows: int, workers: int, checkpoint_every: int | None = None, settings: tuple[str, ...] = ()):
+def _config(out: Path, rows: int, workers: int, preset: str, checkpoint_every: int | None = None,
+            settings: tuple[str, ...] = ()):
     from raynlp import datasets
     from raynlp.train import load_config
 
     train_file = datasets.fetch("rotten_tomatoes") / "train.parquet"
     return load_config(None, [
-        "task=finetune", f"preset={PRESET}", f"data.train={train_file}", f"data.max_train_rows={rows}",
+        "task=finetune", f"preset={preset}", f"data.train={train_file}", f"data.max_train_rows={rows}",
         f"data.sequence_length={SEQUENCE_LENGTH}", f"train.epochs={EPOCHS}", f"train.batch_size={GLOBAL_BATCH // workers}",
         f"scaling.num_workers={workers}", "optimizer.learning_rate=1e-4", "optimizer.schedule=constant",
         "train.shuffle=false", "model.dropout=0.1", f"run.output={out}",
@@ -93,7 +95,7 @@ def _config(out: Path, rows: int, workers: int, checkpoint_every: int | None = N
     ])
 
 
-def _plain_fit(folder: Path, rows: int, checkpoint_every: int | None = None) -> dict:
+def _plain_fit(folder: Path, rows: int, preset: str, checkpoint_every: int | None = None) -> dict:
     import keras
     import keras_hub
 
@@ -103,7 +105,7 @@ def _plain_fit(folder: Path, rows: int, checkpoint_every: int | None = None) -> 
 
     start = time.perf_counter()
     table = datasets.read_split("rotten_tomatoes", "train").slice(0, rows)
-    preset_dir = resolve(PRESET)
+    preset_dir = resolve(preset)
     features = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir).pack(
         table["text"].to_pylist(), sequence_length=SEQUENCE_LENGTH)
     labels = np.asarray(table["label"].to_pylist())
@@ -141,14 +143,14 @@ def _plain_fit(folder: Path, rows: int, checkpoint_every: int | None = None) -> 
             "epoch_losses": [round(float(v), 4) for v in history.history["loss"]], "clock": f"{folder}/clock.json"}
 
 
-def _plain_fit_in_ray_task(folder: Path, rows: int) -> dict:
+def _plain_fit_in_ray_task(folder: Path, rows: int, preset: str) -> dict:
     """The plain fit as a Ray task of 1 CPU: Ray around it, no raynlp code."""
     import ray
 
-    return ray.get(ray.remote(num_cpus=1)(_plain_fit).remote(folder, rows))
+    return ray.get(ray.remote(num_cpus=1)(_plain_fit).remote(folder, rows, preset))
 
 
-def _plain_fit_in_train_worker(folder: Path, rows: int) -> dict:
+def _plain_fit_in_train_worker(folder: Path, rows: int, preset: str) -> dict:
     """The plain fit as the one worker of a Ray Train run (`JaxTrainer`, 1 CPU): Ray Train's worker around it,
     no raynlp code."""
     import json
@@ -160,7 +162,7 @@ def _plain_fit_in_train_worker(folder: Path, rows: int) -> dict:
     figures = Path(folder) / "figures.json"
 
     def loop() -> None:
-        figures.write_text(json.dumps(_plain_fit(folder, rows)))
+        figures.write_text(json.dumps(_plain_fit(folder, rows, preset)))
 
     JaxTrainer(loop, scaling_config=ScalingConfig(num_workers=1),
                run_config=RunConfig(storage_path=str(folder), name="ray_train")).fit()
@@ -181,7 +183,7 @@ def _step_figures(*clocks: str) -> dict:
             "median_step_examples_per_second": float(f"{GLOBAL_BATCH / median:.4g}")}
 
 
-def _raynlp_fit(out: Path, rows: int, workers: int, checkpoint_every: int | None = None,
+def _raynlp_fit(out: Path, rows: int, workers: int, preset: str, checkpoint_every: int | None = None,
                 settings: tuple[str, ...] = ()) -> dict:
     from raynlp.train import train
 
@@ -193,7 +195,7 @@ def _raynlp_fit(out: Path, rows: int, workers: int, checkpoint_every: int | None
     shutil.rmtree(placement, ignore_errors=True)
     placement.mkdir(parents=True)
     callbacks = [functools.partial(_node_record, str(placement)), functools.partial(step_clock, str(clock))]
-    result = train(_config(out, rows, workers, checkpoint_every, settings), callbacks=callbacks)
+    result = train(_config(out, rows, workers, preset, checkpoint_every, settings), callbacks=callbacks)
     steady = result.metrics[1:]
     examples = sum(m["examples_per_second"] * m["seconds"] for m in steady)
     return {"examples_per_second": round(examples / sum(m["seconds"] for m in steady), 1),
@@ -242,7 +244,7 @@ def _run_order(compared: list[str], between: list[str], rounds: int) -> list[str
 
 
 def run_train_bench(output_dir: Path, rows: int | None = None, more_workers: tuple[int, ...] = (2,),
-                    checkpoint_every: int = CHECKPOINT_EVERY, rounds: int = 2) -> Path:
+                    checkpoint_every: int = CHECKPOINT_EVERY, rounds: int = 2, preset: str = PRESET) -> Path:
     """Every way in the module's docstring but `--nodes`'s; `more_workers`: the worker counts raynlp also runs
     beside 1; `rounds`: how many times the compared ways run (1 or 2)."""
     from raynlp._internal.cluster import ensure_ray
@@ -252,21 +254,22 @@ def run_train_bench(output_dir: Path, rows: int | None = None, more_workers: tup
         raise RaynlpError(f"bench train runs the compared ways in 1 or 2 rounds, not {rounds}")
     rows = _checked_rows(rows)
     logger.info("train bench: %s, %d rows, sequence length %d, global batch %d, %d epochs, checkpoints every %d "
-                "steps", PRESET, rows, SEQUENCE_LENGTH, GLOBAL_BATCH, EPOCHS, checkpoint_every)
+                "steps", preset, rows, SEQUENCE_LENGTH, GLOBAL_BATCH, EPOCHS, checkpoint_every)
     runs = (output_dir / "runs").resolve()  # the workers run in their own working folders
     ensure_ray()
-    compared = {"keras_hub_fit_1_process": functools.partial(_plain_fit, rows=rows),
-                "keras_hub_fit_in_ray_task": functools.partial(_plain_fit_in_ray_task, rows=rows),
-                "raynlp_1_worker": functools.partial(_raynlp_fit, rows=rows, workers=1)}
+    compared = {"keras_hub_fit_1_process": functools.partial(_plain_fit, rows=rows, preset=preset),
+                "keras_hub_fit_in_ray_task": functools.partial(_plain_fit_in_ray_task, rows=rows, preset=preset),
+                "raynlp_1_worker": functools.partial(_raynlp_fit, rows=rows, workers=1, preset=preset)}
     between = {"keras_hub_fit_1_process_checkpointing": functools.partial(
-                   _plain_fit, rows=rows, checkpoint_every=checkpoint_every),
-               "keras_hub_fit_in_ray_train_worker": functools.partial(_plain_fit_in_train_worker, rows=rows),
+                   _plain_fit, rows=rows, preset=preset, checkpoint_every=checkpoint_every),
+               "keras_hub_fit_in_ray_train_worker": functools.partial(_plain_fit_in_train_worker, rows=rows,
+                                                                          preset=preset),
                "raynlp_1_worker_checkpointing": functools.partial(
-                   _raynlp_fit, rows=rows, workers=1, checkpoint_every=checkpoint_every)}
+                   _raynlp_fit, rows=rows, workers=1, preset=preset, checkpoint_every=checkpoint_every)}
     for count in more_workers:
-        between[f"raynlp_{count}_workers"] = functools.partial(_raynlp_fit, rows=rows, workers=count)
+        between[f"raynlp_{count}_workers"] = functools.partial(_raynlp_fit, rows=rows, workers=count, preset=preset)
         between[f"raynlp_{count}_workers_checkpointing"] = functools.partial(
-            _raynlp_fit, rows=rows, workers=count, checkpoint_every=checkpoint_every)
+            _raynlp_fit, rows=rows, workers=count, preset=preset, checkpoint_every=checkpoint_every)
     ways = {**compared, **between}
     order = _run_order(list(compared), list(between), rounds)
     runs_of: dict[str, list[dict]] = {name: [] for name in ways}
@@ -279,7 +282,7 @@ def run_train_bench(output_dir: Path, rows: int | None = None, more_workers: tup
     step_in_train_worker = results["keras_hub_fit_in_ray_train_worker"]["median_step_examples_per_second"]
     report = {
         "benchmark": "train",
-        "preset": PRESET, "rows": rows, "sequence_length": SEQUENCE_LENGTH, "global_batch": GLOBAL_BATCH,
+        "preset": preset, "rows": rows, "sequence_length": SEQUENCE_LENGTH, "global_batch": GLOBAL_BATCH,
         "epochs": EPOCHS, "checkpoint_every_steps": checkpoint_every,
         "machine": machine(),
         "results": results,
@@ -317,31 +320,32 @@ def run_train_bench(output_dir: Path, rows: int | None = None, more_workers: tup
     return path
 
 
-def run_train_bench_across_nodes(output_dir: Path, rows: int | None = None, nodes: int = 2) -> Path:
+def run_train_bench_across_nodes(output_dir: Path, rows: int | None = None, nodes: int = 2,
+                                 preset: str = PRESET) -> Path:
     """1 worker, `nodes` workers on one node and one worker on each of `nodes` nodes, all on this machine, against
     the plain fit (see the module's docstring); writes `train_nodes.json`."""
     from raynlp._internal.cluster import nodes_on_this_machine
 
     rows = _checked_rows(rows)
     logger.info("train bench across nodes: %s, %d rows, global batch %d, workers of %g CPUs; 1 node of %g CPUs, "
-                "then %d of %g", PRESET, rows, GLOBAL_BATCH, WORKER_CPUS, NODE_CPUS * nodes, nodes, NODE_CPUS)
+                "then %d of %g", preset, rows, GLOBAL_BATCH, WORKER_CPUS, NODE_CPUS * nodes, nodes, NODE_CPUS)
     runs = output_dir / "runs_nodes"
-    results = {"keras_hub_fit_1_process": _over_runs([_plain_fit(runs.resolve() / "keras_hub_fit_1_process", rows)])}
+    results = {"keras_hub_fit_1_process": _over_runs([_plain_fit(runs.resolve() / "keras_hub_fit_1_process", rows, preset)])}
     # Every node is on this machine, so each sees the output folder.
     settings = (f"scaling.cpus_per_worker={WORKER_CPUS}", "run.shared_filesystem=true")
     with nodes_on_this_machine(NODE_CPUS * nodes) as cluster:
         for count, name in ((1, "raynlp_1_worker"), (nodes, f"raynlp_{nodes}_workers_1_node")):
-            results[name] = _over_runs([_raynlp_fit(runs / name, rows, count,
+            results[name] = _over_runs([_raynlp_fit(runs / name, rows, count, preset,
                                                     settings=(*settings, f"run.address={cluster.address}"))])
     with nodes_on_this_machine(*[NODE_CPUS] * nodes) as cluster:
         name = f"raynlp_{nodes}_workers_{nodes}_nodes"
-        results[name] = _over_runs([_raynlp_fit(runs / name, rows, nodes,
+        results[name] = _over_runs([_raynlp_fit(runs / name, rows, nodes, preset,
                                                 settings=(*settings, f"run.address={cluster.address}"))])
     base = results["keras_hub_fit_1_process"]["examples_per_second"]
     one_node = results[f"raynlp_{nodes}_workers_1_node"]["examples_per_second"]
     report = {
         "benchmark": "train_nodes",
-        "preset": PRESET, "rows": rows, "sequence_length": SEQUENCE_LENGTH, "global_batch": GLOBAL_BATCH,
+        "preset": preset, "rows": rows, "sequence_length": SEQUENCE_LENGTH, "global_batch": GLOBAL_BATCH,
         "epochs": EPOCHS, "nodes": nodes, "node_cpus": NODE_CPUS, "worker_cpus": WORKER_CPUS,
         "machine": machine(),
         "results": results,

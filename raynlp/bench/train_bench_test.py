@@ -1,5 +1,6 @@
 """`raynlp bench train` at a tiny size: every way runs the same work and the report's ratios add up.
 
+The model is BERT-Tiny (`--preset`), not the bench's BERT-Mini: the same machinery at a quarter of the steps' cost.
 raynlp runs on 1 worker only here (each raynlp run costs tens of seconds of start-up on 2 cores; 2-worker training
 is tested in tests/train_test.py and its parallel math in raynlp/train/_internal/distributed_test.py), and every way
 in one round (the second round's order and a way's figures over two runs are tested without training).
@@ -16,11 +17,13 @@ import pytest
 
 from raynlp.bench.train_bench import _over_runs, _run_order, run_train_bench
 
+TINY = "bert_tiny_en_uncased_scratch"
+
 
 @pytest.fixture(scope="module")
 def report(ray_cluster, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
-    path = run_train_bench(folder, rows=192, more_workers=(), checkpoint_every=2, rounds=1)
+    path = run_train_bench(folder, rows=192, more_workers=(), checkpoint_every=2, rounds=1, preset=TINY)
     return json.loads(path.read_text()), folder
 
 
@@ -32,7 +35,7 @@ def test_every_way_trained_the_same_steps_and_reports_throughput(report):
                "raynlp_1_worker_checkpointing"]
     assert data["order"] == compared + between and data["note"].startswith("every way runs once (`order`)")
     assert list(data["results"]) == compared + between
-    assert data["rows"] == 192 and data["global_batch"] == 32
+    assert data["rows"] == 192 and data["global_batch"] == 32 and data["preset"] == TINY
     for way, figures in data["results"].items():
         runs = figures["runs"]
         assert len(runs) == 1, way
@@ -124,11 +127,12 @@ def test_across_nodes_places_the_workers_as_named_and_trains_the_same_steps(tmp_
     import sys
 
     done = subprocess.run([sys.executable, "-m", "raynlp.cli", "bench", "train", "--nodes", "2", "--rows", "96",
-                           "--output", str(tmp_path)], capture_output=True, text=True, timeout=900)
+                           "--preset", TINY, "--output", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.strip().endswith(f"benchmark results in {tmp_path / 'train_nodes.json'}")
     data = json.loads((tmp_path / "train_nodes.json").read_text())
     results = data["results"]
+    assert data["preset"] == TINY
     assert list(results) == ["keras_hub_fit_1_process", "raynlp_1_worker", "raynlp_2_workers_1_node",
                              "raynlp_2_workers_2_nodes"]
     # Each way's figures as in `bench train`'s report: over its runs, here one each.
@@ -149,6 +153,15 @@ def test_too_few_rows_for_a_timed_step_are_refused_before_any_training():
         run_train_bench(Path("unused"), rows=63)
     with pytest.raises(RaynlpError, match="in 1 or 2 rounds, not 3"):
         run_train_bench(Path("unused"), rounds=3)
+
+
+@pytest.mark.parametrize("name", ["tokenize", "pretrain", "gpu"])
+def test_preset_is_refused_by_the_benches_that_fix_their_model(name):
+    from raynlp import bench
+    from raynlp.errors import RaynlpError
+
+    with pytest.raises(RaynlpError, match="^--preset is for raynlp bench train and serve only$"):
+        bench.run(name, output_dir="unused", preset=TINY)
 
 
 @pytest.mark.slow  # a process each
