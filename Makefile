@@ -19,12 +19,15 @@ demo: $(STAMP)
 
 # The whole suite (what CI runs), in two processes: each test file runs in one of them, on that process's own
 # session cluster; most of a Ray test's time is process start-up and waiting, which the other process fills.
+# Files go out in collection order, slow ones first (conftest.py), so that quick ones fill the end.
+PYTEST_2 := $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(PYTEST_2)
 
 # Unit and co-located tests: no Ray Train run, Serve app, Ray job, benchmark or demo; in two processes, as above.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile
+	$(PYTEST_2) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check raynlp tests jobs conftest.py
