@@ -9,7 +9,9 @@ imports Ray Train when it starts. A raynlp run leaves out those with nothing to 
   cluster lives on, and the preemption watcher, which stops the run in good order when a node is drained, on a
   cluster this process started (`started_here`): one node, which ends with the process and which nobody drains.
 
-On a cluster the run joins (`ray start`, KubeRay, `run.address`) both are kept.
+On a cluster the run joins (`ray start`, KubeRay, `run.address`) both are kept. A notebook's own `ray.init()`
+cluster counts as started there: should its controller die mid-run, the run's placement group stays reserved
+until the kernel ends, which is when that cluster ends.
 """
 
 import contextlib
