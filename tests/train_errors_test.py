@@ -176,7 +176,8 @@ def test_an_output_folder_holding_another_run_is_refused(tmp_path):
     (["scaling.num_workers=5"], r"^scaling.num_workers=5 workers of scaling.cpus_per_worker=1 CPUs: this cluster's "
                                 r"nodes \(4 CPUs\) hold 4 at most"),
     (["scaling.num_workers=2", "scaling.cpus_per_worker=2"], r"^scaling.cpus_per_worker=2 leaves no room beside the 2 "
-                                                             r"workers .*: lower scaling.cpus_per_worker to 1.75 at most"),
+                                                             r"workers .*: lower scaling.cpus_per_worker to 1.75 at most, "
+                                                             r"or set data.shard_cache=memory \("),
 ])
 def test_workers_the_cluster_cannot_hold_are_refused_before_the_output_is_claimed(ray_cluster, tmp_path, overrides,
                                                                                   message):

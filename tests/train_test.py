@@ -186,12 +186,15 @@ def test_pretrain_lowers_masked_lm_loss_and_exports_a_backbone(pretrained):
 
 def test_finetune_from_the_pretrained_backbone_and_cached_tokens_on_two_workers(pretrained, cached_tokens, tmp_path):
     """Levels 5 → 3 chained on 2 workers: the pretraining export is the preset, the tokens cached with its
-    tokenizer are the data, nothing is tokenized again. (Losing a worker is tests/long_runs_test.py's; the same
-    command run again resuming a finished run is object_storage_test's.)"""
+    tokenizer are the data, nothing is tokenized again. The 2 workers take all 4 of the node's CPUs: shards kept
+    in memory need no reading task beside them, so the layout is let through (streamed, it is refused:
+    tests/train_errors_test.py). (Losing a worker is tests/long_runs_test.py's; the same command run again
+    resuming a finished run is object_storage_test's.)"""
     config = recipe("finetune", tmp_path / "run", f"preset={pretrained.preset}", "data.dataset=null",
                     f"data.train={cached_tokens / 'train'}", f"data.test={cached_tokens / 'test'}",
                     "data.max_train_rows=640", "data.max_test_rows=64", "data.sequence_length=32",
-                    "optimizer.learning_rate=1e-3", "train.epochs=2")
+                    "optimizer.learning_rate=1e-3", "train.epochs=2", "scaling.cpus_per_worker=2",
+                    "data.shard_cache=memory")
     assert config.scaling.num_workers == 2
     result = train(config)
     assert not (result.output / "data").exists()  # trained from the cached tokens, nothing tokenized again

@@ -2,8 +2,9 @@
 
 Ray Train waits for resources it cannot get without a word: workers that no node can hold, a GPU on a cluster of
 CPUs, or a data feed with no CPU left beside the workers (Ray Data's reading tasks then wait forever while the
-workers wait for their batches). A cluster with an autoscaler may grow into a layout, so only the checks that do
-not depend on its size apply there. Each refusal is one line naming the setting to change.
+workers wait for their batches; shards kept in memory need no reading task). A cluster with an autoscaler may grow
+into a layout, so only the checks that do not depend on its size apply there. Each refusal is one line naming the
+setting to change.
 """
 
 from __future__ import annotations
@@ -39,12 +40,15 @@ def check_layout(config, nodes: list[Node], can_grow: bool = False) -> None:
         raise RaynlpError(f"scaling.num_workers={s.num_workers} workers of scaling.cpus_per_worker="
                           f"{s.cpus_per_worker:g} CPUs{each}: this cluster's nodes ({described}) hold {fit} at most: "
                           f"lower scaling.num_workers or {lower}")
-    if not _room_to_read(nodes, placed, s.cpus_per_worker):
+    # Shards kept in memory are read by the workers themselves: no reading task runs beside them. (`auto` may
+    # stream: whether the shards fit is known only once they are tokenized, after this check.)
+    if config.data.shard_cache != "memory" and not _room_to_read(nodes, placed, s.cpus_per_worker):
         most = _most_cpus_per_worker(nodes, s.num_workers, gpus)
         advice = f"lower scaling.cpus_per_worker to {most:g} at most" if most else "lower scaling.num_workers"
         raise RaynlpError(f"scaling.cpus_per_worker={s.cpus_per_worker:g} leaves no room beside the "
                           f"{s.num_workers} workers for the tasks that read their data ({FEED_TASK_CPUS:g} CPU each; "
-                          f"nodes: {described}): {advice}")
+                          f"nodes: {described}): {advice}, or set data.shard_cache=memory (each worker then reads "
+                          "its shard itself, once, into its memory)")
 
 
 # How long Ray Train waits to place a worker group before it counts a failed start (Ray's default: 60 s).

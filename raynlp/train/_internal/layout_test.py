@@ -22,15 +22,29 @@ def test_one_worker_a_node_with_most_of_its_cpus_leaves_room_for_reading():
     check_layout(_config("scaling.num_workers=4", "scaling.cpus_per_worker=1"), [Node(4), Node(1)])
 
 
+def test_workers_that_take_every_cpu_fit_when_their_shards_are_kept_in_memory():
+    """No reading task runs beside workers that keep their shards in memory (they read them themselves); `auto`
+    may stream (whether the shards fit is known only once tokenized), so it is refused like `stream`."""
+    check_layout(_config("scaling.num_workers=2", "scaling.cpus_per_worker=2", "data.shard_cache=memory"),
+                 TWO_SMALL_NODES)
+    check_layout(_config("scaling.num_workers=4", "scaling.cpus_per_worker=1", "data.shard_cache=memory"), [Node(4)])
+    for cache in ("auto", "stream"):
+        with pytest.raises(RaynlpError, match="leaves no room beside the 2 workers"):
+            check_layout(_config("scaling.num_workers=2", "scaling.cpus_per_worker=2", f"data.shard_cache={cache}"),
+                         TWO_SMALL_NODES)
+
+
 @pytest.mark.parametrize("overrides, nodes, message", [
     (["scaling.num_workers=2", "scaling.cpus_per_worker=2"], TWO_SMALL_NODES,
      r"^scaling.cpus_per_worker=2 leaves no room beside the 2 workers for the tasks that read their data \(0.25 CPU "
-     r"each; nodes: 2 CPUs, 2 CPUs\): lower scaling.cpus_per_worker to 1.75 at most$"),
+     r"each; nodes: 2 CPUs, 2 CPUs\): lower scaling.cpus_per_worker to 1.75 at most, or set data.shard_cache=memory "
+     r"\(each worker then reads its shard itself, once, into its memory\)$"),
     (["scaling.num_workers=3", "scaling.cpus_per_worker=1.5"], TWO_SMALL_NODES,
      r"^scaling.num_workers=3 workers of scaling.cpus_per_worker=1.5 CPUs: this cluster's nodes \(2 CPUs, 2 CPUs\) "
      r"hold 2 at most: lower scaling.num_workers or scaling.cpus_per_worker$"),
     (["scaling.num_workers=4", "scaling.cpus_per_worker=1"], [Node(4)],
-     r"^scaling.cpus_per_worker=1 leaves no room .*: lower scaling.cpus_per_worker to 0.75 at most$"),
+     r"^scaling.cpus_per_worker=1 leaves no room .*: lower scaling.cpus_per_worker to 0.75 at most, or set "
+     r"data.shard_cache=memory \("),
     (["scaling.use_gpu=true"], TWO_SMALL_NODES,
      r"^scaling.use_gpu=true, but no node of this cluster has a GPU \(2 CPUs, 2 CPUs\): set scaling.use_gpu=false"),
     (["scaling.use_gpu=true", "scaling.num_workers=3"], [Node(8, 1), Node(8, 1)],
