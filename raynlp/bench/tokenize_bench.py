@@ -5,8 +5,11 @@ length 256 with the `minilm_l6_en_uncased` vocabulary. Throughput counts every r
 (non-padding) token of the packed output; each way's ids are compared with keras-hub's. raynlp's ways pack in
 calls of the size raynlp gives a split of that many rows (`call_rows`, `packing_batch_rows`), or smaller where
 the rows would not make 8 calls (a small run still has a steady state after each actor's first call). raynlp's
-one process is timed before and after the Ray Data ways, which are held against the mean: the machine's speed
-drifts over minutes.
+one process does what the Ray Data ways do, in one process: it packs with the actors' packer (the stored column
+types included) and copies each call's output into place, as their consumer copies each packed block (on this
+machine, memory a process touches for the first time costs as much as packing into it: a way that kept more, or
+wider, arrays would be timed slower for it). It is timed before and after the Ray Data ways, which are held
+against the mean: the machine's speed drifts over minutes.
 """
 
 import logging
@@ -64,22 +67,33 @@ def _call_rows(rows: int) -> int:
     return min(packing_batch_rows(rows), max(1, rows // 8))
 
 
-def _raynlp_pack(preset_dir: str, texts: list[str]) -> tuple[dict, float]:
-    """Packed in this process, in calls of the size an actor's are."""
-    from raynlp.data.fast_tokenizer import FastWordPieceTokenizer
+def _raynlp_pack(texts: list[str]) -> tuple[dict, float]:
+    """Packed in this process by the packer an actor runs, in calls of the size an actor's are, each call's
+    output copied into place as the Ray Data ways' consumer copies each packed block."""
+    from raynlp.data.columns import derived
+    from raynlp.data.tokenize import PACKED_FEATURES, BertPacker
 
-    tokenizer = FastWordPieceTokenizer.from_keras_hub_preset_dir(preset_dir)
-    tokenizer.pack(texts[:8], sequence_length=SEQUENCE_LENGTH)
-    parts = []
-    start = time.perf_counter()
+    packer = BertPacker(PRESET, SEQUENCE_LENGTH)
+    column = np.array(texts, dtype=object)  # a batch's texts as an actor is given them
+    packer({"text": column[:8]})
+    batch: dict[str, np.ndarray] = {}
     call = _call_rows(len(texts))
+    start = time.perf_counter()
     for i in range(0, len(texts), call):
-        parts.append(tokenizer.pack(texts[i : i + call], sequence_length=SEQUENCE_LENGTH))
+        for name, values in packer({"text": column[i : i + call]}).items():
+            if name not in batch:
+                batch[name] = np.empty((len(texts), *values.shape[1:]), values.dtype)
+            batch[name][i : i + len(values)] = values
     seconds = time.perf_counter() - start
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, seconds
+    return {k: batch[k] if k in batch else derived(k, batch) for k in PACKED_FEATURES}, seconds, _dtypes(batch)
 
 
-def _ray_pack(texts: list[str], num_actors: int) -> tuple[dict, dict]:
+def _dtypes(batch: dict[str, np.ndarray]) -> dict[str, str]:
+    """The columns a way kept, and their types: the one process keeps what the Ray Data ways' consumer keeps."""
+    return {name: str(values.dtype) for name, values in sorted(batch.items())}
+
+
+def _ray_pack(texts: list[str], num_actors: int) -> tuple[dict, dict, dict]:
     """Packed on Ray Data, and its clock: `seconds` from the call to the last packed block (starting the actors
     included), `startup_s` until each actor's first block is out, `steady_rows` and `steady_s` the rows packed
     after that and the time they took, as a consumer sees them that copies each packed block into place and lets
@@ -123,7 +137,7 @@ def _ray_pack(texts: list[str], num_actors: int) -> tuple[dict, dict]:
     clock = {"seconds": arrivals[-1][0], "startup_s": arrivals[first][0],
              "steady_rows": sum(rows for _, rows in arrivals[first + 1:]),
              "steady_s": arrivals[-1][0] - arrivals[first][0]}
-    return {k: batch[k] if k in batch else derived(k, batch) for k in PACKED_FEATURES}, clock
+    return {k: batch[k] if k in batch else derived(k, batch) for k in PACKED_FEATURES}, clock, _dtypes(batch)
 
 
 def _figures(rows: int, tokens: int, seconds: float, same: float) -> dict:
@@ -155,13 +169,14 @@ def run_tokenize_bench(output_dir: Path, rows: int | None = None) -> Path:
     # ids are compared with; the Ray Data ways are also compared with raynlp's one process on every row.
     sample = texts[:KERAS_HUB_ROWS]
     reference, keras_seconds = _keras_hub_pack(preset_dir, sample)
-    fast, before = _raynlp_pack(preset_dir, texts)
+    fast, before, kept = _raynlp_pack(texts)
     tokens = int(fast["padding_mask"].sum())
     ensure_ray()
     ray_ways = {}
     for actors in (1, 2):
-        packed, clock = _ray_pack(texts, actors)
+        packed, clock, ray_kept = _ray_pack(texts, actors)
         way = _figures(rows, tokens, clock["seconds"], _same_rows(reference, packed))
+        way["kept_columns"] = ray_kept
         steady_tokens = tokens * clock["steady_rows"] / rows  # rows of a cycled pool: tokens in proportion
         way.update(same_ids_as_raynlp_1_process=_same_rows(fast, packed), startup_s=round(clock["startup_s"], 3),
                    steady_tokens_per_s=round(steady_tokens / clock["steady_s"], 1) if clock["steady_s"] else None)
@@ -169,8 +184,9 @@ def run_tokenize_bench(output_dir: Path, rows: int | None = None) -> Path:
         del packed
     # The one process again: the machine's speed drifts over minutes, so the Ray Data ways are held against the one
     # process timed on both sides of them.
-    again, after = _raynlp_pack(preset_dir, texts)
+    again, after, _ = _raynlp_pack(texts)
     one = _figures(rows, tokens, (before + after) / 2, _same_rows(reference, fast))
+    one["kept_columns"] = kept
     one["seconds_before_and_after"] = [round(before, 6), round(after, 6)]
     one["same_ids_after"] = _same_rows(fast, again)
     figures = {"keras_hub_preprocessor_1_process": _figures(len(sample), int(reference["padding_mask"].sum()),
@@ -199,7 +215,8 @@ def run_tokenize_bench(output_dir: Path, rows: int | None = None) -> Path:
                 "`startup_s` until each actor's first block is out; `steady_tokens_per_s` after that; as a consumer "
                 "that copies each block on arrival sees them. `efficiency`: tokens/s against as many copies of "
                 "raynlp's one process as actors, the one process timed before and after the Ray Data ways (its "
-                "seconds: their mean).",
+                "seconds: their mean); it packs with the actors' packer and copies each call's output into place "
+                "as their consumer does (`kept_columns`: the same for every raynlp way).",
     }
     path = write_report(output_dir, "tokenize", report, _plot)
     logger.info("tokenize bench: %s", report["speedup_vs_keras_hub"])

@@ -45,6 +45,16 @@ def test_raynlp_ids_equal_keras_hub(bench_report):
         assert report["results"][way]["same_ids_as_raynlp_1_process"] == 1.0, way
 
 
+def test_the_one_process_keeps_what_the_ray_data_ways_keep(bench_report):
+    """The one process is the Ray Data ways' work without Ray: the actors' packer, its output kept in the stored
+    column types (narrow ids, no single-segment ids), as their consumer keeps it."""
+    _, report = bench_report
+    kept = report["results"]["raynlp_1_process"]["kept_columns"]
+    assert kept == {"padding_mask": "bool", "token_ids": "int16"}
+    for way in WAYS[2:]:
+        assert report["results"][way]["kept_columns"] == kept, way
+
+
 def test_ray_data_ways_report_start_up_apart_from_the_steady_state(bench_report):
     _, report = bench_report
     one = report["results"]["raynlp_1_process"]
