@@ -64,7 +64,8 @@ def ray_cluster(s3_server):
     from raynlp._internal.cluster import on_loopback
 
     if not ray.is_initialized():
-        # CPUs are logical: leave room for Ray Data's actors beside any training workers.
+        # CPUs are logical: leave room for Ray Data's actors beside training workers of 1 CPU (a test whose
+        # workers keep their shards in memory takes all 4: no reading task runs beside them).
         with on_loopback() as ip:
             ray.init(
                 address="local",  # a cluster of its own, whatever Ray's record of a `ray start` head says

@@ -177,7 +177,7 @@ def test_an_output_folder_holding_another_run_is_refused(tmp_path):
                                 r"nodes \(4 CPUs\) hold 4 at most"),
     (["scaling.num_workers=2", "scaling.cpus_per_worker=2"], r"^scaling.cpus_per_worker=2 leaves no room beside the 2 "
                                                              r"workers .*: lower scaling.cpus_per_worker to 1.75 at most, "
-                                                             r"or set data.shard_cache=memory \("),
+                                                             r"or set data.shard_cache=memory where each "),
 ])
 def test_workers_the_cluster_cannot_hold_are_refused_before_the_output_is_claimed(ray_cluster, tmp_path, overrides,
                                                                                   message):

@@ -194,7 +194,7 @@ def test_finetune_from_the_pretrained_backbone_and_cached_tokens_on_two_workers(
                     f"data.train={cached_tokens / 'train'}", f"data.test={cached_tokens / 'test'}",
                     "data.max_train_rows=640", "data.max_test_rows=64", "data.sequence_length=32",
                     "optimizer.learning_rate=1e-3", "train.epochs=2", "scaling.cpus_per_worker=2",
-                    "data.shard_cache=memory")
+                    "data.shard_cache=memory", "run.wait_for_workers_s=60")
     assert config.scaling.num_workers == 2
     result = train(config)
     assert not (result.output / "data").exists()  # trained from the cached tokens, nothing tokenized again

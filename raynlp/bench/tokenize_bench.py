@@ -67,7 +67,7 @@ def _call_rows(rows: int) -> int:
     return min(packing_batch_rows(rows), max(1, rows // 8))
 
 
-def _raynlp_pack(texts: list[str]) -> tuple[dict, float]:
+def _raynlp_pack(texts: list[str]) -> tuple[dict, float, dict]:
     """Packed in this process by the packer an actor runs, in calls of the size an actor's are, each call's
     output copied into place as the Ray Data ways' consumer copies each packed block."""
     from raynlp.data.columns import derived

@@ -134,11 +134,19 @@ def stream_shuffle(seed: int | None, epoch: int, rank: int, batch_size: int) -> 
             "local_shuffle_seed": int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])}
 
 
+# What a feed that gives no batch for run.feed_timeout_s likely waits for: Ray Data's reading tasks, for a CPU
+# beside the workers; a worker reading its own share (`ParquetShard`, no task), for the storage.
+NO_CPU_TO_READ = "the workers may leave no CPU for reading their data: lower scaling.cpus_per_worker or add nodes"
+STORAGE_STALLED = ("reading this worker's share of the shards stalled: check that their storage answers, or raise "
+                   "run.feed_timeout_s where it is slow")
+
+
 def _one_pass(shard: Any, batch_size: int, steps: int, shuffle: dict, timeout_s: float | None = None) -> Iterator[dict]:
     """One pass over `shard`: its first `steps` batches; then the rest of the pass, read and dropped."""
     taken = 0
     batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True, **shuffle)
-    for batch in batches if timeout_s is None else within(batches, timeout_s):
+    advice = STORAGE_STALLED if isinstance(shard, ParquetShard) else NO_CPU_TO_READ
+    for batch in batches if timeout_s is None else within(batches, timeout_s, advice):
         if taken == steps:
             # Keep reading to the end of the pass: a streaming split moves on to its next epoch only
             # when every consumer has finished the current one.
@@ -152,9 +160,9 @@ def _one_pass(shard: Any, batch_size: int, steps: int, shuffle: dict, timeout_s:
         )
 
 
-def within(batches: Iterator[dict], timeout_s: float) -> Iterator[dict]:
+def within(batches: Iterator[dict], timeout_s: float, advice: str = NO_CPU_TO_READ) -> Iterator[dict]:
     """`batches`, read in a thread of their own, ending the run when the next one takes longer than `timeout_s`
-    to come, with what Ray says is waiting for resources."""
+    to come, with what Ray says is waiting for resources and `advice`."""
     import queue
     import threading
 
@@ -175,8 +183,7 @@ def within(batches: Iterator[dict], timeout_s: float) -> Iterator[dict]:
             item = box.get(timeout=timeout_s)
         except queue.Empty:
             raise RaynlpError(f"this worker's data feed gave no batch for {timeout_s:g} s (run.feed_timeout_s)"
-                              f"{_waiting_tasks()}: the workers may leave no CPU for reading their data: lower "
-                              "scaling.cpus_per_worker or add nodes") from None
+                              f"{_waiting_tasks()}: {advice}") from None
         if item is end:
             return
         if isinstance(item, BaseException):

@@ -70,3 +70,31 @@ def test_a_cache_deals_a_parquet_shard_to_fit_as_it_deals_a_ray_data_shard(tmp_p
     again = [int(i) for features, _ in second for i in features["token_ids"][:, 0]]
     assert sorted(again) == list(range(20, 40)) and again != list(range(20, 40))
     assert all(features["token_ids"].dtype == np.int16 for features, _ in first + second)
+
+
+class StalledStorage(ParquetShard):
+    """A share whose storage does not answer: its read never returns in the test's time."""
+
+    def _read(self):
+        import time
+
+        time.sleep(30)
+        return super()._read()
+
+
+def test_a_share_read_from_stalled_storage_ends_the_run_naming_the_storage_not_the_cpus(tmp_path):
+    """A worker reading its own share (shards kept in memory) waits on no Ray task, and may have been given every
+    CPU (the layout check lets it): the timeout points at the storage."""
+    import time
+
+    from raynlp.errors import RaynlpError
+
+    write_shards(tmp_path, [40], row_group=16)
+    cache = ShardCache()
+    start = time.monotonic()
+    cache.start_reading(StalledStorage(str(tmp_path), rows=40), batch_size=4, steps=5, timeout_s=1.0)
+    with pytest.raises(RaynlpError, match=r"^this worker's data feed gave no batch for 1 s \(run.feed_timeout_s\).*: "
+                                          r"reading this worker's share of the shards stalled: check that their "
+                                          r"storage answers, or raise run.feed_timeout_s where it is slow$"):
+        cache.read(cache.shard, batch_size=4, steps=5)
+    assert time.monotonic() - start < 5

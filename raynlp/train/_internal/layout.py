@@ -47,8 +47,8 @@ def check_layout(config, nodes: list[Node], can_grow: bool = False) -> None:
         advice = f"lower scaling.cpus_per_worker to {most:g} at most" if most else "lower scaling.num_workers"
         raise RaynlpError(f"scaling.cpus_per_worker={s.cpus_per_worker:g} leaves no room beside the "
                           f"{s.num_workers} workers for the tasks that read their data ({FEED_TASK_CPUS:g} CPU each; "
-                          f"nodes: {described}): {advice}, or set data.shard_cache=memory (each worker then reads "
-                          "its shard itself, once, into its memory)")
+                          f"nodes: {described}): {advice}, or set data.shard_cache=memory where each worker's share "
+                          "of the data fits its memory (it then reads the share itself, once)")
 
 
 # How long Ray Train waits to place a worker group before it counts a failed start (Ray's default: 60 s).

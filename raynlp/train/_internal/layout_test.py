@@ -38,13 +38,13 @@ def test_workers_that_take_every_cpu_fit_when_their_shards_are_kept_in_memory():
     (["scaling.num_workers=2", "scaling.cpus_per_worker=2"], TWO_SMALL_NODES,
      r"^scaling.cpus_per_worker=2 leaves no room beside the 2 workers for the tasks that read their data \(0.25 CPU "
      r"each; nodes: 2 CPUs, 2 CPUs\): lower scaling.cpus_per_worker to 1.75 at most, or set data.shard_cache=memory "
-     r"\(each worker then reads its shard itself, once, into its memory\)$"),
+     r"where each worker's share of the data fits its memory \(it then reads the share itself, once\)$"),
     (["scaling.num_workers=3", "scaling.cpus_per_worker=1.5"], TWO_SMALL_NODES,
      r"^scaling.num_workers=3 workers of scaling.cpus_per_worker=1.5 CPUs: this cluster's nodes \(2 CPUs, 2 CPUs\) "
      r"hold 2 at most: lower scaling.num_workers or scaling.cpus_per_worker$"),
     (["scaling.num_workers=4", "scaling.cpus_per_worker=1"], [Node(4)],
      r"^scaling.cpus_per_worker=1 leaves no room .*: lower scaling.cpus_per_worker to 0.75 at most, or set "
-     r"data.shard_cache=memory \("),
+     r"data.shard_cache=memory where each worker"),
     (["scaling.use_gpu=true"], TWO_SMALL_NODES,
      r"^scaling.use_gpu=true, but no node of this cluster has a GPU \(2 CPUs, 2 CPUs\): set scaling.use_gpu=false"),
     (["scaling.use_gpu=true", "scaling.num_workers=3"], [Node(8, 1), Node(8, 1)],
