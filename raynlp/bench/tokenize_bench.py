@@ -6,10 +6,10 @@ length 256 with the `minilm_l6_en_uncased` vocabulary. Throughput counts every r
 calls of the size raynlp gives a split of that many rows (`call_rows`, `packing_batch_rows`), or smaller where
 the rows would not make 8 calls (a small run still has a steady state after each actor's first call). raynlp's
 one process does what the Ray Data ways do, in one process: it packs with the actors' packer (the stored column
-types included) and copies each call's output into place, as their consumer copies each packed block (on this
-machine, memory a process touches for the first time costs as much as packing into it: a way that kept more, or
-wider, arrays would be timed slower for it). It is timed before and after the Ray Data ways, which are held
-against the mean: the machine's speed drifts over minutes.
+types included) and copies each call's output into place, as their consumer copies each packed block (memory a
+process writes for the first time is slow on some machines, virtual ones above all: a way that kept more, or wider,
+arrays would be timed slower for it). It is timed before and after the Ray Data ways, which are held against the
+mean: the machine's speed drifts over minutes.
 """
 
 import logging
