@@ -152,8 +152,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None):
 
 def started_here() -> bool:
     """Whether this process started the Ray cluster it is connected to (`ensure_ray`'s local cluster, a test
-    session's, a notebook's `ray.init()`): one node on this machine, unless others join it, which ends with the
-    process."""
+    session's, a notebook's `ray.init()`): one node on this machine unless others join it, and the cluster ends
+    with the process."""
     import ray._private.worker
 
     node = ray._private.worker._global_node
