@@ -171,25 +171,34 @@ def write_class_folders(root: Path, rows: list[tuple[str, int]], names=("neg", "
     return root
 
 
-def deal(folder: str, *, workers: int, batch_size: int, epochs: int, seed: int | None) -> list[list[list[int]]]:
-    """The labels of every batch each worker is dealt, epoch by epoch, from a tokenized training folder,
-    streamed (no cache) through the same split and feeding the trainer uses: [epoch][rank] → batches."""
+def deal(folder: str, *, workers: int, batch_size: int, epochs: int, seed: int | None,
+         in_memory: bool = False) -> list[list[list[int]]]:
+    """The labels of every batch each worker is dealt, epoch by epoch, from a tokenized training folder, through
+    the feeding the trainer uses: [epoch][rank] → batches. Streamed through Ray Data's split, or `in_memory` as
+    `data.shard_cache=memory` deals it: each worker reads its share of the shards once and deals every epoch
+    from memory."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ray.train import DataConfig
 
     from raynlp._internal.ray_data import read_parquet
-    from raynlp.train._internal.feeding import shard_batches, steps_per_epoch
+    from raynlp.train._internal.feeding import ParquetShard, ShardCache, shard_batches, steps_per_epoch
     from raynlp.train.trainer import _in_order
 
     dataset = read_parquet(folder)
-    dataset.context.execution_options = _in_order(DataConfig.default_ingest_options())
-    steps = steps_per_epoch(dataset.count(), batch_size, workers)
-    shards = dataset.streaming_split(workers, equal=True)
+    rows = dataset.count()
+    steps = steps_per_epoch(rows, batch_size, workers)
+    if in_memory:
+        shards = [ParquetShard(folder, rows, rank, workers) for rank in range(workers)]
+        caches = [ShardCache(seed) for _ in range(workers)]  # the cache shuffles its own rows
+    else:
+        dataset.context.execution_options = _in_order(DataConfig.default_ingest_options())
+        shards, caches = dataset.streaming_split(workers, equal=True), [None] * workers
 
     def worker(rank):
         batches = shard_batches(shards[rank], batch_size=batch_size, feature_columns=["token_ids"],
-                                label_column="label", steps=steps, shuffle_seed=seed, rank=rank)
+                                label_column="label", steps=steps, cache=caches[rank],
+                                shuffle_seed=None if in_memory else seed, rank=rank)
         return [[next(batches)[1].tolist() for _ in range(steps)] for _ in range(epochs)]
 
     with ThreadPoolExecutor(workers) as pool:  # a streaming split's consumers read side by side
@@ -210,15 +219,19 @@ def prepared(root: Path, out: Path, seed: int) -> str:
     return prepare.prepare(cfg, splits, resolve(cfg.preset), masked_lm=False, out=out).folders["train"]
 
 
-def test_streamed_batches_mix_classes_in_every_epoch_and_follow_the_seed(ray_cluster, tmp_path):
+def test_dealt_batches_mix_classes_in_every_epoch_and_follow_the_seed(ray_cluster, tmp_path):
+    """Streamed and kept in memory alike, from a corpus written class by class."""
     root = write_class_folders(tmp_path / "corpus", rows_of("train", 640))
-    runs = {name: deal(prepared(root, tmp_path / name, seed), workers=2, batch_size=16, epochs=2, seed=seed)
-            for name, seed in [("first", 0), ("again", 0), ("other", 1)]}
-    first = runs["first"]
-    for epoch in first:
-        for batches in epoch:
-            assert all(0 < sum(batch) < len(batch) for batch in batches)  # both classes in every batch
-    assert set(first[0][0][0] + first[0][1][0]) == {0, 1}  # the first global batch: rank 0's and rank 1's
-    assert first == runs["again"]  # same seed: the same batches, epoch by epoch
-    assert first[0] != runs["other"][0] and first[1] != runs["other"][1]  # another seed: other batches
-    assert first[0] != first[1]  # the second epoch is dealt in a new order
+    folders = {name: (prepared(root, tmp_path / name, seed), seed) for name, seed in [("first", 0), ("again", 0),
+                                                                                       ("other", 1)]}
+    for in_memory in (False, True):
+        runs = {name: deal(folder, workers=2, batch_size=16, epochs=2, seed=seed, in_memory=in_memory)
+                for name, (folder, seed) in folders.items()}
+        first, way = runs["first"], "in memory" if in_memory else "streamed"
+        for epoch in first:
+            for batches in epoch:
+                assert all(0 < sum(batch) < len(batch) for batch in batches), way  # both classes in every batch
+        assert set(first[0][0][0] + first[0][1][0]) == {0, 1}, way  # the first global batch: rank 0's and 1's
+        assert first == runs["again"], way  # same seed: the same batches, epoch by epoch
+        assert first[0] != runs["other"][0] and first[1] != runs["other"][1], way  # another seed: other batches
+        assert first[0] != first[1], way  # the second epoch is dealt in a new order
