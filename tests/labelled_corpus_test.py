@@ -225,13 +225,16 @@ def test_dealt_batches_mix_classes_in_every_epoch_and_follow_the_seed(ray_cluste
     folders = {name: (prepared(root, tmp_path / name, seed), seed) for name, seed in [("first", 0), ("again", 0),
                                                                                        ("other", 1)]}
     for in_memory in (False, True):
+        way = "in memory" if in_memory else "streamed"
         runs = {name: deal(folder, workers=2, batch_size=16, epochs=2, seed=seed, in_memory=in_memory)
                 for name, (folder, seed) in folders.items()}
-        first, way = runs["first"], "in memory" if in_memory else "streamed"
+        first = runs["first"]
         for epoch in first:
             for batches in epoch:
                 assert all(0 < sum(batch) < len(batch) for batch in batches), way  # both classes in every batch
-        assert set(first[0][0][0] + first[0][1][0]) == {0, 1}, way  # the first global batch: rank 0's and 1's
-        assert first == runs["again"], way  # same seed: the same batches, epoch by epoch
+        assert first == runs["again"], way  # same seed: the same shards, the same batches, epoch by epoch
         assert first[0] != runs["other"][0] and first[1] != runs["other"][1], way  # another seed: other batches
         assert first[0] != first[1], way  # the second epoch is dealt in a new order
+        # The same shards dealt with another seed: the first epoch as written, the second in another order.
+        reseeded = deal(folders["first"][0], workers=2, batch_size=16, epochs=2, seed=1, in_memory=in_memory)
+        assert reseeded[0] == first[0] and reseeded[1] != first[1], way
