@@ -58,6 +58,8 @@ def ray_head():
     while True:
         try:
             client(url)
+            # `ray start` writes its record (what a command without --address joins) after the dashboard is up.
+            assert (temp / "ray_current_cluster").is_file()
             break
         except Exception:
             if head.poll() is not None or time.monotonic() > deadline:
@@ -161,7 +163,10 @@ def test_commands_join_the_head_ray_start_runs_and_pass_over_a_stale_record(ray_
         assert running_local_head() is None
     finally:
         os.environ.pop("RAY_TMPDIR") if saved is None else os.environ.update(RAY_TMPDIR=saved)
-    fresh = tokenize(str(stale), "fresh")
+    try:
+        fresh = tokenize(str(stale), "fresh")  # its cluster, and Ray's logs of it, end up in `stale`
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert "that is gone: starting a new one" in fresh.stderr and "started a local Ray cluster" in fresh.stderr
     import pyarrow.parquet as pq
