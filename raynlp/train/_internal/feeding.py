@@ -134,18 +134,16 @@ def stream_shuffle(seed: int | None, epoch: int, rank: int, batch_size: int) -> 
             "local_shuffle_seed": int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])}
 
 
-# What a feed that gives no batch for run.feed_timeout_s likely waits for: Ray Data's reading tasks, for a CPU
-# beside the workers; a worker reading its own share (`ParquetShard`, no task), for the storage.
+# What a feed that gives no batch for run.feed_timeout_s likely waits for: a Ray Data shard's reading tasks, for a
+# CPU beside the workers. A shard that runs no task says what else it waits for (`ParquetShard.stall_advice`).
 NO_CPU_TO_READ = "the workers may leave no CPU for reading their data: lower scaling.cpus_per_worker or add nodes"
-STORAGE_STALLED = ("reading this worker's share of the shards stalled: check that their storage answers, or raise "
-                   "run.feed_timeout_s where it is slow")
 
 
 def _one_pass(shard: Any, batch_size: int, steps: int, shuffle: dict, timeout_s: float | None = None) -> Iterator[dict]:
     """One pass over `shard`: its first `steps` batches; then the rest of the pass, read and dropped."""
     taken = 0
     batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True, **shuffle)
-    advice = STORAGE_STALLED if isinstance(shard, ParquetShard) else NO_CPU_TO_READ
+    advice = getattr(shard, "stall_advice", NO_CPU_TO_READ)
     for batch in batches if timeout_s is None else within(batches, timeout_s, advice):
         if taken == steps:
             # Keep reading to the end of the pass: a streaming split moves on to its next epoch only
@@ -272,6 +270,10 @@ class ParquetShard:
     Data split coordinator, a process of its own a split, nor its execution's start; a split streamed every epoch
     still comes through Ray Data.
     """
+
+    # It runs no Ray task: a read that stalls waits on the storage.
+    stall_advice = ("reading this worker's share of the shards stalled: check that their storage answers, or raise "
+                    "run.feed_timeout_s where it is slow")
 
     def __init__(self, folder: str, rows: int, rank: int = 0, world_size: int = 1):
         share = rows // world_size
