@@ -189,7 +189,8 @@ def test_training_across_nodes_refuses_a_layout_without_room_and_survives_a_lost
     assert outcome["refused"].startswith("scaling.cpus_per_worker=2 leaves no room beside the 2 workers for the "
                                          "tasks that read their data"), outcome
     assert outcome["refused"].endswith("lower scaling.cpus_per_worker to 1.75 at most, or set data.shard_cache=memory "
-                                       "where each worker's share of the data fits its memory (it then reads the share itself, once)"), outcome
+                                       "where each worker's share of the data fits its memory (it then reads the "
+                                       "share itself, once)"), outcome
 
     # 1.5 a worker: the workers on different nodes, reading beside them, ending with the same weights; the
     # preset in the bucket loads; every worker was told to keep TensorFlow from holding a GPU.
